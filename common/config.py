@@ -1,0 +1,223 @@
+"""YAML configuration: safe loading, file references, ``--set`` overrides, checked keys.
+
+Every error names the file and the key path, e.g.
+``configs/experiments/x.yaml: train.lr: expected a number, got 'fast'``.
+Only ``yaml.safe_load`` is used: a config never runs code.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REQUIRED = object()
+
+
+class ConfigError(ValueError):
+    """A configuration problem located by file and key path."""
+
+    def __init__(self, file: str | os.PathLike | None, key: str | None, reason: str):
+        self.file, self.key, self.reason = (str(file) if file else None), key, reason
+        super().__init__(": ".join(p for p in (self.file, key, reason) if p))
+
+
+@dataclass(frozen=True)
+class Field:
+    """One expected key: its type, default and allowed values.
+
+    ``kind`` is one of ``int``, ``float``, ``number``, ``str``, ``bool``,
+    ``list``, ``dict``, ``any``, ``path``; ``item`` checks list elements.
+    """
+
+    kind: str
+    default: Any = REQUIRED
+    choices: Sequence | None = None
+    item: str | None = None
+    nullable: bool = False
+    help: str = ""
+
+
+_KIND_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "number": "a number",
+    "str": "a string",
+    "path": "a path",
+    "bool": "true or false",
+    "list": "a list",
+    "dict": "a mapping",
+}
+
+
+def _type_ok(kind: str, v: Any) -> bool:
+    if kind == "any":
+        return True
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind in ("float", "number"):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind in ("str", "path"):
+        return isinstance(v, str)
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "list":
+        return isinstance(v, list)
+    if kind == "dict":
+        return isinstance(v, dict)
+    raise ValueError(f"unknown field kind {kind!r}")
+
+
+def close_names(name: str, known: Sequence[str], n: int = 3) -> str:
+    """`` (did you mean: a, b?)`` or ``known keys: ...`` for error messages."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=n, cutoff=0.5)
+    if close:
+        return f"did you mean {', '.join(repr(c) for c in close)}?"
+    return f"known: {', '.join(sorted(map(str, known)))}"
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML file with ``yaml.safe_load``; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found") from None
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read: {e.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(path, None, f"invalid YAML: {where}{problem}") from None
+
+
+def validate(data: Any, schema: Mapping[str, Any], file: Any = None, prefix: str = "") -> dict:
+    """Check ``data`` against ``schema`` and return a copy with defaults filled in.
+
+    ``schema`` maps each key to a :class:`Field` or to a nested schema
+    (a mapping). Unknown keys are errors naming the close known keys.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, prefix or None, f"expected a mapping, got {type(data).__name__}")
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in schema:
+            raise ConfigError(file, path, f"unknown key; {close_names(key, list(schema))}")
+        spec = schema[key]
+        if isinstance(spec, Mapping):
+            out[key] = validate(value, spec, file, path)
+        else:
+            out[key] = check_value(value, spec, file, path)
+    for key, spec in schema.items():
+        if key in out:
+            continue
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(spec, Mapping):
+            out[key] = validate({}, spec, file, path)
+        elif spec.default is REQUIRED:
+            raise ConfigError(file, path, "missing (required)")
+        else:
+            out[key] = copy.deepcopy(spec.default)
+    return out
+
+
+def check_value(value: Any, spec: Field, file: Any, path: str) -> Any:
+    if value is None and spec.nullable:
+        return None
+    if not _type_ok(spec.kind, value):
+        raise ConfigError(
+            file, path, f"expected {_KIND_WORDS.get(spec.kind, spec.kind)}, got {value!r}"
+        )
+    if spec.kind == "float":
+        value = float(value)
+    if spec.item is not None:
+        for i, v in enumerate(value):
+            if not _type_ok(spec.item, v):
+                raise ConfigError(
+                    file,
+                    f"{path}[{i}]",
+                    f"expected {_KIND_WORDS.get(spec.item, spec.item)}, got {v!r}",
+                )
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(
+            file, path, f"{value!r} is not one of {', '.join(map(str, spec.choices))}"
+        )
+    return value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=0.001"`` -> ``(["train", "lr"], 0.001)`` (the value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", text, "expected KEY.PATH=VALUE")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Return a copy of ``data`` with each ``KEY.PATH=VALUE`` set (parents created)."""
+    data = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for i, k in enumerate(keys[:-1]):
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError("--set", ".".join(keys[: i + 1]), f"is {nxt!r}, not a mapping")
+            node = nxt
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(
+    path: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    references: Sequence[str] = (),
+) -> dict:
+    """Load a YAML mapping, inline referenced files and apply ``--set`` overrides.
+
+    A key listed in ``references`` whose value is a string is a path to another
+    YAML file, relative to ``path``'s folder; its content replaces the string
+    (and ``<key>_file`` records where it came from). Overrides apply after the
+    references are inlined, so ``--set feature.hop_length=256`` works.
+    """
+    path = Path(path)
+    data = load_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            path, None, f"expected a mapping at the top level, got {type(data).__name__}"
+        )
+    for key in references:
+        ref = data.get(key)
+        if isinstance(ref, str):
+            ref_path = (path.parent / ref).resolve()
+            if not ref_path.is_file():
+                raise ConfigError(
+                    path, key, f"referenced file {ref!r} not found (looked at {ref_path})"
+                )
+            sub = load_yaml(ref_path)
+            # A model file holds `model: {...}`, as in the tutorial; unwrap it.
+            if isinstance(sub, dict) and set(sub) == {key}:
+                sub = sub[key]
+            data[key] = sub
+            data[f"{key}_file"] = str(ref_path)
+    return apply_overrides(data, overrides)

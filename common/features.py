@@ -1,0 +1,310 @@
+"""Audio features computed with librosa: waveform, log-mel (LMS), CQT and HCQT.
+
+One small class per feature, each declaring its parameters (with defaults as
+in the tutorial's code), the shape it produces and its frame and pitch grids,
+so that the store, the targets and the Dataset are driven by declarations.
+Every feature returns ``np.ndarray [shape=(channels, n_bins, n_frames)]``,
+float32; the store keeps it time-major.
+
+``precompute`` and ``train predict`` both call :func:`make_feature`, so a model
+sees at prediction time exactly what it saw in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .config import ConfigError, Field, load_yaml, validate
+
+_PATCH_SCHEMA = {
+    "patch_frames": Field("int", 64, help="frames per patch"),
+    "patch_hop": Field("int", 32, help="frames between patch starts"),
+}
+
+
+class Feature:
+    """Base class: parameters, shape, frame grid and pitch grid of one feature."""
+
+    kind: ClassVar[str]
+    schema: ClassVar[dict[str, Field]]
+
+    def __init__(self, params: dict[str, Any] | None = None, file: Any = None):
+        params = dict(params or {})
+        params.pop("kind", None)
+        self.params = validate(params, {**self.schema, **_PATCH_SCHEMA}, file)
+        for key in ("sr", "hop_length", "patch_frames", "patch_hop"):
+            if key in self.params and self.params[key] <= 0:
+                raise ConfigError(file, key, f"must be > 0, got {self.params[key]}")
+        self.check(file)
+
+    def check(self, file: Any) -> None:
+        """Parameter checks beyond types; raise ConfigError naming the key."""
+
+    # -- declarations ---------------------------------------------------
+    @property
+    def sr(self) -> int:
+        return self.params["sr"]
+
+    @property
+    def hop_length(self) -> int:
+        """Samples between consecutive frames."""
+        return self.params["hop_length"]
+
+    @property
+    def patch_frames(self) -> int:
+        return self.params["patch_frames"]
+
+    @property
+    def patch_hop(self) -> int:
+        return self.params["patch_hop"]
+
+    @property
+    def channels(self) -> int:
+        return 1
+
+    @property
+    def n_bins(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """Shape of one time frame in the store: ``(channels, n_bins)``."""
+        return (self.channels, self.n_bins)
+
+    def n_frames(self, n_samples: int) -> int:
+        """Frames librosa's centred framing gives for ``n_samples``."""
+        return 1 + n_samples // self.hop_length
+
+    def frame_times(self, n_frames: int) -> np.ndarray:
+        """Time in seconds of each frame's centre [shape=(n_frames,)]."""
+        return np.arange(n_frames) * (self.hop_length / self.sr)
+
+    def pitch_midi(self) -> np.ndarray:
+        """MIDI pitch of each bin of the frame-level pitch target [shape=(n_pitch_bins,)].
+
+        A 128-semitone grid for features without a pitch axis; the CQT bins for CQT/HCQT.
+        """
+        return np.arange(128, dtype=np.float64)
+
+    def patch_view(self, block: np.ndarray) -> np.ndarray:
+        """Time-major block ``(L, C, F)`` -> model input ``(C, F, L)``."""
+        return np.ascontiguousarray(block.transpose(1, 2, 0))
+
+    def compute(self, y: np.ndarray) -> np.ndarray:
+        """Feature of mono audio ``y`` at ``self.sr`` [shape=(channels, n_bins, n_frames)], float32."""
+        raise NotImplementedError
+
+    # -- identity -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.params}
+
+    def hash(self) -> str:
+        return params_hash(self.to_dict())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params})"
+
+
+def params_hash(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Waveform(Feature):
+    """The signal itself, in frames of ``hop_length`` samples.
+
+    Stored time-major as ``(n_frames, 1, hop_length)`` so a patch of ``L``
+    frames is ``L * hop_length`` contiguous samples; the model input is
+    ``(1, L * hop_length)`` and frame targets live on the block grid.
+    """
+
+    kind = "waveform"
+    schema: ClassVar = {
+        "sr": Field("int", 22050),
+        "hop_length": Field("int", 512, help="samples per frame (block)"),
+    }
+
+    @property
+    def n_bins(self) -> int:
+        return self.hop_length
+
+    def n_frames(self, n_samples: int) -> int:
+        return -(-n_samples // self.hop_length)
+
+    def frame_times(self, n_frames: int) -> np.ndarray:
+        return (np.arange(n_frames) + 0.5) * (self.hop_length / self.sr)
+
+    def patch_view(self, block: np.ndarray) -> np.ndarray:
+        return block.reshape(1, -1)
+
+    def compute(self, y: np.ndarray) -> np.ndarray:
+        n = self.n_frames(len(y))
+        out = np.zeros(n * self.hop_length, dtype=np.float32)
+        out[: len(y)] = y
+        return out.reshape(n, 1, self.hop_length).transpose(1, 2, 0)
+
+
+class LogMel(Feature):
+    """Log-mel spectrogram: ``log(1 + log_gain * melspectrogram(y))``."""
+
+    kind = "lms"
+    schema: ClassVar = {
+        "sr": Field("int", 22050),
+        "n_mels": Field("int", 128),
+        "n_fft": Field("int", 2048),
+        "win_length": Field("int", 2048),
+        "hop_length": Field("int", 1024),
+        "fmin": Field("float", 0.0),
+        "fmax": Field("float", None, nullable=True),
+        "power": Field("float", 2.0),
+        "log_gain": Field("float", 10000.0),
+    }
+
+    def check(self, file: Any) -> None:
+        if self.params["win_length"] > self.params["n_fft"]:
+            raise ConfigError(file, "win_length", "must be <= n_fft")
+
+    @property
+    def n_bins(self) -> int:
+        return self.params["n_mels"]
+
+    def compute(self, y: np.ndarray) -> np.ndarray:
+        import librosa
+
+        p = self.params
+        mel = librosa.feature.melspectrogram(
+            y=y,
+            sr=p["sr"],
+            n_fft=p["n_fft"],
+            win_length=p["win_length"],
+            hop_length=p["hop_length"],
+            n_mels=p["n_mels"],
+            fmin=p["fmin"],
+            fmax=p["fmax"],
+            power=p["power"],
+        )
+        return np.log1p(p["log_gain"] * mel).astype(np.float32)[None]
+
+
+class HCQT(Feature):
+    """Harmonic CQT magnitude: one CQT per harmonic ``h`` with ``fmin * h``.
+
+    ``harmonics: [1]`` is a plain CQT. Defaults: harmonics [0.5, 1, 2, 3, 4, 5],
+    fmin 32.7 Hz (C1), 5 bins per semitone over 6 octaves (360 bins), hop 512.
+    """
+
+    kind = "hcqt"
+    schema: ClassVar = {
+        "sr": Field("int", 22050),
+        "hop_length": Field("int", 512),
+        "fmin": Field("float", 32.70319566257483),
+        "n_bins": Field("int", 360),
+        "bins_per_octave": Field("int", 60),
+        "harmonics": Field("list", [0.5, 1, 2, 3, 4, 5], item="number"),
+        "filter_scale": Field("float", 1.0),
+        "log": Field("bool", False, help="log(1 + x) compression of the magnitude"),
+    }
+
+    def check(self, file: Any) -> None:
+        p = self.params
+        if not p["harmonics"] or any(h <= 0 for h in p["harmonics"]):
+            raise ConfigError(file, "harmonics", "must be a non-empty list of positive numbers")
+        if p["bins_per_octave"] % 12:
+            raise ConfigError(
+                file, "bins_per_octave", "must be a multiple of 12 (whole bins per semitone)"
+            )
+        top = max(p["harmonics"]) * p["fmin"] * 2 ** (p["n_bins"] / p["bins_per_octave"])
+        if top > p["sr"] / 2:
+            raise ConfigError(
+                file,
+                "n_bins",
+                f"the highest bin of harmonic {max(p['harmonics'])} is {top:.0f} Hz, above Nyquist ({p['sr'] / 2:.0f} Hz)",
+            )
+        n_octaves = int(np.ceil(p["n_bins"] / p["bins_per_octave"]))
+        if p["hop_length"] % 2 ** max(n_octaves - 1, 0):
+            raise ConfigError(
+                file,
+                "hop_length",
+                f"must be a multiple of {2 ** (n_octaves - 1)} for {n_octaves} octaves",
+            )
+
+    @property
+    def channels(self) -> int:
+        return len(self.params["harmonics"])
+
+    @property
+    def n_bins(self) -> int:
+        return self.params["n_bins"]
+
+    def pitch_midi(self) -> np.ndarray:
+        p = self.params
+        midi0 = 12 * np.log2(p["fmin"] / 440.0) + 69
+        return midi0 + np.arange(p["n_bins"]) * (12 / p["bins_per_octave"])
+
+    def compute(self, y: np.ndarray) -> np.ndarray:
+        import librosa
+
+        p = self.params
+        n = self.n_frames(len(y))
+        out = np.empty((self.channels, p["n_bins"], n), dtype=np.float32)
+        for c, h in enumerate(p["harmonics"]):
+            C = librosa.cqt(
+                y,
+                sr=p["sr"],
+                hop_length=p["hop_length"],
+                fmin=p["fmin"] * h,
+                n_bins=p["n_bins"],
+                bins_per_octave=p["bins_per_octave"],
+                filter_scale=p["filter_scale"],
+            )
+            out[c] = np.abs(C)[:, :n]
+        if p["log"]:
+            np.log1p(out, out=out)
+        return out
+
+
+class CQT(HCQT):
+    """Constant-Q magnitude: an HCQT with the one harmonic 1."""
+
+    kind = "cqt"
+    schema: ClassVar = {**HCQT.schema, "harmonics": Field("list", [1], item="number")}
+
+
+FEATURES: dict[str, type[Feature]] = {f.kind: f for f in (Waveform, LogMel, CQT, HCQT)}
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "features"
+
+
+def make_feature(
+    spec: str | os.PathLike | dict[str, Any], overrides: dict | None = None
+) -> Feature:
+    """Build a feature from a name (``hcqt``), a YAML path, or a parameter mapping with ``kind``."""
+    file = None
+    if isinstance(spec, dict):
+        params = dict(spec)
+    else:
+        s = str(spec)
+        if s in FEATURES and not s.endswith((".yaml", ".yml")):
+            path = CONFIG_DIR / f"{s}.yaml"
+            params = load_yaml(path) if path.is_file() else {"kind": s}
+            file = path if path.is_file() else None
+        else:
+            file = Path(s)
+            params = load_yaml(file)
+            if not isinstance(params, dict):
+                raise ConfigError(file, None, "a feature file must be a mapping of parameters")
+            params = params.get("feature", params) if set(params) == {"feature"} else params
+    params.update(overrides or {})
+    kind = params.get("kind")
+    if kind not in FEATURES:
+        from .config import close_names
+
+        raise ConfigError(
+            file, "kind", f"unknown feature {kind!r}; {close_names(str(kind), list(FEATURES))}"
+        )
+    return FEATURES[kind](params, file)

@@ -1,0 +1,608 @@
+"""Read, validate and write ``.pyjama`` annotation files.
+
+A ``.pyjama`` file is one JSON document holding the annotations of a whole
+dataset (see ``shared/PYJAMA.md``)::
+
+    {"schemaversion": 1.4,
+     "collection": {"descriptiondefinition": {NAME: DEFINITION, ...},
+                    "entry": [{NAME: [ATOM, ...], ...}, ...]}}
+
+The reader accepts both key spellings (schema 1.4 snake_case and the older
+camelCase), infers what a missing or incomplete definition leaves out from the
+atoms, and stores every breakpoint matrix as ``(n_dims, n_times)`` whatever its
+orientation in the file. Validation collects every problem before it fails, so
+a user fixes a file in one pass. The writer writes schema 1.4, which the reader
+reads back identically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1.4
+EXTENTS = (
+    "global",
+    "marker",
+    "segment",
+    "breakpoint",
+    "breakpoint_time",
+    "breakpoint_value",
+)
+BREAKPOINT_EXTENTS = ("breakpoint", "breakpoint_time", "breakpoint_value")
+CONTENTS = ("text", "numeric")
+CONSTRAINTS = ("free", "filepath", "value_in_dictionary")
+ATOM_FIELDS = ("value", "time", "duration", "confidence", "comment", "start_freq", "end_freq")
+FILEPATH = "filepath"
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".aif", ".aiff", ".m4a")
+
+# Older files spell keys and some values in camelCase.
+_KEY_ALIASES = {
+    "typeContent": "type_content",
+    "typeExtent": "type_extent",
+    "typeConstraint": "type_constraint",
+    "columnName": "row_name",
+    "rowName": "row_name",
+    "isTable": "is_table",
+    "isEditable": "is_editable",
+    "isFilter": "is_filter",
+}
+_VALUE_ALIASES = {
+    "breakpointTime": "breakpoint_time",
+    "breakpointValue": "breakpoint_value",
+    "filePath": "filepath",
+    "valueInDictionary": "value_in_dictionary",
+}
+_DEFINITION_FIELDS = ("type_content", "type_extent", "type_constraint", "dictionary", "row_name")
+
+
+@dataclass
+class Problem:
+    """One thing wrong in a pyjama file, located as precisely as known."""
+
+    file: str
+    reason: str
+    entry: int | None = None
+    filepath: str | None = None
+    description: str | None = None
+    atom: int | None = None
+
+    def __str__(self) -> str:
+        where = [self.file]
+        if self.entry is not None:
+            where.append(f"entry {self.entry}" + (f" ({self.filepath})" if self.filepath else ""))
+        if self.description is not None:
+            where.append(
+                f"'{self.description}'" + (f" atom {self.atom}" if self.atom is not None else "")
+            )
+        return ": ".join([*where, self.reason])
+
+
+class PyjamaError(ValueError):
+    """A pyjama file that cannot be used; ``problems`` lists every fault found."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        lines = [str(p) for p in self.problems]
+        head = f"{len(lines)} problem(s) in pyjama:\n" if len(lines) > 1 else ""
+        super().__init__(head + "\n".join(lines))
+
+
+@dataclass
+class Definition:
+    """What the atoms of one description hold (schema 1.4 names)."""
+
+    type_content: str | None = None
+    type_extent: str | None = None
+    type_constraint: str | None = None
+    dictionary: list | None = None
+    row_name: list | None = None
+    flags: dict = field(default_factory=dict)  # is_table, generator, ...: no meaning for training
+
+    def to_json(self) -> dict:
+        out = {k: getattr(self, k) for k in _DEFINITION_FIELDS if getattr(self, k) is not None}
+        out.update(self.flags)
+        return out
+
+
+@dataclass
+class Atom:
+    """One annotation: a label, a time span, a breakpoint track...
+
+    For breakpoint extents ``value`` is a matrix ``[n_dims][n_times]`` and
+    ``time`` a list of ``n_times`` seconds.
+    """
+
+    value: Any = None
+    time: float | list | None = None
+    duration: float | None = None
+    confidence: float | None = None
+    comment: str | None = None
+    start_freq: float | None = None
+    end_freq: float | None = None
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ATOM_FIELDS if getattr(self, k) is not None}
+
+
+@dataclass
+class Description:
+    name: str
+    extent: str
+    content: str
+    atoms: list[Atom]
+
+
+@dataclass
+class Entry:
+    """One item of the collection: one audio file and its descriptions."""
+
+    index: int
+    filepath: str
+    audio_path: Path
+    descriptions: dict[str, Description]
+
+    def by_extent(self, extent: str) -> dict[str, Description]:
+        if extent == "breakpoint":
+            return {n: d for n, d in self.descriptions.items() if d.extent in BREAKPOINT_EXTENTS}
+        return {n: d for n, d in self.descriptions.items() if d.extent == extent}
+
+
+@dataclass
+class Collection:
+    entries: list[Entry]
+    definitions: dict[str, Definition]
+    source: Path | None = None
+    schemaversion: float = SCHEMA_VERSION
+    problems: list[Problem] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.source.stem if self.source else "collection"
+
+    def description_names(self) -> list[str]:
+        return [n for n in self.definitions if n != FILEPATH]
+
+
+# ---------------------------------------------------------------------------
+# Reading
+
+
+def read_pyjama(
+    path: str | os.PathLike,
+    audio_root: str | os.PathLike | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> Collection:
+    """Read and validate a ``.pyjama`` file.
+
+    Parameters
+    ----------
+    path : the ``.pyjama`` file
+    audio_root : folder against which relative and bare ``filepath`` values are
+        resolved first (then the pyjama's own folder)
+    on_error : ``"raise"``: any problem raises :class:`PyjamaError` listing all
+        of them; ``"skip"``: entries with problems are left out, listed in
+        ``Collection.skipped`` and ``Collection.problems``. Problems with the
+        file as a whole always raise.
+    """
+    path = Path(path)
+    name = path.name
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PyjamaError([Problem(name, f"file not found ({path})")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PyjamaError([Problem(name, f"cannot read file: {e}")]) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PyjamaError(
+            [Problem(name, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}")]
+        ) from None
+    return parse_pyjama(doc, source=path, audio_root=audio_root, on_error=on_error)
+
+
+def parse_pyjama(
+    doc: Any,
+    source: str | os.PathLike | None = None,
+    audio_root: str | os.PathLike | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> Collection:
+    """Validate an already-decoded pyjama document (see :func:`read_pyjama`)."""
+    source = Path(source) if source is not None else None
+    fname = source.name if source else "<pyjama>"
+    base_dir = source.parent if source else Path.cwd()
+    if not isinstance(doc, dict):
+        raise PyjamaError([Problem(fname, f"top level must be an object, got {_kind(doc)}")])
+    version = doc.get("schemaversion", SCHEMA_VERSION)
+    if not isinstance(version, (int, float)) or isinstance(version, bool):
+        try:
+            version = float(version)
+        except (TypeError, ValueError):
+            raise PyjamaError(
+                [Problem(fname, f"'schemaversion' must be a number, got {version!r}")]
+            ) from None
+    coll = doc.get("collection")
+    if not isinstance(coll, dict):
+        got = "missing" if coll is None else _kind(coll)
+        raise PyjamaError([Problem(fname, f"'collection' must be an object, got {got}")])
+    raw_entries = coll.get("entry")
+    if not isinstance(raw_entries, list):
+        got = "missing" if raw_entries is None else _kind(raw_entries)
+        raise PyjamaError([Problem(fname, f"'collection.entry' must be a list, got {got}")])
+
+    file_problems: list[Problem] = []
+    definitions = _parse_definitions(coll.get("descriptiondefinition"), fname, file_problems)
+    if file_problems:
+        raise PyjamaError(file_problems)
+
+    problems: list[Problem] = []
+    entries: list[Entry] = []
+    skipped: list[int] = []
+    seen_paths: dict[str, int] = {}
+    inferred: dict[str, Definition] = {}
+    for i, raw in enumerate(raw_entries):
+        entry_problems: list[Problem] = []
+        entry = _parse_entry(
+            raw,
+            i,
+            fname,
+            definitions,
+            float(version),
+            base_dir,
+            audio_root,
+            entry_problems,
+            inferred,
+        )
+        if entry is not None and not entry_problems:
+            first = seen_paths.setdefault(entry.filepath, i)
+            if first != i:
+                entry_problems.append(
+                    Problem(
+                        fname,
+                        f"duplicate filepath, already used by entry {first}",
+                        i,
+                        entry.filepath,
+                    )
+                )
+        if entry_problems or entry is None:
+            problems.extend(entry_problems)
+            skipped.append(i)
+        else:
+            entries.append(entry)
+
+    if problems and on_error == "raise":
+        raise PyjamaError(problems)
+    for n, d in inferred.items():
+        definitions.setdefault(n, d)
+    definitions.setdefault(
+        FILEPATH, Definition(type_content="text", type_extent="global", type_constraint="filepath")
+    )
+    return Collection(entries, definitions, source, float(version), problems, skipped)
+
+
+def _kind(x: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
+        type(x), type(x).__name__
+    )
+
+
+def _parse_definitions(raw: Any, fname: str, problems: list[Problem]) -> dict[str, Definition]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(
+            Problem(fname, f"'descriptiondefinition' must be an object, got {_kind(raw)}")
+        )
+        return {}
+    out = {}
+    for name, d in raw.items():
+        if not isinstance(d, dict):
+            problems.append(
+                Problem(fname, f"definition must be an object, got {_kind(d)}", description=name)
+            )
+            continue
+        norm = {_KEY_ALIASES.get(k, k): v for k, v in d.items()}
+        for key in ("type_content", "type_extent", "type_constraint"):
+            if isinstance(norm.get(key), str):
+                norm[key] = _VALUE_ALIASES.get(norm[key], norm[key])
+        checks = (
+            ("type_content", CONTENTS),
+            ("type_extent", EXTENTS),
+            ("type_constraint", CONSTRAINTS),
+        )
+        for key, allowed in checks:
+            v = norm.get(key)
+            if v is not None and v not in allowed:
+                problems.append(
+                    Problem(
+                        fname,
+                        f"definition: {key} {v!r} is not one of {', '.join(allowed)}",
+                        description=name,
+                    )
+                )
+        for key in ("dictionary", "row_name"):
+            if norm.get(key) is not None and not isinstance(norm[key], list):
+                problems.append(
+                    Problem(
+                        fname,
+                        f"definition: {key} must be a list, got {_kind(norm[key])}",
+                        description=name,
+                    )
+                )
+        out[name] = Definition(**{k: norm.pop(k, None) for k in _DEFINITION_FIELDS}, flags=norm)
+    return out
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _parse_entry(
+    raw: Any,
+    index: int,
+    fname: str,
+    definitions: dict[str, Definition],
+    version: float,
+    base_dir: Path,
+    audio_root: str | os.PathLike | None,
+    problems: list[Problem],
+    inferred: dict[str, Definition],
+) -> Entry | None:
+    if not isinstance(raw, dict):
+        problems.append(Problem(fname, f"entry must be an object, got {_kind(raw)}", index))
+        return None
+    filepath = None
+    fp_atoms = raw.get(FILEPATH)
+    if fp_atoms is None:
+        problems.append(Problem(fname, "entry has no 'filepath'", index))
+    elif (
+        not isinstance(fp_atoms, list)
+        or len(fp_atoms) != 1
+        or not isinstance(fp_atoms[0], dict)
+        or not isinstance(fp_atoms[0].get("value"), (str, int))
+        or str(fp_atoms[0].get("value")).strip() == ""
+    ):
+        problems.append(
+            Problem(fname, "'filepath' must be one atom with a non-empty string 'value'", index)
+        )
+    else:
+        filepath = str(fp_atoms[0]["value"])
+
+    def report(reason: str, description: str | None = None, atom: int | None = None) -> None:
+        problems.append(Problem(fname, reason, index, filepath, description, atom))
+
+    descriptions = {}
+    for name, atoms in raw.items():
+        if name == FILEPATH:
+            continue
+        desc = _parse_description(name, atoms, definitions.get(name), version, report)
+        if desc is not None:
+            descriptions[name] = desc
+            if name not in definitions and name not in inferred:
+                inferred[name] = Definition(type_content=desc.content, type_extent=desc.extent)
+    if filepath is None:
+        return None
+    audio_path = resolve_audio_path(filepath, base_dir, audio_root)
+    return Entry(index, filepath, audio_path, descriptions)
+
+
+def _infer_extent(atoms: list[dict]) -> str:
+    a = atoms[0]
+    if isinstance(a.get("time"), list):
+        return "breakpoint"
+    if "time" in a and "duration" in a:
+        return "segment"
+    if "time" in a:
+        return "marker"
+    return "global"
+
+
+def _parse_description(name, atoms, definition, version, report) -> Description | None:
+    if not isinstance(atoms, list):
+        report(f"must be a list of atoms, got {_kind(atoms)}", name)
+        return None
+    if not atoms:
+        report("has no atoms", name)
+        return None
+    for k, a in enumerate(atoms):
+        if not isinstance(a, dict):
+            report(f"atom must be an object, got {_kind(a)}", name, k)
+            return None
+        unknown = set(a) - set(ATOM_FIELDS)
+        if unknown:
+            report(
+                f"unknown atom field(s) {sorted(unknown)}; allowed: {', '.join(ATOM_FIELDS)}",
+                name,
+                k,
+            )
+            return None
+    extent = (definition.type_extent if definition else None) or _infer_extent(atoms)
+    content = definition.type_content if definition else None
+    if content is None:
+        first = atoms[0].get("value")
+        while isinstance(first, list) and first:
+            first = first[0]
+        content = "text" if isinstance(first, str) else "numeric"
+
+    parsed: list[Atom] = []
+    ok = True
+    for k, a in enumerate(atoms):
+        atom = Atom(**a)
+        bad = _check_atom(atom, extent, content, definition, version)
+        if bad:
+            report(bad, name, k)
+            ok = False
+        parsed.append(atom)
+    return Description(name, extent, content, parsed) if ok else None
+
+
+def _check_time(t: Any, what: str = "time") -> str | None:
+    if not _is_number(t):
+        return f"'{what}' must be a number of seconds, got {t!r}"
+    if not math.isfinite(t) or t < 0:
+        return f"'{what}' must be finite and >= 0, got {t!r}"
+    return None
+
+
+def _check_atom(
+    atom: Atom, extent: str, content: str, definition: Definition | None, version: float
+):
+    """Return the reason this atom is invalid, or None; breakpoint matrices are reoriented."""
+    if extent in ("segment", "marker"):
+        if atom.time is None:
+            return f"{extent} needs 'time'"
+        if err := _check_time(atom.time):
+            return err
+        if extent == "segment":
+            if atom.duration is None:
+                return "segment needs 'duration'"
+            if err := _check_time(atom.duration, "duration"):
+                return err
+        if atom.value is None and extent == "segment":
+            return "segment needs 'value'"
+    elif extent in BREAKPOINT_EXTENTS:
+        if not isinstance(atom.time, list) or not atom.time:
+            return "breakpoint needs 'time' as a non-empty list of seconds"
+        for t in atom.time:
+            if err := _check_time(t):
+                return err
+        if any(b < a for a, b in zip(atom.time, atom.time[1:])):
+            return "breakpoint 'time' must not decrease"
+        matrix = _orient_matrix(atom.value, len(atom.time), version)
+        if isinstance(matrix, str):
+            return matrix
+        atom.value = matrix
+        if content == "numeric" and not all(
+            v is None or _is_number(v) for row in matrix for v in row
+        ):
+            return "breakpoint values must be numbers"
+        return None
+    else:  # global
+        if atom.value is None:
+            return "global needs 'value'"
+    if atom.value is None:  # a marker may be a bare time
+        return None
+    if content == "numeric":
+        if not _is_number(atom.value):
+            return f"value must be a number ({extent}, numeric), got {atom.value!r}"
+    elif not isinstance(atom.value, (str, int)):
+        return f"value must be a label ({extent}, text), got {_kind(atom.value)}"
+    if definition and definition.dictionary:
+        d = definition.dictionary
+        if content == "text" and definition.type_constraint != "free" and atom.value not in d:
+            return f"label {atom.value!r} is not in the definition's dictionary ({len(d)} labels)"
+        if (
+            content == "numeric"
+            and len(d) == 2
+            and all(_is_number(x) for x in d)
+            and not d[0] <= atom.value <= d[1]
+        ):
+            return f"value {atom.value!r} is outside the definition's range [{d[0]}, {d[1]}]"
+    return None
+
+
+def _orient_matrix(value: Any, n_times: int, version: float) -> list[list] | str:
+    """Return ``value`` as ``(n_dims, n_times)`` rows, or the reason it cannot be."""
+    if not isinstance(value, list) or not value:
+        return f"breakpoint 'value' must be a matrix (list of lists), got {_kind(value)}"
+    if not any(isinstance(r, list) for r in value):  # one dimension stored flat
+        value = [value]
+    if not all(isinstance(r, list) for r in value):
+        return "breakpoint 'value' mixes rows and numbers"
+    widths = {len(r) for r in value}
+    if len(widths) != 1:
+        return f"breakpoint 'value' rows differ in length ({sorted(widths)})"
+    n_rows, n_cols = len(value), widths.pop()
+    rows_are_times = n_rows == n_times
+    cols_are_times = n_cols == n_times
+    if rows_are_times and cols_are_times:
+        rows_are_times = version < SCHEMA_VERSION
+    elif not rows_are_times and not cols_are_times:
+        return f"breakpoint 'value' is {n_rows}x{n_cols}, but 'time' has {n_times} points"
+    if rows_are_times:
+        return [list(col) for col in zip(*value)]
+    return [list(r) for r in value]
+
+
+def resolve_audio_path(
+    filepath: str, base_dir: str | os.PathLike, audio_root: str | os.PathLike | None = None
+) -> Path:
+    """Where the audio of ``filepath`` is.
+
+    Absolute paths are kept; relative ones and bare keys (``"174702"``) are
+    looked up under ``audio_root`` then ``base_dir`` (the pyjama's folder),
+    as given and with the usual audio extensions. When nothing exists the
+    first candidate is returned, so that the error names a real place.
+    """
+    p = Path(filepath).expanduser()
+    if p.is_absolute():
+        return p
+    roots = [Path(audio_root)] if audio_root is not None else []
+    roots.append(Path(base_dir))
+    candidates = [r / p for r in roots]
+    if not p.suffix:
+        candidates += [r / (filepath + ext) for r in roots for ext in AUDIO_EXTENSIONS]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return candidates[0]
+
+
+# ---------------------------------------------------------------------------
+# Writing
+
+
+def collection_to_json(collection: Collection) -> dict:
+    """The schema-1.4 document of ``collection`` (breakpoints as (n_dims, n_times))."""
+    definitions = {n: d.to_json() for n, d in collection.definitions.items()}
+    entries = []
+    for e in collection.entries:
+        raw = {FILEPATH: [{"value": e.filepath}]}
+        for name, desc in e.descriptions.items():
+            raw[name] = [a.to_json() for a in desc.atoms]
+        entries.append(raw)
+    return {
+        "schemaversion": SCHEMA_VERSION,
+        "collection": {"descriptiondefinition": definitions, "entry": entries},
+    }
+
+
+def write_pyjama(collection: Collection, path: str | os.PathLike) -> Path:
+    """Write ``collection`` as schema 1.4, atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(collection_to_json(collection), f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def make_collection(
+    items: Iterable[tuple[str, dict[str, list[Atom]]]],
+    definitions: dict[str, Definition],
+    base_dir: str | os.PathLike = ".",
+) -> Collection:
+    """Build a collection from ``(filepath, {name: atoms})`` pairs (for importers and tests)."""
+    entries = []
+    for i, (fp, descs) in enumerate(items):
+        built = {}
+        for name, atoms in descs.items():
+            d = definitions[name]
+            built[name] = Description(name, d.type_extent, d.type_content, list(atoms))
+        entries.append(Entry(i, fp, resolve_audio_path(fp, base_dir), built))
+    defs = dict(definitions)
+    defs.setdefault(
+        FILEPATH, Definition(type_content="text", type_extent="global", type_constraint="filepath")
+    )
+    return Collection(entries, defs)

@@ -1,0 +1,1 @@
+"""Audio -> features -> patches + targets -> one HDF5 store (CLI ``precompute``)."""

@@ -1,0 +1,39 @@
+"""Shared fixtures: small real data made in the test session (synthesized audio, demo clips)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SR = 22050
+
+
+@pytest.fixture(scope="session")
+def demo_small(tmp_path_factory) -> Path:
+    """A small demo dataset: 2 tunes per dance x 3 versions = 24 clips of 4 s."""
+    from precompute.demo import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("demo"), per_class=2, clip_s=4.0)
+
+
+def tone(midi: float, duration_s: float, sr: int = SR, n_harm: int = 6) -> np.ndarray:
+    """A harmonic tone at ``midi`` (float32)."""
+    t = np.arange(int(round(duration_s * sr))) / sr
+    f0 = 440.0 * 2 ** ((midi - 69) / 12)
+    y = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, n_harm + 1) if f0 * k < sr / 2)
+    return (0.3 * y).astype(np.float32)
+
+
+def write_json(path: Path, doc) -> Path:
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def write_wav(path: Path, y: np.ndarray, sr: int = SR) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, y, sr)
+    return path

@@ -1,0 +1,1 @@
+"""Store -> Dataset -> DataLoader -> YAML-built model -> trainer (CLI ``train``)."""
