@@ -118,9 +118,122 @@ def validate_cmd(pyjama: str, audio_root: str | None) -> None:
     sys.exit(1 if coll.problems or missing else 0)
 
 
-def run_cli() -> None:
+@main.command("run")
+@click.option("--dataset", required=True, type=click.Path(dir_okay=False), help="the .pyjama file")
+@click.option(
+    "--feature",
+    required=True,
+    help="waveform | lms | cqt | hcqt (configs/features/NAME.yaml) or a YAML path",
+)
+@click.option(
+    "--audio-root", type=click.Path(file_okay=False), help="folder for relative or bare filepaths"
+)
+@click.option("--stores", default="stores", show_default=True, type=click.Path(file_okay=False))
+@click.option("--jobs", "-j", default=1, show_default=True, help="parallel tasks (-1: all cores)")
+@click.option(
+    "--backend",
+    default="loky",
+    show_default=True,
+    help="joblib backend: loky, threading, dask, ray",
+)
+@click.option("--strict", is_flag=True, help="stop at the first bad entry or file")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a feature parameter"
+)
+@click.option("--quiet", "-q", is_flag=True, help="no progress bar")
+def run_cmd(dataset, feature, audio_root, stores, jobs, backend, strict, overrides, quiet) -> None:
+    """Compute one feature store; prints a summary, then the store path as the last line.
+
+    Exit status: 0 all files computed; 1 the store was written but some entries or files
+    were bad (each is listed); 2 nothing was written (bad pyjama, config, or --strict stop);
+    3 another process is building the same store.
+    """
+    from common.config import parse_override
+    from common.features import make_feature
+
+    from .pipeline import LockedError, StrictStop, execute, make_plan
+
     try:
-        main(standalone_mode=True)
+        feat = make_feature(feature, {k[0]: v for k, v in map(parse_override, overrides)})
+        plan = make_plan(dataset, feat, stores, audio_root, strict)
+        for p in plan.collection.problems:
+            click.echo(f"skipped: {p}", err=True)
+        summary = execute(
+            plan,
+            jobs=jobs,
+            backend=backend,
+            strict=strict,
+            progress=not quiet,
+            log=lambda m: click.echo(m, err=True),
+        )
     except (ConfigError, PyjamaError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except StrictStop as e:
+        click.echo(f"stopped (--strict): {e}; finished files are kept, a rerun continues", err=True)
+        sys.exit(2)
+    except LockedError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(3)
+    for w in summary.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if summary.existed:
+        click.echo(
+            f"store exists: {summary.files} files, {summary.audio_s / 3600:.2f} h of audio"
+            + (
+                f", {len(summary.failed)} failed at build (delete the store to retry them)"
+                if summary.failed
+                else ""
+            )
+        )
+        for f in summary.failed:
+            click.echo(f"failed: {f['reason']}", err=True)
+    else:
+        click.echo(
+            f"{summary.files} files done, {len(summary.failed)} failed, {len(summary.skipped)} skipped; "
+            f"{summary.audio_s / 3600:.3f} h of audio in {summary.seconds:.1f} s "
+            f"(merge {summary.merge_seconds:.1f} s; {summary.computed_tasks} tasks run, {summary.reused_tasks} reused)"
+        )
+    click.echo(str(summary.store_path))
+    sys.exit(0 if summary.ok else 1)
+
+
+@main.command("info")
+@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+def info_cmd(store: str) -> None:
+    """Files, frames, patches, shape, parameters, targets and size of STORE (JSON)."""
+    import json
+
+    from .inspect import info
+
+    click.echo(json.dumps(info(store), indent=1))
+
+
+@main.command("verify")
+@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+def verify_cmd(store: str) -> None:
+    """Check offsets, counts, patch index, NaNs and the parameter hash; exit 1 on any fault."""
+    from .inspect import verify
+
+    faults = verify(store)
+    for f in faults:
+        click.echo(f"{store}: {f}", err=True)
+    click.echo("ok" if not faults else f"{len(faults)} fault(s)")
+    sys.exit(1 if faults else 0)
+
+
+@main.command("show")
+@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--file", "name", required=True, help="filepath, file name or stem of the file to draw"
+)
+@click.option("-o", "--out", default="show.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--channel", type=int, help="channel (harmonic) to draw; default: harmonic 1")
+def show_cmd(store: str, name: str, out: str, channel: int | None) -> None:
+    """Draw a file's feature with its patch grid and frame-level targets over it."""
+    from .inspect import show
+
+    try:
+        click.echo(show(store, name, out, channel))
+    except KeyError as e:
+        raise click.ClickException(str(e.args[0])) from None
