@@ -74,6 +74,8 @@ class TaskResult:
     audio_s: float = 0.0
     failures: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    pid: int = 0
+    peak_rss_mb: float = 0.0
 
 
 @dataclass
@@ -89,6 +91,7 @@ class Summary:
     seconds: float = 0.0
     merge_seconds: float = 0.0
     existed: bool = False
+    peak_rss_mb: dict[int, float] = field(default_factory=dict)  # per process, workers and this one
 
     @property
     def ok(self) -> bool:
@@ -196,7 +199,15 @@ def run_task(
         result.done += 1
         result.audio_s += audio.duration_s
     write_shard(task.shard, records, result.failures, feature_hash)
+    result.pid, result.peak_rss_mb = os.getpid(), peak_rss_mb()
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class StoreLock:
@@ -318,6 +329,9 @@ def execute(
                 )
                 for res in results:
                     summary.computed_tasks += 1
+                    summary.peak_rss_mb[res.pid] = max(
+                        summary.peak_rss_mb.get(res.pid, 0.0), res.peak_rss_mb
+                    )
                     bar.update(res.done + len(res.failures))
                     for f in res.failures:
                         log(f"error: {f['reason']}")
@@ -361,6 +375,7 @@ def execute(
     summary.files = len(files)
     summary.audio_s = float(sum(f.duration_s for f in files))
     summary.seconds = time.perf_counter() - t0
+    summary.peak_rss_mb[os.getpid()] = peak_rss_mb()
     return summary
 
 

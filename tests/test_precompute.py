@@ -1,0 +1,419 @@
+"""The precompute pipeline: targets to the frame, the store's layout, resume, locking, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from common.audio import load_audio
+from common.features import make_feature
+from common.store import memmap_dataset, read_file_targets, read_tables
+from precompute.cli import main
+from precompute.inspect import verify
+from precompute.pipeline import LockedError, StoreLock, make_plan, run
+
+from .conftest import SR, tone, write_json, write_wav
+
+GENRES = {
+    "type_content": "text",
+    "type_extent": "global",
+    "type_constraint": "value_in_dictionary",
+    "dictionary": ["folk", "jazz"],
+}
+
+
+def silence(duration_s, sr=SR):
+    return np.zeros(int(duration_s * sr), dtype=np.float32)
+
+
+@pytest.fixture
+def notes_dataset(tmp_path):
+    """Two files with known notes; one stereo at 44.1 kHz."""
+    y = silence(3.0)
+    y[int(0.5 * SR) : int(1.5 * SR)] += tone(60, 1.0)
+    y[int(2.0 * SR) : int(2.5 * SR)] += tone(67, 0.5)
+    write_wav(tmp_path / "audio" / "a.wav", y)
+    z = tone(64, 2.0, sr=44100)
+    write_wav(tmp_path / "audio" / "b.wav", np.stack([z, z], 1), sr=44100)
+    times = [round(0.01 * k, 2) for k in range(300)]
+    melody = [60.0 if 0.5 < t <= 1.5 else (67.0 if 2.0 < t <= 2.5 else 0.0) for t in times]
+    doc = {
+        "schemaversion": 1.4,
+        "collection": {
+            "descriptiondefinition": {"genre": GENRES},
+            "entry": [
+                {
+                    "filepath": [{"value": "audio/a.wav"}],
+                    "genre": [{"value": "folk"}],
+                    "tag": [{"value": "piano"}, {"value": "slow"}],
+                    "work-id": [{"value": 7}],
+                    "pitchmidi": [
+                        {"time": 0.5, "duration": 1.0, "value": 60},
+                        {"time": 2.0, "duration": 0.5, "value": 67},
+                    ],
+                    "f0multi": [{"time": times, "value": [melody, [0.0] * 300]}],
+                    "chord": [
+                        {"time": 0.0, "duration": 1.0, "value": "C:maj"},
+                        {"time": 1.0, "duration": 2.0, "value": "G:maj"},
+                    ],
+                },
+                {
+                    "filepath": [{"value": "audio/b.wav"}],
+                    "genre": [{"value": "jazz"}],
+                    "tag": [{"value": "slow"}],
+                    "work-id": [{"value": 7}],
+                    "pitchmidi": [{"time": 0.0, "duration": 2.0, "value": 64}],
+                    "f0multi": [{"time": [0.0, 1.0], "value": [[64, 64], [0, 0]]}],
+                    "chord": [{"time": 0.0, "duration": 2.0, "value": "E:min"}],
+                },
+            ],
+        },
+    }
+    return write_json(tmp_path / "notes.pyjama", doc)
+
+
+def test_targets_land_on_the_right_frames_and_bins(notes_dataset, tmp_path):
+    s = run(notes_dataset, "cqt", tmp_path / "stores")
+    assert s.ok and s.files == 2
+    t = read_tables(s.store_path)
+    feats = memmap_dataset(s.store_path, "features")
+    pitch = np.asarray(memmap_dataset(s.store_path, "targets/pitchmidi"))
+    f0 = np.asarray(memmap_dataset(s.store_path, "targets/f0multi"))
+    assert pitch.dtype == np.uint8 and pitch.shape == (t.total_frames, 360)
+    n = int(t.n_frames[0])
+    times = np.arange(n) * 512 / SR
+    on = pitch[:n]
+    expect_60 = (times > 0.5) & (times <= 1.5)
+    bin60, bin67 = (60 - 24) * 5, (67 - 24) * 5
+    assert np.array_equal(on[:, bin60].astype(bool), expect_60)
+    assert np.array_equal(on[:, bin67].astype(bool), (times > 2.0) & (times <= 2.5))
+    assert on.sum() == expect_60.sum() + ((times > 2.0) & (times <= 2.5)).sum()
+    # the target bin is where the CQT's energy is, in the middle of the note
+    mid = np.nonzero(expect_60)[0][5:-5]
+    assert (np.asarray(feats[mid, 0]).argmax(axis=1) == bin60).all()
+    # the breakpoint track agrees with the segments away from note edges; silence (0) is no bin at all
+    agree = (f0[:n] == on).all(axis=1)
+    assert agree.mean() > 0.97
+    assert f0[:, 0].sum() == 0 and pitch[:, 0].sum() == 0
+    # second file: frames past the 2-point breakpoint span stay silent
+    b = f0[n:]
+    tb = np.arange(int(t.n_frames[1])) * 512 / SR
+    assert b[:, (64 - 24) * 5][tb <= 1.5].all() and not b[tb > 1.5 + 512 / SR].any()
+
+
+def test_per_file_targets_vocabularies_and_works(notes_dataset, tmp_path):
+    s = run(notes_dataset, "lms", tmp_path / "stores")
+    t = read_tables(s.store_path)
+    assert {n: sp.kind for n, sp in t.targets.items()} == {
+        "genre": "class",
+        "tag": "multilabel",
+        "work-id": "work",
+        "pitchmidi": "frame_pitch",
+        "f0multi": "frame_pitch",
+        "chord": "frame_class",
+    }
+    ft = read_file_targets(s.store_path, ["genre", "tag", "work-id"])
+    assert t.targets["genre"].vocabulary == ["folk", "jazz"] and ft["genre"].tolist() == [0, 1]
+    assert t.targets["tag"].vocabulary == ["piano", "slow"] and ft["tag"].tolist() == [
+        [1, 1],
+        [0, 1],
+    ]
+    assert ft["tag"].dtype == np.uint8
+    assert t.targets["work-id"].vocabulary == ["7"] and ft["work-id"].tolist() == [0, 0]
+    chord = np.asarray(memmap_dataset(s.store_path, "targets/chord"))
+    times = np.arange(int(t.n_frames[0])) * 1024 / SR
+    voc = t.targets["chord"].vocabulary
+    expected = np.where(times <= 1.0, voc.index("C:maj"), voc.index("G:maj"))
+    expected[times == 0] = -1  # a frame at t = 0 is not inside a segment starting at 0
+    assert np.array_equal(chord[: len(times)], expected)
+    # lms has no pitch axis: pitch targets use a 128-MIDI grid
+    p = np.asarray(memmap_dataset(s.store_path, "targets/pitchmidi"))
+    assert (
+        p.shape[1] == 128
+        and p[: len(times), 60].astype(bool).tolist() == ((times > 0.5) & (times <= 1.5)).tolist()
+    )
+
+
+def test_store_layout_and_features_equal_direct_computation(notes_dataset, tmp_path):
+    s = run(notes_dataset, "hcqt", tmp_path / "stores", jobs=2)
+    assert s.store_path.parent == tmp_path / "stores" / "notes"
+    assert s.store_path.name.startswith("hcqt-") and s.store_path.suffix == ".h5"
+    with h5py.File(s.store_path) as h:
+        d = h["features"]
+        assert d.chunks is None and d.compression is None and d.dtype == np.dtype("<f4")
+        assert d.shape[1:] == (6, 360)
+        attrs = dict(h.attrs)
+    assert json.loads(attrs["feature"])["kind"] == "hcqt" and attrs["format_version"] == 1
+    assert {"librosa", "numpy", "h5py"} <= set(json.loads(attrs["versions"]))
+    t = read_tables(s.store_path)
+    feats = memmap_dataset(s.store_path, "features")
+    f = make_feature("hcqt")
+    coll_paths = [notes_dataset.parent / "audio" / n for n in ("a.wav", "b.wav")]
+    for i, p in enumerate(coll_paths):
+        X = f.compute(load_audio(p, sr=22050).y)
+        got = np.asarray(feats[t.offset[i] : t.offset[i] + t.n_frames[i]]).transpose(1, 2, 0)
+        np.testing.assert_array_equal(got, X)
+    # default patch index: 64 frames, hop 32
+    assert (t.patch_start[t.patch_file == 0] == np.arange(0, int(t.n_frames[0]) - 64 + 1, 32)).all()
+    assert verify(s.store_path) == []
+    # the same request finds the store at once; a changed parameter makes another
+    again = run(notes_dataset, "hcqt", tmp_path / "stores")
+    assert again.existed and again.store_path == s.store_path
+    other = make_plan(notes_dataset, make_feature("hcqt", {"hop_length": 256}), tmp_path / "stores")
+    assert other.store_path != s.store_path
+
+
+def _tables(path):
+    with h5py.File(path) as h:
+        out = {}
+        h.visititems(
+            lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None
+        )
+        return out
+
+
+def _assert_same_store(a, b):
+    ta, tb = _tables(a), _tables(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert np.array_equal(ta[k], tb[k]), k
+
+
+def _many(tmp_path, n=16, seconds=2.0):
+    entries = []
+    for i in range(n):
+        write_wav(tmp_path / "audio" / f"f{i:02d}.wav", tone(48 + i, seconds))
+        entries.append(
+            {
+                "filepath": [{"value": f"audio/f{i:02d}.wav"}],
+                "genre": [{"value": ["folk", "jazz"][i % 2]}],
+                "pitchmidi": [{"time": 0.1, "duration": 1.0, "value": 48 + i}],
+            }
+        )
+    return write_json(tmp_path / "many.pyjama", {"collection": {"entry": entries}})
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_run_resumes_and_gives_the_identical_store(tmp_path, sig):
+    ds = _many(tmp_path)
+    ref = run(ds, "hcqt", tmp_path / "ref")
+    stores = tmp_path / "stores"
+    plan = make_plan(ds, "hcqt", stores)
+    cmd = [
+        sys.executable,
+        "-m",
+        "precompute",
+        "run",
+        "--dataset",
+        str(ds),
+        "--feature",
+        "hcqt",
+        "--stores",
+        str(stores),
+        "-j",
+        "1",
+        "-q",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(plan.shard_dir.glob("task-*.h5"))) < 3:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    proc.wait(30)
+    done = sorted(p.name for p in plan.shard_dir.glob("task-*.h5"))
+    assert 3 <= len(done) < len(plan.tasks), "the run was not interrupted mid-way"
+    assert not plan.store_path.exists()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == str(plan.store_path)
+    assert f"{len(done)} reused" in res.stdout
+    _assert_same_store(plan.store_path, ref.store_path)
+    assert not plan.shard_dir.exists() and not plan.lock_path.exists()
+
+
+def test_second_run_refuses_while_one_runs_and_dead_lock_is_taken_over(notes_dataset, tmp_path):
+    plan = make_plan(notes_dataset, "lms", tmp_path / "stores")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        plan.lock_path.parent.mkdir(parents=True)
+        plan.lock_path.write_text(
+            json.dumps({"pid": other.pid, "host": os.uname().nodename, "started": "now"})
+        )
+        res = CliRunner().invoke(
+            main,
+            [
+                "run",
+                "--dataset",
+                str(notes_dataset),
+                "--feature",
+                "lms",
+                "--stores",
+                str(tmp_path / "stores"),
+                "-q",
+            ],
+        )
+        assert res.exit_code == 3
+        assert (
+            f"pid {other.pid}" in res.output and "being built by another precompute" in res.output
+        )
+        with pytest.raises(LockedError), StoreLock(plan.lock_path):
+            pass
+    finally:
+        other.kill()
+        other.wait()
+    # its owner is dead now: the next run takes the lock over
+    s = run(notes_dataset, "lms", tmp_path / "stores")
+    assert s.ok and s.store_path.exists() and not plan.lock_path.exists()
+
+
+def test_bad_input_is_reported_by_name_and_the_rest_is_computed(tmp_path):
+    a = tmp_path / "audio"
+    write_wav(a / "good.wav", tone(60, 4.0))
+    write_wav(a / "stereo44.wav", np.stack([tone(60, 4.0, sr=44100)] * 2, 1), sr=44100)
+    write_wav(a / "short.wav", tone(60, 0.5))
+    write_wav(a / "late.wav", tone(60, 4.0))
+    (a / "empty.wav").write_bytes(b"")
+    (a / "random.wav").write_bytes(np.random.default_rng(0).bytes(4000))
+    sf.write(a / "header.wav", np.zeros(0, dtype=np.float32), SR)
+    sf.write(a / "nan.wav", np.array([0.1, np.nan] * 2000, dtype=np.float32), SR, subtype="FLOAT")
+    (a / "notes.txt").write_text("not audio at all\n")
+
+    def e(fp, genre="folk", **kw):
+        return {"filepath": [{"value": fp}], "genre": [{"value": genre}], **kw}
+
+    doc = {
+        "collection": {
+            "descriptiondefinition": {"genre": GENRES},
+            "entry": [
+                e("audio/good.wav"),
+                e("audio/stereo44.wav"),
+                e("audio/short.wav"),
+                e("audio/late.wav", pitchmidi=[{"time": 3.5, "duration": 2.0, "value": 60}]),
+                e("audio/missing.wav"),
+                e("audio/empty.wav"),
+                e("audio/random.wav"),
+                e("audio/header.wav"),
+                e("audio/nan.wav"),
+                e("audio/notes.txt"),
+                e("audio/good.wav", genre="jazz"),
+                e("audio/good.wav", genre="metal"),
+                {"genre": [{"value": "folk"}]},
+            ],
+        }
+    }
+    ds = write_json(tmp_path / "bad.pyjama", doc)
+    args = [
+        "run",
+        "--dataset",
+        str(ds),
+        "--feature",
+        "lms",
+        "--stores",
+        str(tmp_path / "stores"),
+        "-q",
+    ]
+    res = CliRunner().invoke(main, args)
+    out = res.output
+    assert res.exit_code == 1, out
+    expected = [
+        "audio/missing.wav: file not found",
+        "audio/empty.wav: empty file (0 bytes)",
+        "audio/random.wav: cannot decode (unsupported or corrupt audio",
+        "audio/header.wav: has a header but no samples",
+        "audio/nan.wav: contains NaN or Inf samples",
+        "audio/notes.txt: cannot decode (unsupported or corrupt audio: libsndfile does not recognise this .txt file)",
+        "entry 10 (audio/good.wav): duplicate filepath, already used by entry 0",
+        "entry 11 (audio/good.wav): 'genre' atom 0: label 'metal' is not in the definition's dictionary",
+        "entry 12: entry has no 'filepath'",
+        "entry 2 (audio/short.wav): shorter than one patch (11 < 64 frames): kept, 0 patches",
+        "entry 3 (audio/late.wav): 'pitchmidi': 1 annotation(s) end past the audio (4.00 s), clipped",
+    ]
+    for line in expected:
+        assert line in out, line
+    assert "Traceback" not in out
+    assert "4 files done, 6 failed, 3 skipped" in out
+    store = out.strip().splitlines()[-1]
+    t = read_tables(store)
+    assert [str(n) for n in t.names] == [
+        "audio/good.wav",
+        "audio/stereo44.wav",
+        "audio/short.wav",
+        "audio/late.wav",
+    ]
+    assert (t.patch_file == 2).sum() == 0
+    assert verify(store) == []
+    # --strict stops at the first problem and writes no store
+    res = CliRunner().invoke(
+        main, [*args[:-3], "--stores", str(tmp_path / "strict"), "--strict", "-q"]
+    )
+    assert res.exit_code == 2 and "duplicate filepath" in res.output
+    assert not list((tmp_path / "strict").rglob("*.h5"))
+
+
+def test_strict_stops_at_first_bad_audio(tmp_path):
+    write_wav(tmp_path / "ok.wav", tone(60, 1.0))
+    doc = {
+        "collection": {
+            "entry": [{"filepath": [{"value": "missing.wav"}]}, {"filepath": [{"value": "ok.wav"}]}]
+        }
+    }
+    ds = write_json(tmp_path / "d.pyjama", doc)
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--dataset",
+            str(ds),
+            "--feature",
+            "lms",
+            "--stores",
+            str(tmp_path / "s"),
+            "--strict",
+            "-q",
+        ],
+    )
+    assert (
+        res.exit_code == 2
+        and "missing.wav: file not found" in res.output
+        and "stopped (--strict)" in res.output
+    )
+    assert not list(
+        (tmp_path / "s").glob("*/*.h5")
+    )  # no store; finished shards are kept for a rerun
+
+
+def test_verify_finds_a_damaged_store(notes_dataset, tmp_path):
+    s = run(notes_dataset, "lms", tmp_path / "stores")
+    with h5py.File(s.store_path, "r+") as h:
+        h["files/offset"][1] += 3
+        h["features"][5, 0, 0] = np.nan
+    faults = verify(s.store_path)
+    assert any("offsets" in f for f in faults) and any("NaN" in f for f in faults)
+    res = CliRunner().invoke(main, ["verify", str(s.store_path)])
+    assert res.exit_code == 1
+
+
+def test_info_and_show(notes_dataset, tmp_path):
+    s = run(notes_dataset, "cqt", tmp_path / "stores")
+    res = CliRunner().invoke(main, ["info", str(s.store_path)])
+    assert res.exit_code == 0
+    info = json.loads(res.output)
+    assert (
+        info["files"] == 2
+        and info["frame_shape"] == [1, 360]
+        and info["targets"]["tag"]["kind"] == "multilabel"
+    )
+    png = tmp_path / "a.png"
+    res = CliRunner().invoke(main, ["show", str(s.store_path), "--file", "a.wav", "-o", str(png)])
+    assert res.exit_code == 0, res.output
+    assert png.stat().st_size > 10_000
