@@ -76,7 +76,16 @@ def _type_ok(kind: str, v: Any) -> bool:
 
 def close_names(name: str, known: Sequence[str], n: int = 3) -> str:
     """`` (did you mean: a, b?)`` or ``known keys: ...`` for error messages."""
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=n, cutoff=0.5)
+    known = [str(k) for k in known]
+    same_but_case = [k for k in known if k.lower() == str(name).lower()]
+    close = (
+        same_but_case
+        + [
+            k
+            for k in difflib.get_close_matches(str(name), known, n=n, cutoff=0.5)
+            if k not in same_but_case
+        ][: n - len(same_but_case)]
+    )
     if close:
         return f"did you mean {', '.join(repr(c) for c in close)}?"
     return f"known: {', '.join(sorted(map(str, known)))}"
