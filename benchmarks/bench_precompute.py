@@ -25,8 +25,8 @@ from common.audio import load_audio
 from common.features import make_feature
 from common.pyjama import read_pyjama
 from precompute.demo import make_demo
-from precompute.pipeline import make_plan, peak_rss_mb
 from precompute.pipeline import execute as run_plan
+from precompute.pipeline import make_plan, peak_rss_mb
 
 
 def dataset(hours: float) -> Path:
