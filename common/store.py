@@ -46,6 +46,25 @@ class StoreError(Exception):
     """A store or shard that cannot be used as it is; the message says what to do."""
 
 
+def store_identity(feature_params: dict[str, Any], entries_json: list[dict]) -> str:
+    """The store hash: feature parameters, the dataset's entries and the format version.
+
+    The same request finds the same store; a change of any of them makes another, never a mix.
+    """
+    from .features import params_hash
+
+    return params_hash(
+        {"feature": feature_params, "entries": params_hash(entries_json), "format": FORMAT_VERSION}
+    )[:16]
+
+
+def store_path(
+    stores: str | os.PathLike, dataset_name: str, feature_kind: str, identity: str
+) -> Path:
+    """``STORES/<dataset>/<feature>-<hash>.h5``."""
+    return Path(stores) / dataset_name / f"{feature_kind}-{identity}.h5"
+
+
 @dataclass
 class TargetSpec:
     """How one pyjama description becomes a target array."""

@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from common.audio import AudioError, load_audio
-from common.features import Feature, make_feature, params_hash
+from common.features import Feature, make_feature
 from common.pyjama import Collection, Entry, PyjamaError, collection_to_json, read_pyjama
 from common.store import (
-    FORMAT_VERSION,
     FileRecord,
     StoreError,
     TargetSpec,
@@ -34,6 +33,8 @@ from common.store import (
     read_shard_index,
     read_tables,
     remove_stale_temporaries,
+    store_identity,
+    store_path,
     write_shard,
 )
 
@@ -98,10 +99,6 @@ class Summary:
         return not self.failed and not self.skipped
 
 
-def entries_digest(collection: Collection) -> str:
-    return params_hash(collection_to_json(collection)["collection"]["entry"])
-
-
 def files_per_task(n_files: int) -> int:
     """Files per task, from the file count alone, so resumed runs plan the same shards."""
     return max(1, min(16, math.ceil(n_files / 256)))
@@ -122,12 +119,11 @@ def make_plan(
     dataset = Path(dataset)
     collection = read_pyjama(dataset, audio_root=audio_root, on_error="raise" if strict else "skip")
     feat = feature if isinstance(feature, Feature) else make_feature(feature)
-    store_hash = params_hash(
-        {"feature": feat.to_dict(), "entries": entries_digest(collection), "format": FORMAT_VERSION}
-    )[:16]
-    folder = Path(stores) / collection.name
-    store_path = folder / f"{feat.kind}-{store_hash}.h5"
-    shard_dir = folder / f"{feat.kind}-{store_hash}.shards"
+    store_hash = store_identity(
+        feat.to_dict(), collection_to_json(collection)["collection"]["entry"]
+    )
+    path = store_path(stores, collection.name, feat.kind, store_hash)
+    shard_dir = path.with_suffix(".shards")
     per = files_per_task(len(collection.entries))
     tasks = [
         Task(i, collection.entries[s : s + per], shard_dir / f"task-{i:06d}.h5")
@@ -137,7 +133,7 @@ def make_plan(
         collection,
         feat,
         plan_targets(collection, feat),
-        store_path,
+        path,
         shard_dir,
         tasks,
         store_hash,

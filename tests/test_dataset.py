@@ -1,0 +1,256 @@
+"""StoreDataset and StoreDataModule: exact items, aligned targets, stable disjoint splits, workers."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from common.pyjama import read_pyjama, write_pyjama
+from common.store import StoreError, memmap_dataset, patch_index
+from precompute.pipeline import run
+from train.data import StoreDataModule
+from train.dataset import DatasetError, StoreDataset, assign_splits, collate_padded
+from train.samplers import EpochSampler, WorkBatchSampler
+
+
+@pytest.fixture(scope="session")
+def stores(demo_small, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    return {f: run(demo_small, f, root, jobs=1).store_path for f in ("lms", "cqt")}
+
+
+def direct(store, name="features"):
+    with h5py.File(store) as h:
+        return h[name][()]
+
+
+def test_patch_items_equal_a_direct_slice_of_the_store(stores):
+    ds = StoreDataset(stores["lms"], unit="patch", target="genre")
+    feats = direct(stores["lms"])
+    t = ds.tables
+    genre = direct(stores["lms"], "targets/genre")
+    for idx in (0, 7, len(ds) - 1):
+        item = ds[idx]
+        f, s = item["file"], item["start"]
+        off = t.offset[f] + s
+        np.testing.assert_array_equal(item["X"].numpy(), feats[off : off + 64].transpose(1, 2, 0))
+        assert item["X"].shape == (1, 128, 64) and item["X"].dtype == torch.float32
+        assert item["y"].dtype == torch.long and int(item["y"]) == genre[f]
+    batch = ds.__getitems__([3, 1, 2])
+    for b, i in zip(batch, [3, 1, 2]):
+        assert torch.equal(b["X"], ds[i]["X"])
+
+
+def test_frame_pitch_target_is_cut_to_the_patch(stores):
+    ds = StoreDataset(stores["cqt"], unit="patch", target="pitchmidi")
+    pitch = direct(stores["cqt"], "targets/pitchmidi")
+    item = ds[5]
+    off = ds.tables.offset[item["file"]] + item["start"]
+    assert item["y"].shape == (360, 64) and item["y"].dtype == torch.float32
+    np.testing.assert_array_equal(item["y"].numpy(), pitch[off : off + 64].T)
+    # and the annotated notes are where the CQT's energy is: in frames with one note, the loudest
+    # bin within a semitone of each active target bin is that bin's neighbourhood
+    X = item["X"][0].numpy()
+    for frame in range(0, 64, 8):
+        for b in np.nonzero(item["y"][:, frame].numpy())[0]:
+            lo, hi = max(0, b - 12), min(360, b + 13)
+            assert abs(lo + int(X[lo:hi, frame].argmax()) - b) <= 2
+
+
+def test_multilabel_target_and_file_and_whole_file_units(stores):
+    tags = StoreDataset(stores["lms"], target="tag")
+    assert (
+        tags[0]["y"].shape == (len(tags.spec.vocabulary),) and tags[0]["y"].dtype == torch.float32
+    )
+    ds = StoreDataset(stores["lms"], unit="file", target="pitchmidi")
+    feats = direct(stores["lms"])
+    item = ds[2]
+    f = item["file"]
+    starts = ds.tables.patch_start[ds.tables.patch_file == f]
+    assert item["X"].shape == (len(starts), 1, 128, 64)
+    for k, s in enumerate(starts):
+        off = ds.tables.offset[f] + s
+        np.testing.assert_array_equal(
+            item["X"][k].numpy(), feats[off : off + 64].transpose(1, 2, 0)
+        )
+    assert item["y"].shape == (len(starts), 128, 64)
+    whole = StoreDataset(stores["lms"], unit="file", whole_file=True)[2]
+    off, n = ds.tables.offset[f], ds.tables.n_frames[f]
+    np.testing.assert_array_equal(whole["X"].numpy(), feats[off : off + n].transpose(1, 2, 0))
+    batch = collate_padded([ds[0], ds[1]])
+    assert batch["X"].shape[:2] == batch["mask"].shape
+
+
+def test_work_unit_gives_versions_of_one_work(stores):
+    ds = StoreDataset(stores["cqt"], unit="work", versions=2, seed=1)
+    works = direct(stores["cqt"], "targets/work-id")
+    assert len(ds) == len(np.unique(works))
+    item = ds[0]
+    assert item["X"].shape == (2, 1, 360, 64)
+    assert (
+        len({int(works[f]) for f in item["files"]}) == 1
+        and int(works[item["files"][0]]) == item["work"]
+    )
+    assert item["files"][0] != item["files"][1]
+    assert torch.equal(ds[(0, 3)]["X"], ds[(0, 3)]["X"])  # (index, epoch) is reproducible
+
+
+def test_other_patch_length_rederives_the_index(stores):
+    ds = StoreDataset(stores["lms"], patch_frames=32, hop_frames=10)
+    n = ds.tables.n_frames
+    expected = [(f, s) for f in range(len(n)) for s in range(0, int(n[f]) - 32 + 1, 10)]
+    assert list(zip(ds.patch_file.tolist(), ds.patch_start.tolist())) == expected
+    assert ds[0]["X"].shape == (1, 128, 32)
+    pf, ps = patch_index(np.array([10, 64, 65, 200]), 64, 32)
+    assert pf.tolist() == [1, 2, 3, 3, 3, 3, 3] and ps.tolist() == [0, 0, 0, 32, 64, 96, 128]
+
+
+def test_splits_disjoint_by_work_and_stable_when_files_are_added(stores, demo_small, tmp_path):
+    parts = {s: StoreDataset(stores["lms"], split=s) for s in ("train", "valid", "test")}
+    files = [set(p.files.tolist()) for p in parts.values()]
+    assert sum(len(f) for f in files) == parts["train"].tables.n_files
+    assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
+    works = direct(stores["lms"], "targets/work-id")
+    work_sets = [set(works[list(f)].tolist()) for f in files]
+    assert not (
+        work_sets[0] & work_sets[1] or work_sets[0] & work_sets[2] or work_sets[1] & work_sets[2]
+    )
+    # no patch of a test file is in train
+    assert not set(parts["train"].patch_file.tolist()) & files[2]
+    # a dataset grown by more files keeps every old file where it was
+    keys = [f"file:{i}" for i in range(200)]
+    small, big = (
+        assign_splits(keys[:100], (0.8, 0.1, 0.1), 0),
+        assign_splits(keys, (0.8, 0.1, 0.1), 0),
+    )
+    assert np.array_equal(small, big[:100])
+    assert 0.7 < (big == 0).mean() < 0.9
+    coll = read_pyjama(demo_small)
+    coll.entries = coll.entries[:12]
+    sub = write_pyjama(coll, demo_small.parent / "sub.pyjama")
+    sub_store = run(sub, "lms", tmp_path).store_path
+    for s in ("train", "valid", "test"):
+        a = StoreDataset(sub_store, split=s)
+        b = parts[s]
+        assert set(a.tables.names[a.files]) <= set(b.tables.names[b.files])
+
+
+def test_split_from_a_pyjama_description(demo_small, tmp_path):
+    coll = read_pyjama(demo_small)
+    from common.pyjama import Atom, Definition, Description
+
+    for i, e in enumerate(coll.entries):
+        e.descriptions["fold"] = Description(
+            "fold", "global", "text", [Atom(value=["train", "validation", "test"][i % 3])]
+        )
+    coll.definitions["fold"] = Definition("text", "global", "free")
+    p = write_pyjama(coll, demo_small.parent / "folds.pyjama")
+    store = run(p, "lms", tmp_path / "s").store_path
+    ds = StoreDataset(store, split="valid", split_key="fold")
+    assert ds.files.tolist() == list(range(1, 24, 3))
+    with pytest.raises(DatasetError, match="split key 'genre': values .* are not train/valid/test"):
+        StoreDataset(store, split="valid", split_key="genre")
+
+
+def _batches(loader, n=3):
+    out = []
+    for i, b in enumerate(loader):
+        if i == n:
+            break
+        out.append(b)
+    return out
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_workers_give_the_same_batches_as_no_workers(stores, context):
+    def loader(workers):
+        dm = StoreDataModule(
+            stores["cqt"],
+            target="pitchmidi",
+            batch_size=8,
+            num_workers=workers,
+            seed=3,
+            multiprocessing_context=context if workers else None,
+            persistent_workers=False,
+        )
+        dm.setup()
+        dm.set_epoch(2)
+        return dm.train_dataloader()
+
+    ref, par = _batches(loader(0)), _batches(loader(2))
+    assert len(ref) == 3
+    for a, b in zip(ref, par):
+        assert (
+            torch.equal(a["X"], b["X"])
+            and torch.equal(a["y"], b["y"])
+            and torch.equal(a["file"], b["file"])
+        )
+
+
+def test_dataset_pickles_without_its_mapping(stores):
+    ds = StoreDataset(stores["lms"])
+    ds[0]
+    assert isinstance(ds._feats, np.memmap)
+    size = len(pickle.dumps(ds))
+    assert size < 200_000
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._feats is None and torch.equal(clone[0]["X"], ds[0]["X"])
+
+
+def test_mismatches_fail_at_construction_naming_both(stores, demo_small, tmp_path):
+    with pytest.raises(
+        DatasetError,
+        match=r"has no target 'chord'; it has: f0multi, genre, pitchmidi, tag, title, work-id",
+    ):
+        StoreDataset(stores["lms"], target="chord")
+    with pytest.raises(
+        DatasetError,
+        match=r"other feature parameters than asked: hop_length: store 1024, asked 512",
+    ):
+        StoreDataset(stores["lms"], feature={"kind": "lms", "hop_length": 512})
+    dm = StoreDataModule(dataset=demo_small, feature="hcqt", stores=tmp_path / "none")
+    with pytest.raises(DatasetError) as err:
+        dm.prepare_data()
+    assert "no store at" in str(err.value)
+    assert (
+        f"precompute run --dataset {demo_small} --feature hcqt --stores {tmp_path / 'none'}"
+        in str(err.value)
+    )
+    dm = StoreDataModule(dataset=demo_small, feature="lms", stores=stores["lms"].parent.parent)
+    assert dm.prepare_data() == stores["lms"]
+
+
+def test_a_chunked_store_is_refused_with_advice(tmp_path):
+    p = tmp_path / "chunked.h5"
+    with h5py.File(p, "w") as h:
+        h.create_dataset("features", data=np.zeros((100, 1, 8), np.float32), chunks=(10, 1, 8))
+    with pytest.raises(
+        StoreError, match="chunked or compressed and cannot be memory-mapped; re-run precompute"
+    ):
+        memmap_dataset(p, "features")
+
+
+def test_samplers():
+    s = EpochSampler(10, seed=1, num_samples=25)
+    s.set_epoch(0)
+    a = s.indices()
+    assert len(a) == 25 and set(a[:10].tolist()) == set(range(10))
+    s.set_epoch(1)
+    assert not np.array_equal(a, s.indices())
+    file_work = np.array([0, 0, 1, 1, 1, 2, -1])
+    patch_file = np.repeat(np.arange(7), 3)
+    ws = WorkBatchSampler(
+        patch_file, file_work, works_per_batch=2, versions_per_work=2, batches_per_epoch=5
+    )
+    for batch in ws:
+        works = file_work[patch_file[batch]]
+        assert len(batch) == 4 and (np.bincount(works) == 2).sum() == 2
+        for w in set(works.tolist()):
+            files = patch_file[batch][works == w]
+            assert len(set(files.tolist())) == 2
+    assert json.dumps(sorted(ws.by_work)) == "[0, 1]"

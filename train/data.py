@@ -1,0 +1,234 @@
+"""``StoreDataModule``: the data side of an experiment, with the names users know
+(``prepare_data``, ``setup``, ``train_dataloader``, ``val_dataloader``, ``test_dataloader``)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.features import Feature, make_feature
+from common.pyjama import collection_to_json, read_pyjama
+from common.store import read_tables, store_identity, store_path
+
+from .dataset import DatasetError, StoreDataset, collate_padded, feature_mismatch
+from .samplers import EpochSampler, WorkBatchSampler
+
+
+def expected_store(
+    dataset: str | os.PathLike,
+    feature: Feature,
+    stores: str | os.PathLike,
+    audio_root: str | os.PathLike | None = None,
+) -> Path:
+    """Where ``precompute run`` puts the store of this dataset and feature (valid entries only)."""
+    coll = read_pyjama(dataset, audio_root=audio_root, on_error="skip")
+    identity = store_identity(feature.to_dict(), collection_to_json(coll)["collection"]["entry"])
+    return store_path(stores, coll.name, feature.kind, identity)
+
+
+def precompute_command(
+    dataset, feature_file, stores, audio_root=None, overrides: dict | None = None
+) -> str:
+    parts = [
+        "precompute",
+        "run",
+        "--dataset",
+        str(dataset),
+        "--feature",
+        str(feature_file),
+        "--stores",
+        str(stores),
+    ]
+    if audio_root:
+        parts += ["--audio-root", str(audio_root)]
+    for k, v in (overrides or {}).items():
+        parts += ["--set", f"{k}={v}"]
+    return shlex.join(parts)
+
+
+class StoreDataModule:
+    """Datasets and DataLoaders of one experiment over one store.
+
+    Give either ``store`` (a path) or ``dataset`` (a pyjama) + ``feature`` (+ ``stores``),
+    from which the store is found by its hash.
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike | None = None,
+        *,
+        dataset: str | os.PathLike | None = None,
+        feature: str | os.PathLike | dict | Feature | None = None,
+        stores: str | os.PathLike = "stores",
+        audio_root: str | os.PathLike | None = None,
+        unit: str = "patch",
+        target: str | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        split_seed: int = 0,
+        split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+        split_key: str | None = None,
+        patch_frames: int | None = None,
+        hop_frames: int | None = None,
+        samples_per_epoch: int | None = None,
+        works_per_batch: int | None = None,
+        versions_per_work: int = 2,
+        seed: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        prefetch_factor: int = 4,
+        multiprocessing_context: str | None = None,
+    ):
+        if store is None and (dataset is None or feature is None):
+            raise DatasetError("give a store path, or a dataset (pyjama) and a feature")
+        self.store = Path(store) if store is not None else None
+        self.dataset, self.stores, self.audio_root = dataset, stores, audio_root
+        self.feature_spec = feature
+        self.feature = (
+            None
+            if feature is None
+            else (feature if isinstance(feature, Feature) else make_feature(feature))
+        )
+        self.unit, self.target = unit, target
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.split_kw = {
+            "split_seed": split_seed,
+            "split_fractions": tuple(split_fractions),
+            "split_key": split_key,
+        }
+        self.patch_frames, self.hop_frames = patch_frames, hop_frames
+        self.samples_per_epoch = samples_per_epoch
+        self.works_per_batch, self.versions_per_work = works_per_batch, versions_per_work
+        self.seed = seed
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        self.multiprocessing_context = multiprocessing_context
+        self.train_ds = self.valid_ds = self.test_ds = None
+        self._samplers: list[Any] = []
+
+    def prepare_data(self) -> Path:
+        """Find the store and check it matches the feature; otherwise say how to make it."""
+        if self.store is None:
+            self.store = expected_store(self.dataset, self.feature, self.stores, self.audio_root)
+        feature_arg = (
+            self.feature_spec
+            if isinstance(self.feature_spec, (str, os.PathLike))
+            else self.feature.kind
+        )
+        if not self.store.is_file():
+            cmd = precompute_command(
+                self.dataset or "DATASET.pyjama", feature_arg, self.stores, self.audio_root
+            )
+            raise DatasetError(f"no store at {self.store}; make it with:\n  {cmd}")
+        if self.feature is not None:
+            diffs = feature_mismatch(read_tables(self.store).feature, self.feature.to_dict())
+            if diffs:
+                raise DatasetError(
+                    f"{self.store} was computed with other feature parameters than the experiment asks: "
+                    f"{'; '.join(diffs)}"
+                )
+        return self.store
+
+    def _dataset(self, split: str | None) -> StoreDataset:
+        return StoreDataset(
+            self.store,
+            unit=self.unit,
+            target=self.target,
+            split=split,
+            patch_frames=self.patch_frames,
+            hop_frames=self.hop_frames,
+            feature=self.feature,
+            versions=self.versions_per_work,
+            seed=self.seed,
+            **self.split_kw,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.store is None or not self.store.is_file():
+            self.prepare_data()
+        self.train_ds, self.valid_ds, self.test_ds = (
+            self._dataset(s) for s in ("train", "valid", "test")
+        )
+
+    def _nonempty(self, ds: StoreDataset | None) -> StoreDataset:
+        if ds is None:
+            raise DatasetError("call setup() before asking for a DataLoader")
+        if len(ds) == 0:
+            raise DatasetError(
+                f"{self.store}: the {ds.split} split is empty ({len(ds.files)} files, unit {self.unit!r}); "
+                "change split_fractions or use a larger dataset"
+            )
+        return ds
+
+    def _loader(
+        self, ds: StoreDataset, batch_size: int, train: bool, **kw
+    ) -> torch.utils.data.DataLoader:
+        workers = self.num_workers
+        extra = {}
+        if workers > 0:
+            extra = {
+                "persistent_workers": self.persistent_workers,
+                "prefetch_factor": self.prefetch_factor,
+                "multiprocessing_context": self.multiprocessing_context,
+            }
+        collate = collate_padded if ds.unit == "file" else None
+        return torch.utils.data.DataLoader(
+            ds,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            collate_fn=collate,
+            **extra,
+            **kw,
+            **({"batch_size": batch_size} if "batch_sampler" not in kw else {}),
+        )
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        ds = self._nonempty(self.train_ds)
+        if self.unit == "patch" and self.works_per_batch and ds.file_work is not None:
+            sampler = WorkBatchSampler(
+                ds.patch_file,
+                ds.file_work,
+                self.works_per_batch,
+                max(2, self.versions_per_work),
+                batches_per_epoch=(self.samples_per_epoch or len(ds)) // self.batch_size or 1,
+                seed=self.seed,
+            )
+            self._samplers = [sampler]
+            return self._loader(ds, self.batch_size, True, batch_sampler=sampler)
+        sampler = EpochSampler(
+            len(ds),
+            shuffle=True,
+            seed=self.seed,
+            num_samples=self.samples_per_epoch,
+            with_epoch=self.unit == "work",
+        )
+        self._samplers = [sampler]
+        return self._loader(
+            ds, self.batch_size, True, sampler=sampler, drop_last=len(ds) > self.batch_size
+        )
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader(
+            self._nonempty(self.valid_ds), self.eval_batch_size, False, shuffle=False
+        )
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader(
+            self._nonempty(self.test_ds), self.eval_batch_size, False, shuffle=False
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch`` (same order in every process for the same seed and epoch)."""
+        for s in self._samplers:
+            s.set_epoch(epoch)
+        for ds in (self.train_ds, self.valid_ds, self.test_ds):
+            if ds is not None:
+                ds.set_epoch(epoch)

@@ -1,0 +1,105 @@
+"""Samplers: a seeded shuffling sampler with epochs of any size, and P works x K versions batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Indices ``0..n-1`` shuffled by ``(seed, epoch)``; an epoch may be a fixed number of samples.
+
+    With ``num_samples`` larger than ``n`` the permutation repeats (each index as evenly as
+    possible); smaller, an epoch is a prefix of it. The same seed and epoch give the same
+    order in any process, so 0 or N DataLoader workers see the same batches.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_samples: int | None = None,
+        with_epoch: bool = False,
+    ):
+        self.n, self.shuffle, self.seed, self.with_epoch = n, shuffle, seed, with_epoch
+        self.num_samples = n if num_samples is None else int(num_samples)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> np.ndarray:
+        if self.n == 0:
+            return np.zeros(0, dtype=np.int64)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        reps = -(-self.num_samples // self.n)
+        parts = [
+            rng.permutation(self.n) if self.shuffle else np.arange(self.n) for _ in range(reps)
+        ]
+        return np.concatenate(parts)[: self.num_samples]
+
+    def __iter__(self) -> Iterator[int]:
+        # with_epoch: (index, epoch) pairs, for datasets whose items draw at random per epoch
+        # (persistent workers keep their own copy of the dataset, so its epoch travels with the index)
+        if self.with_epoch:
+            return iter([(i, self.epoch) for i in self.indices().tolist()])
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class WorkBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of ``P`` works x ``K`` versions for metric learning, over patch indices.
+
+    Each batch takes ``P`` distinct works (among those with at least 2 files) and, per work,
+    ``K`` patches from ``K`` distinct files when the work has them (with repetition otherwise),
+    so every anchor has a positive in its batch.
+    """
+
+    def __init__(
+        self,
+        patch_file: np.ndarray,
+        file_work: np.ndarray,
+        works_per_batch: int,
+        versions_per_work: int,
+        batches_per_epoch: int | None = None,
+        seed: int = 0,
+    ):
+        self.P, self.K, self.seed, self.epoch = works_per_batch, versions_per_work, seed, 0
+        self.patch_file = np.asarray(patch_file)
+        work_of_patch = np.asarray(file_work)[self.patch_file]
+        self.by_work: dict[int, dict[int, np.ndarray]] = {}
+        for w in np.unique(work_of_patch[work_of_patch >= 0]):
+            patches = np.nonzero(work_of_patch == w)[0]
+            files = np.unique(self.patch_file[patches])
+            if len(files) >= 2:
+                self.by_work[int(w)] = {
+                    int(f): patches[self.patch_file[patches] == f] for f in files
+                }
+        self.works = np.array(sorted(self.by_work))
+        if len(self.works) < 2:
+            raise ValueError(
+                f"need at least 2 works with 2+ files for metric learning, have {len(self.works)}"
+            )
+        self.P = min(self.P, len(self.works))
+        self.batches = batches_per_epoch or max(1, len(self.patch_file) // (self.P * self.K))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        for _ in range(self.batches):
+            batch = []
+            for w in rng.choice(self.works, size=self.P, replace=False):
+                files = np.array(sorted(self.by_work[int(w)]))
+                chosen = rng.choice(files, size=self.K, replace=len(files) < self.K)
+                batch += [int(rng.choice(self.by_work[int(w)][int(f)])) for f in chosen]
+            yield batch
+
+    def __len__(self) -> int:
+        return self.batches
