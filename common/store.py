@@ -260,50 +260,32 @@ def merge_shards(
     """Write the store from shard files (in the order given), renamed into place when complete.
 
     ``file_targets`` holds the per-file target arrays, rows in the order of ``files``.
-    Memory stays at one file's arrays at a time.
+    Feature and frame-target bytes go from shard to store without passing through Python,
+    so memory does not grow with the store.
     """
     out_path = Path(out_path)
     n_frames = np.array([f.n_frames for f in files], dtype=np.int64)
-    offsets = (
-        np.concatenate([[0], np.cumsum(n_frames)[:-1]]).astype(np.int64) if files else n_frames
-    )
+    offsets = np.concatenate([[0], np.cumsum(n_frames)[:-1]]).astype(np.int64) if files else n_frames
     total = int(n_frames.sum())
     tmp = _atomic_path(out_path)
     str_dt = h5py.string_dtype("utf-8")
     try:
+        # 1. lay out the store: big datasets allocated (not written), tables and attributes written
+        big: dict[str, tuple[int, np.dtype, int]] = {}  # name -> (file offset, dtype, bytes per frame)
         with h5py.File(tmp, "w", libver="latest") as h:
-            feats = _create_contiguous(h, "features", (total, *frame_shape), FEATURE_DTYPE)
-            frame_ds = {}
+            layouts = {"features": ((total, *frame_shape), FEATURE_DTYPE)}
             for spec in targets:
                 if spec.frame_level:
-                    shape, dt = _empty_frame_target(spec, total)
-                    frame_ds[spec.name] = _create_contiguous(h, f"targets/{spec.name}", shape, dt)
-            open_shard: tuple[Path, h5py.File] | None = None
-            try:
-                for f, off in zip(files, offsets):
-                    if open_shard is None or open_shard[0] != f.shard:
-                        if open_shard:
-                            open_shard[1].close()
-                        open_shard = (f.shard, h5py.File(f.shard, "r"))
-                    g = open_shard[1][f.group]
-                    if f.n_frames:
-                        feats[off : off + f.n_frames] = g["feature"][()]
-                        for name, ds in frame_ds.items():
-                            ds[off : off + f.n_frames] = g[f"targets/{name}"][()]
-            finally:
-                if open_shard:
-                    open_shard[1].close()
-
+                    layouts[f"targets/{spec.name}"] = _empty_frame_target(spec, total)
+            for name, (shape, dt) in layouts.items():
+                ds = _create_contiguous(h, name, shape, dt)
+                big[name] = (ds.id.get_offset(), np.dtype(dt), int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dt).itemsize)
             h.create_dataset("files/name", data=[f.name for f in files], dtype=str_dt)
             h.create_dataset("files/entry", data=np.array([f.entry for f in files], dtype=np.int32))
             h.create_dataset("files/offset", data=offsets)
             h.create_dataset("files/n_frames", data=n_frames)
-            h.create_dataset(
-                "files/duration_s", data=np.array([f.duration_s for f in files], dtype=np.float64)
-            )
-            h.create_dataset(
-                "files/orig_sr", data=np.array([f.orig_sr for f in files], dtype=np.int32)
-            )
+            h.create_dataset("files/duration_s", data=np.array([f.duration_s for f in files], dtype=np.float64))
+            h.create_dataset("files/orig_sr", data=np.array([f.orig_sr for f in files], dtype=np.int32))
             h.create_dataset("files/checksum", data=[f.checksum for f in files], dtype=str_dt)
             pf, ps = patch_index(n_frames, patch_frames, patch_hop)
             h.create_dataset("patches/file", data=pf)
@@ -313,17 +295,54 @@ def merge_shards(
                     h.create_dataset(f"targets/{spec.name}", data=file_targets[spec.name])
                 h[f"targets/{spec.name}"].attrs.update(spec.to_attrs())
             h.require_group("targets")
-            h.attrs.update(
-                {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in attrs.items()}
-            )
+            h.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in attrs.items()})
             h.attrs["format_version"] = FORMAT_VERSION
             h.attrs["patch_frames"] = patch_frames
             h.attrs["patch_hop"] = patch_hop
+        # 2. fill the big datasets with the shards' bytes: both sides are contiguous, so a
+        #    file's feature is one byte range copied by the kernel, never decoded
+        by_shard: dict[Path, list[tuple[ShardFile, int]]] = {}
+        for f, off in zip(files, offsets):
+            if f.n_frames:
+                by_shard.setdefault(f.shard, []).append((f, int(off)))
+        dst = os.open(tmp, os.O_WRONLY)
+        try:
+            for shard, members in by_shard.items():
+                ranges = []
+                with h5py.File(shard, "r") as sh:
+                    for f, off in members:
+                        g = sh[f.group]
+                        for name, (dst_off, dt, frame_bytes) in big.items():
+                            src = g["feature"] if name == "features" else g[name]
+                            if src.dtype != dt or src.chunks is not None or src.id.get_offset() is None:
+                                raise StoreError(f"{shard}: {f.group}/{name} is not a contiguous {dt} array")
+                            ranges.append((src.id.get_offset(), dst_off + off * frame_bytes, f.n_frames * frame_bytes))
+                src_fd = os.open(shard, os.O_RDONLY)
+                try:
+                    for src_off, dst_off, n in ranges:
+                        _copy_range(src_fd, dst, src_off, dst_off, n)
+                finally:
+                    os.close(src_fd)
+        finally:
+            os.close(dst)
         _fsync_replace(tmp, out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return out_path
+
+
+def _copy_range(src: int, dst: int, src_off: int, dst_off: int, n: int) -> None:
+    """Copy ``n`` bytes between file descriptors at the given offsets (in the kernel when it can)."""
+    while n > 0:
+        try:
+            done = os.copy_file_range(src, dst, n, src_off, dst_off)
+        except (AttributeError, OSError):
+            data = os.pread(src, min(n, 1 << 26), src_off)
+            done = os.pwrite(dst, data, dst_off)
+        if done <= 0:
+            raise StoreError(f"short copy while merging ({n} bytes left)")
+        src_off, dst_off, n = src_off + done, dst_off + done, n - done
 
 
 def patch_index(
