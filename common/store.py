@@ -265,13 +265,17 @@ def merge_shards(
     """
     out_path = Path(out_path)
     n_frames = np.array([f.n_frames for f in files], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(n_frames)[:-1]]).astype(np.int64) if files else n_frames
+    offsets = (
+        np.concatenate([[0], np.cumsum(n_frames)[:-1]]).astype(np.int64) if files else n_frames
+    )
     total = int(n_frames.sum())
     tmp = _atomic_path(out_path)
     str_dt = h5py.string_dtype("utf-8")
     try:
         # 1. lay out the store: big datasets allocated (not written), tables and attributes written
-        big: dict[str, tuple[int, np.dtype, int]] = {}  # name -> (file offset, dtype, bytes per frame)
+        big: dict[
+            str, tuple[int, np.dtype, int]
+        ] = {}  # name -> (file offset, dtype, bytes per frame)
         with h5py.File(tmp, "w", libver="latest") as h:
             layouts = {"features": ((total, *frame_shape), FEATURE_DTYPE)}
             for spec in targets:
@@ -279,13 +283,21 @@ def merge_shards(
                     layouts[f"targets/{spec.name}"] = _empty_frame_target(spec, total)
             for name, (shape, dt) in layouts.items():
                 ds = _create_contiguous(h, name, shape, dt)
-                big[name] = (ds.id.get_offset(), np.dtype(dt), int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dt).itemsize)
+                big[name] = (
+                    ds.id.get_offset(),
+                    np.dtype(dt),
+                    int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dt).itemsize,
+                )
             h.create_dataset("files/name", data=[f.name for f in files], dtype=str_dt)
             h.create_dataset("files/entry", data=np.array([f.entry for f in files], dtype=np.int32))
             h.create_dataset("files/offset", data=offsets)
             h.create_dataset("files/n_frames", data=n_frames)
-            h.create_dataset("files/duration_s", data=np.array([f.duration_s for f in files], dtype=np.float64))
-            h.create_dataset("files/orig_sr", data=np.array([f.orig_sr for f in files], dtype=np.int32))
+            h.create_dataset(
+                "files/duration_s", data=np.array([f.duration_s for f in files], dtype=np.float64)
+            )
+            h.create_dataset(
+                "files/orig_sr", data=np.array([f.orig_sr for f in files], dtype=np.int32)
+            )
             h.create_dataset("files/checksum", data=[f.checksum for f in files], dtype=str_dt)
             pf, ps = patch_index(n_frames, patch_frames, patch_hop)
             h.create_dataset("patches/file", data=pf)
@@ -295,7 +307,9 @@ def merge_shards(
                     h.create_dataset(f"targets/{spec.name}", data=file_targets[spec.name])
                 h[f"targets/{spec.name}"].attrs.update(spec.to_attrs())
             h.require_group("targets")
-            h.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in attrs.items()})
+            h.attrs.update(
+                {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in attrs.items()}
+            )
             h.attrs["format_version"] = FORMAT_VERSION
             h.attrs["patch_frames"] = patch_frames
             h.attrs["patch_hop"] = patch_hop
@@ -314,9 +328,21 @@ def merge_shards(
                         g = sh[f.group]
                         for name, (dst_off, dt, frame_bytes) in big.items():
                             src = g["feature"] if name == "features" else g[name]
-                            if src.dtype != dt or src.chunks is not None or src.id.get_offset() is None:
-                                raise StoreError(f"{shard}: {f.group}/{name} is not a contiguous {dt} array")
-                            ranges.append((src.id.get_offset(), dst_off + off * frame_bytes, f.n_frames * frame_bytes))
+                            if (
+                                src.dtype != dt
+                                or src.chunks is not None
+                                or src.id.get_offset() is None
+                            ):
+                                raise StoreError(
+                                    f"{shard}: {f.group}/{name} is not a contiguous {dt} array"
+                                )
+                            ranges.append(
+                                (
+                                    src.id.get_offset(),
+                                    dst_off + off * frame_bytes,
+                                    f.n_frames * frame_bytes,
+                                )
+                            )
                 src_fd = os.open(shard, os.O_RDONLY)
                 try:
                     for src_off, dst_off, n in ranges:

@@ -21,9 +21,9 @@ def main() -> None:
     "--out", "out", default="data/demo", show_default=True, type=click.Path(file_okay=False)
 )
 @click.option(
-    "--per-class", default=10, show_default=True, help="tunes per dance type (each in 3 versions)"
+    "--per-class", default=13, show_default=True, help="tunes per dance type (each in 3 versions)"
 )
-@click.option("--clip-s", default=8.0, show_default=True, help="seconds per clip")
+@click.option("--clip-s", default=7.5, show_default=True, help="seconds per clip")
 def demo_data(out: str, per_class: int, clip_s: float) -> None:
     """Render the offline demo dataset (music21 corpus) into OUT/audio and OUT/demo.pyjama."""
     from .demo import make_demo

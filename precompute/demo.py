@@ -158,7 +158,7 @@ def f0_track(notes: list[Note], clip_s: float) -> tuple[list[float], list[list[f
     return times.tolist(), rows.tolist()
 
 
-def make_demo(out: str | os.PathLike, per_class: int = 10, clip_s: float = 8.0) -> Path:
+def make_demo(out: str | os.PathLike, per_class: int = 13, clip_s: float = 7.5) -> Path:
     """Write ``out/audio/*.wav`` and ``out/demo.pyjama``; returns the pyjama path."""
     out = Path(out)
     audio_dir = out / "audio"

@@ -43,3 +43,111 @@ def summary_cmd(config: str, input_shape: str, n_out: int | None) -> None:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     click.echo(format_summary(model, shape))
+
+
+@main.command("run")
+@click.option(
+    "--config", "config", type=click.Path(exists=True, dir_okay=False), help="experiment YAML"
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a value, e.g. train.lr=0.001",
+)
+@click.option(
+    "--out",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="where run folders go",
+)
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, file_okay=False),
+    help="a run folder to continue from last.pt",
+)
+@click.option(
+    "--stop-after-epochs", type=int, help="end this invocation after N epochs (resume later)"
+)
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet) -> None:
+    """Train an experiment: checkpoints, metrics.csv, plots and test metrics in a run folder."""
+    from pathlib import Path
+
+    import yaml
+
+    from .dataset import DatasetError
+    from .experiment import load_experiment, reload_resolved
+    from .model_factory import ModelConfigError
+    from .trainer import TrainingError, fit
+
+    try:
+        if resume:
+            if overrides or config:
+                raise click.UsageError(
+                    "--resume takes the run folder's own config; drop --config and --set"
+                )
+            cfg = reload_resolved(yaml.safe_load((Path(resume) / "config.yaml").read_text()))
+        elif config:
+            cfg = load_experiment(config, overrides)
+        else:
+            raise click.UsageError("give --config EXPERIMENT.yaml, or --resume RUN_DIR")
+        fit(
+            cfg,
+            out,
+            resume=resume,
+            stop_after_epochs=stop_after_epochs,
+            progress=not quiet,
+            log=lambda m: click.echo(m),
+        )
+    except (ConfigError, DatasetError, ModelConfigError, TrainingError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted; the last finished epoch is in last.pt: continue with train run --resume RUN_DIR",
+            err=True,
+        )
+        sys.exit(130)
+
+
+@main.command("eval")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True
+)
+def eval_cmd(run_dir: str, split: str) -> None:
+    """Metrics of a run's best weights on a split, as JSON (also written to the run folder)."""
+    import json
+
+    from .trainer import evaluate_run
+
+    click.echo(json.dumps(evaluate_run(run_dir, split), indent=1))
+
+
+@main.command("predict")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("audio", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="folder for piano rolls / embeddings (default RUN_DIR/predictions)",
+)
+def predict_cmd(run_dir: str, audio: tuple[str, ...], out: str | None) -> None:
+    """Per-file results on audio files, the feature computed with the run's saved parameters."""
+    import json
+
+    from common.audio import AudioError
+
+    from .trainer import predict_audio
+
+    try:
+        results = predict_audio(run_dir, list(audio), out)
+    except AudioError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    for r in results:
+        r.pop("output")
+        click.echo(json.dumps(r))
