@@ -132,8 +132,8 @@ def test_splits_disjoint_by_work_and_stable_when_files_are_added(stores, demo_sm
     assert 0.7 < (big == 0).mean() < 0.9
     coll = read_pyjama(demo_small)
     coll.entries = coll.entries[:12]
-    sub = write_pyjama(coll, demo_small.parent / "sub.pyjama")
-    sub_store = run(sub, "lms", tmp_path).store_path
+    sub = write_pyjama(coll, tmp_path / "sub.pyjama")
+    sub_store = run(sub, "lms", tmp_path, audio_root=demo_small.parent).store_path
     for s in ("train", "valid", "test"):
         a = StoreDataset(sub_store, split=s)
         b = parts[s]
@@ -149,8 +149,8 @@ def test_split_from_a_pyjama_description(demo_small, tmp_path):
             "fold", "global", "text", [Atom(value=["train", "validation", "test"][i % 3])]
         )
     coll.definitions["fold"] = Definition("text", "global", "free")
-    p = write_pyjama(coll, demo_small.parent / "folds.pyjama")
-    store = run(p, "lms", tmp_path / "s").store_path
+    p = write_pyjama(coll, tmp_path / "folds.pyjama")
+    store = run(p, "lms", tmp_path / "s", audio_root=demo_small.parent).store_path
     ds = StoreDataset(store, split="valid", split_key="fold")
     assert ds.files.tolist() == list(range(1, 24, 3))
     with pytest.raises(DatasetError, match="split key 'genre': values .* are not train/valid/test"):
