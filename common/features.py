@@ -94,8 +94,8 @@ class Feature:
         return np.arange(128, dtype=np.float64)
 
     def patch_view(self, block: np.ndarray) -> np.ndarray:
-        """Time-major block ``(L, C, F)`` -> model input ``(C, F, L)``."""
-        return np.ascontiguousarray(block.transpose(1, 2, 0))
+        """Time-major block ``(L, C, F)`` -> model input ``(C, F, L)`` (a view, no copy)."""
+        return block.transpose(1, 2, 0)
 
     def compute(self, y: np.ndarray) -> np.ndarray:
         """Feature of mono audio ``y`` at ``self.sr`` [shape=(channels, n_bins, n_frames)], float32."""

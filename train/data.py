@@ -15,7 +15,7 @@ from common.features import Feature, make_feature
 from common.pyjama import collection_to_json, read_pyjama
 from common.store import read_tables, store_identity, store_path
 
-from .dataset import DatasetError, StoreDataset, collate_padded, feature_mismatch
+from .dataset import DatasetError, StoreDataset, collate_padded, collate_patches, feature_mismatch
 from .samplers import EpochSampler, WorkBatchSampler
 
 
@@ -179,7 +179,7 @@ class StoreDataModule:
                 "prefetch_factor": self.prefetch_factor,
                 "multiprocessing_context": self.multiprocessing_context,
             }
-        collate = collate_padded if ds.unit == "file" else None
+        collate = {"file": collate_padded, "patch": collate_patches}.get(ds.unit)
         return torch.utils.data.DataLoader(
             ds,
             num_workers=workers,

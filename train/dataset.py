@@ -189,8 +189,8 @@ class StoreDataset(torch.utils.data.Dataset):
             ]
             self.works = valid
             self.work_files = {int(w): self.files[self.file_work[self.files] == w] for w in valid}
-        self._feats: np.memmap | None = None
-        self._frame_target: np.memmap | None = None
+        self._feats: np.ndarray | None = None  # views of numpy.memmap objects, made per process
+        self._frame_target: np.ndarray | None = None
         self._pid: int | None = None
 
     # -- splits -------------------------------------------------------------
@@ -229,11 +229,12 @@ class StoreDataset(torch.utils.data.Dataset):
         return assign_splits(keys, fractions, seed)
 
     # -- lazy, per-process mapping -------------------------------------------
-    def _maps(self) -> tuple[np.memmap, np.memmap | None]:
+    def _maps(self) -> tuple[np.ndarray, np.ndarray | None]:
         if self._pid != os.getpid():
-            self._feats = memmap_dataset(self.path, "features")
+            # plain ndarray views of the maps: slicing them skips numpy.memmap's per-slice bookkeeping
+            self._feats = np.asarray(memmap_dataset(self.path, "features"))
             self._frame_target = (
-                memmap_dataset(self.path, f"targets/{self.target}")
+                np.asarray(memmap_dataset(self.path, f"targets/{self.target}"))
                 if self.spec and self.spec.frame_level
                 else None
             )
@@ -327,13 +328,32 @@ class StoreDataset(torch.utils.data.Dataset):
         files, starts = self.patch_file[idx], self.patch_start[idx]
         X = torch.from_numpy(self._patches(files, starts, self.patch_frames))
         _, frame_target = self._maps()
-        items = []
-        for i, (f, s) in enumerate(zip(files, starts)):
-            item = {"X": X[i], "file": int(f), "start": int(s)}
-            if self.spec is not None:
-                item["y"] = self._target(int(f), int(s), self.patch_frames, frame_target)
-            items.append(item)
-        return items
+        batch = {
+            "X": X,
+            "file": torch.from_numpy(files.astype(np.int64)),
+            "start": torch.from_numpy(starts.copy()),
+        }
+        if self.spec is not None:
+            batch["y"] = self._batch_targets(files, starts, frame_target)
+        return PatchBatch(batch)
+
+    def _batch_targets(self, files: np.ndarray, starts: np.ndarray, frame_target) -> torch.Tensor:
+        s = self.spec
+        if not s.frame_level:
+            v = self.file_targets[s.name][files]
+            if s.kind in ("class", "work"):
+                return torch.from_numpy(v.astype(np.int64))
+            return torch.from_numpy(np.asarray(v, dtype=np.float32))
+        L = self.patch_frames
+        offsets = self.tables.offset[files] + starts
+        if s.kind == "frame_class":
+            return torch.from_numpy(
+                np.stack([np.asarray(frame_target[o : o + L]) for o in offsets]).astype(np.int64)
+            )
+        out = np.empty((len(files), frame_target.shape[1], L), dtype=np.float32)
+        for i, o in enumerate(offsets):
+            out[i] = frame_target[o : o + L].T
+        return torch.from_numpy(out)
 
     def _file_item(self, f: int) -> dict[str, Any]:
         feats, frame_target = self._maps()
@@ -376,6 +396,32 @@ class StoreDataset(torch.utils.data.Dataset):
         mask = torch.zeros(self.versions, L, dtype=torch.bool)
         mask[:, :length] = True
         return {"X": X, "work": w, "files": torch.from_numpy(chosen.astype(np.int64)), "mask": mask}
+
+
+class PatchBatch(Sequence):
+    """The items of one ``__getitems__`` call, held already stacked (``collated``).
+
+    :func:`collate_patches` hands ``collated`` on without a second copy; a plain
+    ``default_collate`` sees a sequence of per-item dicts, made only when it asks.
+    """
+
+    def __init__(self, collated: dict[str, torch.Tensor]):
+        self.collated = collated
+
+    def __len__(self) -> int:
+        return len(self.collated["X"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return {k: v[i] if k in ("X", "y") else int(v[i]) for k, v in self.collated.items()}
+
+
+def collate_patches(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate for patch units: the prebuilt batch when there is one, else ``default_collate``."""
+    if isinstance(items, PatchBatch):
+        return items.collated
+    return torch.utils.data.default_collate(items)
 
 
 def collate_padded(items: list[dict[str, Any]]) -> dict[str, Any]:
