@@ -35,7 +35,7 @@ from common.store import (
 )
 from precompute.demo import make_demo
 from precompute.pipeline import run
-from train.dataset import StoreDataset
+from train.dataset import StoreDataset, collate_patches
 from train.samplers import EpochSampler
 
 BATCH = 64
@@ -95,8 +95,13 @@ def rss_anon_mb(pid: int) -> float:
     return float("nan")
 
 
-def measure(ds, batches: int) -> tuple[float, list[float]]:
-    """patches/s over ``batches`` batches (after 5 warm-up batches) and the workers' RssAnon."""
+def measure(ds, batches: int, context: str | None = None) -> tuple[float, list[float]]:
+    """patches/s over ``batches`` batches (after 5 warm-up batches) and the workers' RssAnon.
+
+    StoreDataset batches go through the collate its DataModule uses; the others through
+    ``default_collate``. With ``context="spawn"`` the workers start fresh, so their anonymous
+    memory is their own, not pages inherited from this process.
+    """
     sampler = EpochSampler(len(ds), seed=0, num_samples=BATCH * (batches + 5))
     loader = torch.utils.data.DataLoader(
         ds,
@@ -105,18 +110,23 @@ def measure(ds, batches: int) -> tuple[float, list[float]]:
         num_workers=WORKERS,
         persistent_workers=False,
         prefetch_factor=4,
+        collate_fn=collate_patches if isinstance(ds, StoreDataset) else None,
+        multiprocessing_context=context,
     )
     it = iter(loader)
     for _ in range(5):
         next(it)
     t = time.perf_counter()
     n = 0
-    for b in it:
+    rss: dict[int, float] = {}
+    for k, b in enumerate(it):
         n += b["X"].shape[0]
+        if k % 10 == 0 and k < batches - 2:  # workers are alive until the last batches
+            for w in getattr(it, "_workers", []):
+                rss[w.pid] = max(rss.get(w.pid, 0.0), rss_anon_mb(w.pid))
     rate = n / (time.perf_counter() - t)
-    rss = [rss_anon_mb(w.pid) for w in it._workers] if hasattr(it, "_workers") else []
     del it
-    return rate, rss
+    return rate, list(rss.values())
 
 
 def demo_store(per_class: int, feature: str) -> Path:
@@ -188,7 +198,7 @@ def main() -> None:
     for feature in ("lms", "hcqt"):
         store = demo_store(10, feature)
         r = {}
-        r["store_dataset_patches_per_s"], rss_small = measure(StoreDataset(store), args.batches)
+        r["store_dataset_patches_per_s"], _ = measure(StoreDataset(store), args.batches)
         r["in_ram_patches_per_s"], _ = measure(InRamDataset(store), args.batches)
         naive = NaiveH5Dataset(store.with_name(store.stem + "-naive-chunked.h5"), store)
         r["naive_h5py_patches_per_s"], _ = measure(naive, max(10, args.batches // 4))
@@ -199,15 +209,11 @@ def main() -> None:
             r["store_dataset_patches_per_s"] / r["naive_h5py_patches_per_s"], 1
         )
         big = demo_store(40, feature)
-        _, rss_big = measure(StoreDataset(big), args.batches)
-        r["worker_rss_anon_mb"] = {
-            f"store {read_tables(store).total_frames} frames ({store.stat().st_size / 2**20:.0f} MB)": [
-                round(x) for x in rss_small
-            ],
-            f"store {read_tables(big).total_frames} frames ({big.stat().st_size / 2**20:.0f} MB)": [
-                round(x) for x in rss_big
-            ],
-        }
+        r["worker_rss_anon_mb"] = {}
+        for st in (store, big):
+            _, rss = measure(StoreDataset(st), args.batches * 2, context="spawn")
+            key = f"store {read_tables(st).total_frames} frames ({st.stat().st_size / 2**20:.0f} MB)"
+            r["worker_rss_anon_mb"][key] = [round(x) for x in rss]
         for k in (
             "store_dataset_patches_per_s",
             "in_ram_patches_per_s",

@@ -725,24 +725,14 @@ def plot_pianoroll(folder: Path, threshold: float) -> Path:
         cmap="magma",
     )
     a.set_title(f"predicted salience: {t.names[f]}"), a.set_ylabel("MIDI")
-    fr, bins = np.nonzero((sal >= threshold).T)
-    b.scatter(
-        times[fr],
-        grid[bins],
-        s=3,
-        marker="s",
-        c="tab:red",
-        lw=0,
-        label=f"predicted (>= {threshold:.2f})",
-    )
     fr, bins = np.nonzero(truth.T)
-    b.scatter(times[fr], grid[bins], s=1, marker="s", c="k", lw=0, label="true")
-    (
-        b.set_ylim(grid[0], grid[-1]),
-        b.set_ylabel("MIDI"),
-        b.set_xlabel("time (s)"),
-        b.legend(loc="upper right"),
-    )
+    b.scatter(times[fr], grid[bins], s=9, marker="s", c="0.75", lw=0, label="true")
+    fr, bins = np.nonzero((sal >= threshold).T)
+    b.scatter(times[fr], grid[bins], s=2, marker="s", c="tab:red", lw=0, label=f"predicted (>= {threshold:.2f})")
+    b.set_ylim(grid[0], grid[-1])
+    b.set_ylabel("MIDI")
+    b.set_xlabel("time (s)")
+    b.legend(loc="upper right")
     fig.tight_layout()
     out = folder / "pianoroll.png"
     fig.savefig(out, dpi=100)
