@@ -212,7 +212,9 @@ def main() -> None:
         r["worker_rss_anon_mb"] = {}
         for st in (store, big):
             _, rss = measure(StoreDataset(st), args.batches * 2, context="spawn")
-            key = f"store {read_tables(st).total_frames} frames ({st.stat().st_size / 2**20:.0f} MB)"
+            key = (
+                f"store {read_tables(st).total_frames} frames ({st.stat().st_size / 2**20:.0f} MB)"
+            )
             r["worker_rss_anon_mb"][key] = [round(x) for x in rss]
         for k in (
             "store_dataset_patches_per_s",

@@ -296,13 +296,18 @@ class StoreDataset(torch.utils.data.Dataset):
             return torch.from_numpy(block.astype(np.int64))
         return torch.from_numpy(np.ascontiguousarray(block.T, dtype=np.float32))  # (bins, L)
 
-    def _patches(self, files: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
-        """``(B, *item_shape)`` float32, one copy from the mapped store into the final layout."""
+    def _patches(self, files: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
+        """``(B, *item_shape)`` float32, one copy from the mapped store into the final layout.
+
+        In a DataLoader worker the batch is written straight into shared memory, as
+        ``default_collate`` does, so handing it to the main process copies nothing more.
+        """
         feats, _ = self._maps()
         offsets = self.tables.offset[files] + starts
-        out = np.empty((len(files), *self._view_shape(length)), dtype=np.float32)
+        out = _new_tensor((len(files), *self._view_shape(length)), torch.float32)
+        view = out.numpy()
         for i, o in enumerate(offsets):
-            out[i] = self.feature.patch_view(feats[o : o + length])
+            view[i] = self.feature.patch_view(feats[o : o + length])
         return out
 
     def _view_shape(self, length: int) -> tuple[int, ...]:
@@ -326,7 +331,7 @@ class StoreDataset(torch.utils.data.Dataset):
         indices = [i[0] if isinstance(i, tuple) else i for i in indices]
         idx = np.asarray(indices, dtype=np.int64)
         files, starts = self.patch_file[idx], self.patch_start[idx]
-        X = torch.from_numpy(self._patches(files, starts, self.patch_frames))
+        X = self._patches(files, starts, self.patch_frames)
         _, frame_target = self._maps()
         batch = {
             "X": X,
@@ -359,14 +364,14 @@ class StoreDataset(torch.utils.data.Dataset):
         feats, frame_target = self._maps()
         n = int(self.tables.n_frames[f])
         if self.whole_file:
-            X = torch.from_numpy(self._patches(np.array([f]), np.array([0]), n)[0])
+            X = self._patches(np.array([f]), np.array([0]), n)[0]
             item = {"X": X, "file": f, "n_frames": n}
             if self.spec is not None:
                 item["y"] = self._target(f, 0, n, frame_target)
             return item
         lo, hi = self.file_patch_bounds[f], self.file_patch_bounds[f + 1]
         starts = self._all_patch_start[lo:hi]
-        X = torch.from_numpy(self._patches(np.full(len(starts), f), starts, self.patch_frames))
+        X = self._patches(np.full(len(starts), f), starts, self.patch_frames)
         item = {"X": X, "file": f, "start": torch.from_numpy(starts.copy())}
         if self.spec is not None:
             ys = [self._target(f, int(s), self.patch_frames, frame_target) for s in starts]
@@ -390,12 +395,21 @@ class StoreDataset(torch.utils.data.Dataset):
         ):  # evaluation sees the centre of each version, not a random excerpt
             starts = np.maximum(0, (n - L) // 2)
         length = min(L, int(n.min()))
-        X = torch.from_numpy(self._patches(chosen, starts, length))
+        X = self._patches(chosen, starts, length)
         if length < L:  # a version shorter than one excerpt: zero-padded, masked
             X = torch.nn.functional.pad(X, (0, L - length))
         mask = torch.zeros(self.versions, L, dtype=torch.bool)
         mask[:, :length] = True
         return {"X": X, "work": w, "files": torch.from_numpy(chosen.astype(np.int64)), "mask": mask}
+
+
+def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor; in a DataLoader worker, backed by shared memory (as default_collate does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
 
 
 class PatchBatch(Sequence):

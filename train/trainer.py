@@ -728,7 +728,15 @@ def plot_pianoroll(folder: Path, threshold: float) -> Path:
     fr, bins = np.nonzero(truth.T)
     b.scatter(times[fr], grid[bins], s=9, marker="s", c="0.75", lw=0, label="true")
     fr, bins = np.nonzero((sal >= threshold).T)
-    b.scatter(times[fr], grid[bins], s=2, marker="s", c="tab:red", lw=0, label=f"predicted (>= {threshold:.2f})")
+    b.scatter(
+        times[fr],
+        grid[bins],
+        s=2,
+        marker="s",
+        c="tab:red",
+        lw=0,
+        label=f"predicted (>= {threshold:.2f})",
+    )
     b.set_ylim(grid[0], grid[-1])
     b.set_ylabel("MIDI")
     b.set_xlabel("time (s)")
