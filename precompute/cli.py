@@ -134,14 +134,23 @@ def validate_cmd(pyjama: str, audio_root: str | None) -> None:
     "--backend",
     default="loky",
     show_default=True,
-    help="joblib backend: loky, threading, dask, ray",
+    type=click.Choice(["loky", "multiprocessing", "threading", "sequential", "dask", "ray"]),
+    help="joblib backend; dask / ray run the tasks on a cluster",
+)
+@click.option(
+    "--scheduler",
+    "--address",
+    "scheduler",
+    help="dask scheduler (tcp://host:8786) or ray address; without it, dask starts a LocalCluster of --jobs workers",
 )
 @click.option("--strict", is_flag=True, help="stop at the first bad entry or file")
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a feature parameter"
 )
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
-def run_cmd(dataset, feature, audio_root, stores, jobs, backend, strict, overrides, quiet) -> None:
+def run_cmd(
+    dataset, feature, audio_root, stores, jobs, backend, scheduler, strict, overrides, quiet
+) -> None:
     """Compute one feature store; prints a summary, then the store path as the last line.
 
     Exit status: 0 all files computed; 1 the store was written but some entries or files
@@ -151,6 +160,7 @@ def run_cmd(dataset, feature, audio_root, stores, jobs, backend, strict, overrid
     from common.config import parse_override
     from common.features import make_feature
 
+    from .backends import BackendError
     from .pipeline import LockedError, StrictStop, execute, make_plan
 
     try:
@@ -165,12 +175,16 @@ def run_cmd(dataset, feature, audio_root, stores, jobs, backend, strict, overrid
             strict=strict,
             progress=not quiet,
             log=lambda m: click.echo(m, err=True),
+            scheduler=scheduler,
         )
     except (ConfigError, PyjamaError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except StrictStop as e:
         click.echo(f"stopped (--strict): {e}; finished files are kept, a rerun continues", err=True)
+        sys.exit(2)
+    except BackendError as e:
+        click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except LockedError as e:
         click.echo(f"error: {e}", err=True)

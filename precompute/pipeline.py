@@ -38,6 +38,7 @@ from common.store import (
     write_shard,
 )
 
+from .backends import joblib_backend
 from .targets import file_targets, frame_targets, plan_targets
 
 
@@ -298,9 +299,13 @@ def execute(
     strict: bool = False,
     progress: bool = True,
     log=print,
+    scheduler: str | None = None,
 ) -> Summary:
-    """Run the missing tasks, then merge. Returns the summary; the store exists when it returns."""
-    from joblib import Parallel, delayed, parallel_config
+    """Run the missing tasks, then merge. Returns the summary; the store exists when it returns.
+
+    ``backend`` and ``scheduler``: see :func:`precompute.backends.joblib_backend`.
+    """
+    from joblib import Parallel, delayed
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -328,9 +333,8 @@ def execute(
             desc=f"{plan.feature.kind}",
             file=sys.stderr,
         )
-        inner = {"inner_max_num_threads": 1} if backend == "loky" and jobs != 1 else {}
         try:
-            with parallel_config(backend=backend, n_jobs=jobs, **inner):
+            with joblib_backend(backend, jobs, scheduler):
                 results = Parallel(return_as="generator_unordered")(
                     delayed(run_task)(t, feature_params, plan.targets, feature_hash) for t in todo
                 )
@@ -400,10 +404,19 @@ def run(
     strict: bool = False,
     progress: bool = False,
     log=print,
+    scheduler: str | None = None,
 ) -> Summary:
     """Plan and execute in one call (the Python face of ``precompute run``)."""
     plan = make_plan(dataset, feature, stores, audio_root, strict)
-    return execute(plan, jobs=jobs, backend=backend, strict=strict, progress=progress, log=log)
+    return execute(
+        plan,
+        jobs=jobs,
+        backend=backend,
+        strict=strict,
+        progress=progress,
+        log=log,
+        scheduler=scheduler,
+    )
 
 
 __all__ = [

@@ -20,6 +20,17 @@ def demo_small(tmp_path_factory) -> Path:
     return make_demo(tmp_path_factory.mktemp("demo"), per_class=2, clip_s=4.0)
 
 
+@pytest.fixture(scope="session")
+def tiny_stores(demo_small, tmp_path_factory) -> Path:
+    """lms and cqt stores of ``demo_small``, under one stores folder."""
+    from precompute.pipeline import run
+
+    root = tmp_path_factory.mktemp("trainer-stores")
+    for f in ("lms", "cqt"):
+        run(demo_small, f, root)
+    return root
+
+
 def tone(midi: float, duration_s: float, sr: int = SR, n_harm: int = 6) -> np.ndarray:
     """A harmonic tone at ``midi`` (float32)."""
     t = np.arange(int(round(duration_s * sr))) / sr

@@ -11,7 +11,6 @@ import torch
 import yaml
 
 from common.store import memmap_dataset
-from precompute.pipeline import run as precompute
 from train import tasks as T
 from train.experiment import load_experiment
 from train.trainer import (
@@ -84,14 +83,6 @@ TINY_EMBED = {
         }
     ],
 }
-
-
-@pytest.fixture(scope="session")
-def tiny_stores(demo_small, tmp_path_factory):
-    root = tmp_path_factory.mktemp("trainer-stores")
-    for f in ("lms", "cqt"):
-        precompute(demo_small, f, root)
-    return root
 
 
 def experiment(tmp_path, demo_small, stores, **over):

@@ -84,6 +84,8 @@ class StoreDataModule:
         persistent_workers: bool = True,
         prefetch_factor: int = 4,
         multiprocessing_context: str | None = None,
+        rank: int = 0,
+        world: int = 1,
     ):
         if store is None and (dataset is None or feature is None):
             raise DatasetError("give a store path, or a dataset (pyjama) and a feature")
@@ -111,6 +113,7 @@ class StoreDataModule:
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
+        self.rank, self.world = rank, world  # distributed training: each rank loads its share
         self.train_ds = self.valid_ds = self.test_ds = None
         self._samplers: list[Any] = []
 
@@ -209,8 +212,15 @@ class StoreDataModule:
             seed=self.seed,
             num_samples=self.samples_per_epoch,
             with_epoch=self.unit == "work",
+            rank=self.rank,
+            world=self.world,
+            global_batch=self.batch_size,
         )
         self._samplers = [sampler]
+        if self.world > 1:  # batch_size is the global batch; every patch once per epoch, no drop
+            return self._loader(
+                ds, self.batch_size // self.world, True, sampler=sampler, drop_last=False
+            )
         return self._loader(
             ds, self.batch_size, True, sampler=sampler, drop_last=len(ds) > self.batch_size
         )

@@ -23,10 +23,18 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         seed: int = 0,
         num_samples: int | None = None,
         with_epoch: bool = False,
+        rank: int = 0,
+        world: int = 1,
+        global_batch: int | None = None,
     ):
         self.n, self.shuffle, self.seed, self.with_epoch = n, shuffle, seed, with_epoch
         self.num_samples = n if num_samples is None else int(num_samples)
         self.epoch = 0
+        if world > 1 and (global_batch is None or global_batch % world):
+            raise ValueError(
+                f"the global batch ({global_batch}) must be a multiple of the {world} ranks"
+            )
+        self.rank, self.world, self.global_batch = rank, world, global_batch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -39,7 +47,25 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         parts = [
             rng.permutation(self.n) if self.shuffle else np.arange(self.n) for _ in range(reps)
         ]
-        return np.concatenate(parts)[: self.num_samples]
+        order = np.concatenate(parts)[: self.num_samples]
+        return self.shard(order) if self.world > 1 else order
+
+    def shard(self, order: np.ndarray) -> np.ndarray:
+        """This rank's slice of every global batch: rank r takes the r-th of ``world`` equal
+        parts of each batch of ``global_batch`` indices (the last, partial batch split as evenly
+        as it goes), so the ranks together see every index once and, batch by batch, exactly
+        what one process with the global batch would."""
+        G, W, r = self.global_batch, self.world, self.rank
+        pieces = []
+        for start in range(0, len(order), G):
+            batch = order[start : start + G]
+            edges = (
+                np.linspace(0, len(batch), W + 1).round().astype(int)
+                if len(batch) < G
+                else np.arange(W + 1) * (G // W)
+            )
+            pieces.append(batch[edges[r] : edges[r + 1]])
+        return np.concatenate(pieces) if pieces else order[:0]
 
     def __iter__(self) -> Iterator[int]:
         # with_epoch: (index, epoch) pairs, for datasets whose items draw at random per epoch
@@ -49,7 +75,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples if self.world == 1 else len(self.indices())
 
 
 class WorkBatchSampler(torch.utils.data.Sampler[list[int]]):

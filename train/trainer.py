@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch.distributed.algorithms.join import Join
 
 from common.features import Feature, make_feature
 from common.store import TargetSpec, memmap_dataset, patch_index
 
+from . import distributed
 from . import tasks as T
 from .data import StoreDataModule
 from .dataset import StoreDataset
@@ -78,7 +80,9 @@ def task_of(cfg: dict, spec: TargetSpec) -> str:
     return task
 
 
-def datamodule(cfg: dict, store: str | Path | None = None) -> StoreDataModule:
+def datamodule(
+    cfg: dict, store: str | Path | None = None, rank: int = 0, world: int = 1
+) -> StoreDataModule:
     d, t = cfg["dataset"], cfg["train"]
     task = cfg["target"]["task"]
     return StoreDataModule(
@@ -101,6 +105,8 @@ def datamodule(cfg: dict, store: str | Path | None = None) -> StoreDataModule:
         works_per_batch=t["works_per_batch"] if task == "work" else None,
         versions_per_work=t["versions_per_work"],
         seed=t["seed"],
+        rank=rank,
+        world=world,
     )
 
 
@@ -335,15 +341,19 @@ def fit(
     ``resume``: a run folder whose ``last.pt`` to continue from. ``stop_after_epochs``: end this
     invocation after that many epochs (a time-boxed job), leaving ``last.pt`` to resume from.
     """
+    from contextlib import nullcontext
+
     from tqdm import tqdm
 
     t = cfg["train"]
     torch.manual_seed(t["seed"])
-    device = pick_device(t["device"])
+    ranks, device = distributed.setup(pick_device(t["device"]))
     amp = amp_settings(device, t["amp"])
+    if not ranks.main:  # one voice: rank 0 logs, shows progress and writes the run folder
+        log, progress = (lambda m: None), False
 
     # data
-    dm = datamodule(cfg)
+    dm = datamodule(cfg, rank=ranks.rank, world=ranks.world)
     store = dm.prepare_data()
     dm.setup()
     spec = dm.train_ds.spec
@@ -353,8 +363,15 @@ def fit(
 
     # model, optimiser
     n_out = None if task in ("multipitch", "work") else dm.train_ds.n_out
-    model = build_model(cfg["model"], dm.train_ds.item_shape, n_out=n_out).to(device)
-    opt = make_optimizer(model, t)
+    core = build_model(cfg["model"], dm.train_ds.item_shape, n_out=n_out).to(device)
+    model = core
+    if ranks.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            core, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    opt = make_optimizer(core, t)
     sched = make_scheduler(opt, t)
     scaler = torch.amp.GradScaler(device.type, enabled=amp[2])
 
@@ -362,7 +379,7 @@ def fit(
     if resume is not None:
         folder = Path(resume)
         ck = load_checkpoint(folder / "last.pt")
-        model.load_state_dict(ck["model"])
+        core.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if sched is not None and ck.get("scheduler"):
             sched.load_state_dict(ck["scheduler"])
@@ -376,12 +393,13 @@ def fit(
         set_rng_state(ck["rng"])
         log(f"resuming {folder} at epoch {start_epoch} (step {step})")
     else:
-        folder = Path(out) / f"{cfg['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        folder.mkdir(parents=True, exist_ok=False)
-        (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        folder = ranks.broadcast(Path(out) / f"{cfg['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
         start_epoch, step, best, bad_epochs = 0, 0, None, 0
-        with open(folder / "metrics.csv", "w", newline="") as f:
-            csv.writer(f).writerow(METRIC_COLUMNS)
+        if ranks.main:
+            folder.mkdir(parents=True, exist_ok=False)
+            (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            with open(folder / "metrics.csv", "w", newline="") as f:
+                csv.writer(f).writerow(METRIC_COLUMNS)
     meta = {
         "config": cfg,
         "feature": dm.train_ds.feature.to_dict(),
@@ -390,11 +408,12 @@ def fit(
         "n_out": n_out,
         "store": str(store),
     }
-    tb = _tensorboard(folder)
+    tb = _tensorboard(folder) if ranks.main else None
     log(f"run folder: {folder}")
     log(
         f"{task} on '{spec.name}': {len(dm.train_ds)} train / {len(dm.valid_ds)} valid patches, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}"
+        f"{sum(p.numel() for p in core.parameters()):,} parameters, device {device}"
+        + (f", {ranks.world} ranks" if ranks.enabled else "")
     )
 
     epochs_run = 0
@@ -411,46 +430,50 @@ def fit(
             leave=False,
             unit="batch",
         )
-        while True:
-            t_wait = time.perf_counter()
-            batch = next(it, None)
-            data_s += time.perf_counter() - t_wait
-            if batch is None:
-                break
-            x = batch["X"].to(device, non_blocking=True)
-            y = batch["y"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
-                out = model(x)
-                loss = loss_of(task, out, y, t)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss is {loss.item()} at epoch {epoch}, step {step}: lower train.lr (now {t['lr']}), "
-                    f"set train.grad_clip, or check the features with `precompute verify {store}`"
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if t["grad_clip"]:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            seen += len(x)
-            loss_value = loss.item()
-            loss_sum += loss_value * len(x)
-            bar.update()
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            if t["max_steps"] and step >= t["max_steps"]:
-                break
+        # Join: with ranks holding unequal shares of the last batch, none waits forever
+        with Join([model]) if ranks.enabled else nullcontext():
+            while True:
+                t_wait = time.perf_counter()
+                batch = next(it, None)
+                data_s += time.perf_counter() - t_wait
+                if batch is None:
+                    break
+                x = batch["X"].to(device, non_blocking=True)
+                y = batch["y"].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
+                    out = model(x)
+                    loss = loss_of(task, out, y, t)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss is {loss.item()} at epoch {epoch}, step {step}: lower train.lr (now {t['lr']}), "
+                        f"set train.grad_clip, or check the features with `precompute verify {store}`"
+                    )
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if t["grad_clip"]:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(core.parameters(), t["grad_clip"])
+                scaler.step(opt)
+                scaler.update()
+                step += 1
+                seen += len(x)
+                loss_value = loss.item()
+                loss_sum += loss_value * len(x)
+                bar.update()
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if t["max_steps"] and step >= t["max_steps"]:
+                    break
         bar.close()
+        loss_sum, seen = ranks.sum(loss_sum, seen)  # over all ranks: the epoch's loss and samples
         if device.type == "cuda":
             torch.cuda.synchronize()
         epoch_s = time.perf_counter() - t0
         if sched is not None:
             sched.step()
 
-        # validation, in eval mode
-        res = evaluate_patches(model, valid_loader, task, t, device, amp)
+        # validation, in eval mode; every rank sees the whole split, so all decide alike
+        ranks.sync_buffers(core)
+        res = evaluate_patches(core, valid_loader, task, t, device, amp)
         row = {
             "epoch": epoch,
             "step": step,
@@ -459,6 +482,7 @@ def fit(
             **{f"valid_{k}": v for k, v in patch_metrics(task, res, spec).items()},
             "lr": opt.param_groups[0]["lr"],
             "epoch_s": epoch_s,
+            "samples": int(seen),
             "samples_per_s": seen / epoch_s,
             "data_wait_share": data_s / epoch_s,
         }
@@ -469,10 +493,9 @@ def fit(
             )
         improved = best is None or (value < best if mode == "min" else value > best)
         best, bad_epochs = (value, 0) if improved else (best, bad_epochs + 1)
-        _append_metrics(folder, row, tb)
         log(_format_row(row) + (" *" if improved else ""))
         state = dict(
-            model=model.state_dict(),
+            model=core.state_dict(),
             optimizer=opt.state_dict(),
             scheduler=sched.state_dict() if sched else None,
             scaler=scaler.state_dict(),
@@ -483,9 +506,12 @@ def fit(
             rng=rng_state(),
             **meta,
         )
-        if improved:
-            save_checkpoint(folder / "best.pt", **state)
-        save_checkpoint(folder / "last.pt", **state)
+        if ranks.main:  # checkpoints and logs from rank 0 only
+            _append_metrics(folder, row, tb)
+            if improved:
+                save_checkpoint(folder / "best.pt", **state)
+            save_checkpoint(folder / "last.pt", **state)
+        ranks.barrier()
         epochs_run += 1
         if bad_epochs >= t["patience"]:
             log(f"early stop: {t['monitor']} has not improved for {t['patience']} epochs")
@@ -503,13 +529,25 @@ def fit(
         and bad_epochs < t["patience"]
         and not (t["max_steps"] and step >= t["max_steps"])
     )
+    if ranks.enabled:
+        identical = ranks.same_weights(core)
+        if ranks.main:
+            (folder / "ranks.json").write_text(
+                json.dumps({"world": ranks.world, "identical_weights": identical})
+            )
+        ranks.barrier()
+        if not ranks.main:
+            ranks.close()
+            return Run(folder, {})
     if not finished:
         log(f"stopped after {epochs_run} epoch(s); continue with: train run --resume {folder}")
+        ranks.close()
         return Run(folder, {})
     metrics = evaluate_run(folder, split="test", device=device)
     plot_run(folder)
     log(f"test: {json.dumps(_headline(metrics))}")
     log(f"run folder: {folder} (plots: {', '.join(p.name for p in sorted(folder.glob('*.png')))})")
+    ranks.close()
     return Run(folder, metrics)
 
 
@@ -522,6 +560,7 @@ METRIC_COLUMNS = [
     "metric_name",
     "lr",
     "epoch_s",
+    "samples",
     "samples_per_s",
     "data_wait_share",
 ]

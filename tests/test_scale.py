@@ -1,0 +1,197 @@
+"""Beyond one machine, on loopback: precompute on a dask cluster gives the same store as loky,
+also when a worker dies mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from precompute.pipeline import execute, make_plan, run
+
+from .test_precompute import _assert_same_store, _many
+
+distributed = pytest.importorskip("distributed")
+
+
+def test_dask_local_cluster_gives_the_loky_store(tmp_path):
+    ds = _many(tmp_path, n=8, seconds=1.5)
+    ref = run(ds, "cqt", tmp_path / "loky", jobs=2)
+    got = run(ds, "cqt", tmp_path / "dask", jobs=2, backend="dask")
+    assert got.ok and got.files == 8
+    _assert_same_store(got.store_path, ref.store_path)
+
+
+def test_a_killed_dask_worker_still_yields_the_complete_identical_store(tmp_path):
+    ds = _many(tmp_path, n=16, seconds=2.0)
+    ref = run(ds, "hcqt", tmp_path / "loky", jobs=2)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+    )
+    client = distributed.Client(cluster)
+    try:
+        plan = make_plan(ds, "hcqt", tmp_path / "dask")
+        box = {}
+        worker = threading.Thread(
+            target=lambda: box.update(
+                s=execute(plan, backend="dask", scheduler=cluster.scheduler_address, progress=False)
+            ),
+        )
+        worker.start()
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list(plan.shard_dir.glob("task-*.h5"))) < 2:
+            time.sleep(0.02)
+        pids = client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        os.kill(victim, signal.SIGKILL)
+        done_at_kill = len(list(plan.shard_dir.glob("task-*.h5")))
+        worker.join(180)
+        assert not worker.is_alive()
+        assert done_at_kill < len(plan.tasks), "the run ended before the kill"
+        s = box["s"]
+        assert s.ok and s.files == 16
+        _assert_same_store(s.store_path, ref.store_path)
+        assert victim not in client.run(os.getpid).values()  # that worker really died
+    finally:
+        client.close()
+        cluster.close()
+
+
+# -- distributed training: torchrun, 2 ranks on CPU (gloo) -----------------------------------------
+
+
+def test_sharded_sampler_covers_every_index_once_and_matches_global_batches():
+    import numpy as np
+
+    from train.samplers import EpochSampler
+
+    for n, G in ((50, 8), (64, 8), (7, 4)):
+        full = EpochSampler(n, seed=3).indices()
+        shards = [EpochSampler(n, seed=3, rank=r, world=2, global_batch=G) for r in (0, 1)]
+        got = [s.indices() for s in shards]
+        assert sorted(np.concatenate(got).tolist()) == list(range(n))  # every index once
+        # batch k of rank r is the r-th half of global batch k
+        for k in range(n // G):
+            batch = full[k * G : (k + 1) * G]
+            assert got[0][k * G // 2 : (k + 1) * G // 2].tolist() == batch[: G // 2].tolist()
+            assert got[1][k * G // 2 : (k + 1) * G // 2].tolist() == batch[G // 2 :].tolist()
+
+
+def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
+    tmp_path, demo_small, tiny_stores
+):
+    import csv
+    import subprocess
+    import sys
+
+    import torch
+    import yaml
+
+    from train.trainer import load_checkpoint
+
+    from .test_trainer import experiment
+
+    plain = {
+        "name": "Plain",
+        "block_l": [
+            {
+                "sequential_l": [
+                    {
+                        "layer_l": [
+                            [
+                                "Conv2d",
+                                {"in_channels": -1, "out_channels": 4, "kernel_size": [128, 3]},
+                            ],
+                            ["Squeeze", {"dim": 2}],
+                            ["Activation", "ReLU"],
+                            ["Mean", {"dim": 2}],
+                            ["Linear", {"in_features": -1, "out_features": "n_out"}],
+                        ]
+                    }
+                ]
+            }
+        ],
+    }
+    cfg = experiment(
+        tmp_path,
+        demo_small,
+        tiny_stores,
+        model=plain,
+        train={
+            "epochs": 2,
+            "batch_size": 8,
+            "samples_per_epoch": 48,
+            "optimizer": "sgd",
+            "lr": 0.05,
+        },
+    )
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {k: v for k, v in cfg.items() if k not in ("source", "feature_file", "model_file")}
+        )
+    )
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "run",
+            "--config",
+            str(cfg_path),
+            "--out",
+            str(tmp_path / "one"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "train",
+            "run",
+            "--config",
+            str(cfg_path),
+            "--out",
+            str(tmp_path / "two"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert two.returncode == 0, (two.stdout[-2000:], two.stderr[-3000:])
+    (run_one,), (run_two,) = list((tmp_path / "one").iterdir()), list((tmp_path / "two").iterdir())
+    assert json.loads((run_two / "ranks.json").read_text()) == {
+        "world": 2,
+        "identical_weights": True,
+    }
+    with open(run_two / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["samples"]) for r in rows] == [
+        48,
+        48,
+    ]  # every sample of the epoch once, across ranks
+    a, b = (
+        load_checkpoint(run_one / "last.pt")["model"],
+        load_checkpoint(run_two / "last.pt")["model"],
+    )
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert len(list(run_two.glob("*.pt"))) == 2  # only rank 0 wrote checkpoints
