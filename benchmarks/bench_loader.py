@@ -191,17 +191,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--batches", type=int, default=60)
+    ap.add_argument(
+        "--batches", type=int, default=300, help="batches per measurement (hcqt: a fifth)"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="alternating repetitions; the median is reported"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     results: dict = {}
     for feature in ("lms", "hcqt"):
         store = demo_store(10, feature)
         r = {}
-        r["store_dataset_patches_per_s"], _ = measure(StoreDataset(store), args.batches)
-        r["in_ram_patches_per_s"], _ = measure(InRamDataset(store), args.batches)
+        batches = args.batches if feature == "lms" else max(20, args.batches // 5)
+        in_ram = InRamDataset(store)
+        runs = {"store": [], "ram": []}
+        for _ in range(args.repeats):  # alternate, so drifts of the machine hit both alike
+            runs["store"].append(measure(StoreDataset(store), batches)[0])
+            runs["ram"].append(measure(in_ram, batches)[0])
+        r["store_dataset_patches_per_s"] = float(np.median(runs["store"]))
+        r["in_ram_patches_per_s"] = float(np.median(runs["ram"]))
+        r["runs"] = {k: [round(x) for x in v] for k, v in runs.items()}
         naive = NaiveH5Dataset(store.with_name(store.stem + "-naive-chunked.h5"), store)
-        r["naive_h5py_patches_per_s"], _ = measure(naive, max(10, args.batches // 4))
+        r["naive_h5py_patches_per_s"], _ = measure(naive, max(10, batches // 4))
         r["store_vs_in_ram"] = round(
             r["store_dataset_patches_per_s"] / r["in_ram_patches_per_s"], 2
         )
@@ -211,7 +223,7 @@ def main() -> None:
         big = demo_store(40, feature)
         r["worker_rss_anon_mb"] = {}
         for st in (store, big):
-            _, rss = measure(StoreDataset(st), args.batches * 2, context="spawn")
+            _, rss = measure(StoreDataset(st), batches, context="spawn")
             key = (
                 f"store {read_tables(st).total_frames} frames ({st.stat().st_size / 2**20:.0f} MB)"
             )

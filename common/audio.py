@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,12 +85,3 @@ def _reason(e: Exception, path: Path) -> str:
         ext = path.suffix or "(no extension)"
         return f"unsupported or corrupt audio: libsndfile does not recognise this {ext} file"
     return msg
-
-
-def audio_duration_s(path: str | os.PathLike) -> float:
-    """Duration from the header alone (for planning); NaN when unreadable."""
-    try:
-        info = sf.info(str(path))
-        return info.frames / info.samplerate
-    except Exception:  # noqa: BLE001 - planning only; decoding reports the real error
-        return math.nan

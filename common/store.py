@@ -37,8 +37,8 @@ import numpy as np
 FORMAT_VERSION = 1
 FEATURE_DTYPE = np.dtype("<f4")
 
-# Target kinds: per-file ones have one row per file, frame ones one row per feature frame.
-FILE_KINDS = ("class", "multilabel", "value", "work")
+# Target kinds with one row per feature frame (the others have one row per file:
+# class, multilabel, value, work).
 FRAME_KINDS = ("frame_class", "frame_events", "frame_pitch", "frame_value")
 
 

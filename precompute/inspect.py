@@ -16,7 +16,6 @@ from common.store import (
     iter_feature_blocks,
     memmap_dataset,
     patch_index,
-    read_file_targets,
     read_tables,
 )
 
@@ -201,8 +200,3 @@ def show(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-def per_file_targets(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    t = read_tables(path)
-    return read_file_targets(path, [n for n, s in t.targets.items() if not s.frame_level])

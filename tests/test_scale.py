@@ -136,45 +136,26 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
         )
     )
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(
-        [
-            sys.executable,
+
+    def train_run(launcher: list[str], out: str) -> subprocess.CompletedProcess:
+        cmd = [
+            *launcher,
             "-m",
             "train",
             "run",
             "--config",
             str(cfg_path),
             "--out",
-            str(tmp_path / "one"),
+            str(tmp_path / out),
             "-q",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+        ]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+    one = train_run([sys.executable], "one")
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "train",
-            "run",
-            "--config",
-            str(cfg_path),
-            "--out",
-            str(tmp_path / "two"),
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
+    two = train_run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+        "two",
     )
     assert two.returncode == 0, (two.stdout[-2000:], two.stderr[-3000:])
     (run_one,), (run_two,) = list((tmp_path / "one").iterdir()), list((tmp_path / "two").iterdir())

@@ -21,7 +21,6 @@ import torch
 from common.features import Feature, make_feature
 from common.store import (
     StoreError,
-    StoreTables,
     TargetSpec,
     memmap_dataset,
     patch_index,
@@ -333,11 +332,10 @@ class StoreDataset(torch.utils.data.Dataset):
         files, starts = self.patch_file[idx], self.patch_start[idx]
         X = self._patches(files, starts, self.patch_frames)
         _, frame_target = self._maps()
-        batch = {
-            "X": X,
-            "file": torch.from_numpy(files.astype(np.int64)),
-            "start": torch.from_numpy(starts.copy()),
-        }
+        # file and start share one buffer: one shared-memory segment for both, not two
+        index = _new_tensor((2, len(idx)), torch.int64)
+        index.numpy()[0], index.numpy()[1] = files, starts
+        batch = {"X": X, "file": index[0], "start": index[1]}
         if self.spec is not None:
             batch["y"] = self._batch_targets(files, starts, frame_target)
         return PatchBatch(batch)
@@ -466,7 +464,3 @@ def collate_padded(items: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = torch.tensor(vals)
     out["mask" if "mask" not in out else "item_mask"] = mask
     return out
-
-
-def store_tables(path: str | os.PathLike) -> StoreTables:
-    return read_tables(path)

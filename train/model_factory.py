@@ -23,7 +23,6 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -358,8 +357,3 @@ def format_summary(model: nn.Module, input_shape: Sequence[int]) -> str:
         lines.append(f"{short:<28}{name:<16}{str(shape):<22}{n:>12,}")
     lines.append(f"total parameters: {total:,}")
     return "\n".join(lines)
-
-
-def load_model_config(path: str | os.PathLike) -> dict:
-    cfg, _ = _load(Path(path))
-    return cfg
