@@ -162,7 +162,7 @@ def test_n_out_needs_a_size():
             _with_layer(["Conv2d", {"in_channels": -1, "out_channels": "n_out", "kernel_size": 1}]),
             (1, 8, 8),
         )
-    m = build_model(_with_layer(["Flatten", {}]) | {}, (1, 8, 8))
+    m = build_model(_with_layer(["Flatten", {}]), (1, 8, 8))
     assert m(torch.zeros(2, 1, 8, 8)).shape == (2, 144)
 
 

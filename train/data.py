@@ -225,15 +225,15 @@ class StoreDataModule:
             ds, self.batch_size, True, sampler=sampler, drop_last=len(ds) > self.batch_size
         )
 
+    def eval_dataloader(self, ds: StoreDataset) -> torch.utils.data.DataLoader:
+        """Any split in order, at the evaluation batch size (validation, test, or train for eval)."""
+        return self._loader(self._nonempty(ds), self.eval_batch_size, False, shuffle=False)
+
     def val_dataloader(self) -> torch.utils.data.DataLoader:
-        return self._loader(
-            self._nonempty(self.valid_ds), self.eval_batch_size, False, shuffle=False
-        )
+        return self.eval_dataloader(self.valid_ds)
 
     def test_dataloader(self) -> torch.utils.data.DataLoader:
-        return self._loader(
-            self._nonempty(self.test_ds), self.eval_batch_size, False, shuffle=False
-        )
+        return self.eval_dataloader(self.test_ds)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch`` (same order in every process for the same seed and epoch)."""

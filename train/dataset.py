@@ -278,23 +278,6 @@ class StoreDataset(torch.utils.data.Dataset):
         return len(s.vocabulary) or 1
 
     # -- reading ------------------------------------------------------------------
-    def _target(
-        self, file: int, start: int, length: int, frame_target: np.ndarray | None
-    ) -> torch.Tensor | None:
-        s = self.spec
-        if s is None:
-            return None
-        if not s.frame_level:
-            v = self.file_targets[s.name][file]
-            if s.kind in ("class", "work"):
-                return torch.tensor(int(v), dtype=torch.long)
-            return torch.from_numpy(np.asarray(v, dtype=np.float32))
-        off = int(self.tables.offset[file]) + start
-        block = np.asarray(frame_target[off : off + length])
-        if s.kind == "frame_class":
-            return torch.from_numpy(block.astype(np.int64))
-        return torch.from_numpy(np.ascontiguousarray(block.T, dtype=np.float32))  # (bins, L)
-
     def _patches(self, files: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
         """``(B, *item_shape)`` float32, one copy from the mapped store into the final layout.
 
@@ -340,19 +323,28 @@ class StoreDataset(torch.utils.data.Dataset):
             batch["y"] = self._batch_targets(files, starts, frame_target)
         return PatchBatch(batch)
 
-    def _batch_targets(self, files: np.ndarray, starts: np.ndarray, frame_target) -> torch.Tensor:
+    def _batch_targets(
+        self,
+        files: np.ndarray,
+        starts: np.ndarray,
+        frame_target: np.ndarray | None,
+        length: int | None = None,
+    ) -> torch.Tensor:
+        """Targets of patches ``(file, start)``: class indices (int64), multi-hot / values
+        (float32), or frame-level ``(B, bins, length)`` float32 / ``(B, length)`` int64."""
         s = self.spec
         if not s.frame_level:
             v = self.file_targets[s.name][files]
             if s.kind in ("class", "work"):
                 return torch.from_numpy(v.astype(np.int64))
             return torch.from_numpy(np.asarray(v, dtype=np.float32))
-        L = self.patch_frames
+        L = self.patch_frames if length is None else length
         offsets = self.tables.offset[files] + starts
         if s.kind == "frame_class":
-            return torch.from_numpy(
-                np.stack([np.asarray(frame_target[o : o + L]) for o in offsets]).astype(np.int64)
-            )
+            labels = np.empty((len(files), L), dtype=np.int64)
+            for i, o in enumerate(offsets):
+                labels[i] = frame_target[o : o + L]
+            return torch.from_numpy(labels)
         out = np.empty((len(files), frame_target.shape[1], L), dtype=np.float32)
         for i, o in enumerate(offsets):
             out[i] = frame_target[o : o + L].T
@@ -365,19 +357,17 @@ class StoreDataset(torch.utils.data.Dataset):
             X = self._patches(np.array([f]), np.array([0]), n)[0]
             item = {"X": X, "file": f, "n_frames": n}
             if self.spec is not None:
-                item["y"] = self._target(f, 0, n, frame_target)
+                item["y"] = self._batch_targets(np.array([f]), np.array([0]), frame_target, n)[0]
             return item
         lo, hi = self.file_patch_bounds[f], self.file_patch_bounds[f + 1]
         starts = self._all_patch_start[lo:hi]
         X = self._patches(np.full(len(starts), f), starts, self.patch_frames)
         item = {"X": X, "file": f, "start": torch.from_numpy(starts.copy())}
         if self.spec is not None:
-            ys = [self._target(f, int(s), self.patch_frames, frame_target) for s in starts]
             if self.spec.frame_level:
-                shape = (0, len(self.spec.pitch_midi) or 1, self.patch_frames)
-                item["y"] = torch.stack(ys) if ys else torch.zeros(shape)
+                item["y"] = self._batch_targets(np.full(len(starts), f), starts, frame_target)
             else:
-                item["y"] = self._target(f, 0, 0, frame_target)
+                item["y"] = self._batch_targets(np.array([f]), np.array([0]), frame_target)[0]
         return item
 
     def _work_item(self, idx: int, epoch: int) -> dict[str, Any]:

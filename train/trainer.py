@@ -648,11 +648,7 @@ def evaluate_run(
     dm.setup()
     amp = amp_settings(device, cfg["train"]["amp"])
     ds = {"train": dm.train_ds, "valid": dm.valid_ds, "test": dm.test_ds}[split]
-    loader = {"train": dm.val_dataloader, "valid": dm.val_dataloader, "test": dm.test_dataloader}[
-        split
-    ]()
-    if split == "train":
-        loader = dm._loader(dm.train_ds, dm.eval_batch_size, False, shuffle=False)
+    loader = dm.eval_dataloader(ds)
     res = evaluate_patches(model, loader, task, cfg["train"], device, amp)
     metrics: dict[str, Any] = {"split": split, "loss": res["loss"], "patches": len(ds)}
     spec = ds.spec
