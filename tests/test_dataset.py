@@ -97,6 +97,12 @@ def test_work_unit_gives_versions_of_one_work(stores):
         and int(works[item["files"][0]]) == item["work"]
     )
     assert item["files"][0] != item["files"][1]
+    feats = direct(stores["cqt"])
+    for k, (f, s) in enumerate(zip(item["files"].tolist(), item["starts"].tolist())):
+        off = ds.tables.offset[f] + s
+        np.testing.assert_array_equal(
+            item["X"][k].numpy(), feats[off : off + 64].transpose(1, 2, 0)
+        )
     assert torch.equal(ds[(0, 3)]["X"], ds[(0, 3)]["X"])  # (index, epoch) is reproducible
 
 

@@ -388,7 +388,13 @@ class StoreDataset(torch.utils.data.Dataset):
             X = torch.nn.functional.pad(X, (0, L - length))
         mask = torch.zeros(self.versions, L, dtype=torch.bool)
         mask[:, :length] = True
-        return {"X": X, "work": w, "files": torch.from_numpy(chosen.astype(np.int64)), "mask": mask}
+        return {
+            "X": X,
+            "work": w,
+            "files": torch.from_numpy(chosen.astype(np.int64)),
+            "starts": torch.from_numpy(starts.astype(np.int64)),
+            "mask": mask,
+        }
 
 
 def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
