@@ -137,26 +137,27 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
     )
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
 
-    def train_run(launcher: list[str], out: str) -> subprocess.CompletedProcess:
-        cmd = [
-            *launcher,
-            "-m",
-            "train",
-            "run",
-            "--config",
-            str(cfg_path),
-            "--out",
-            str(tmp_path / out),
-            "-q",
-        ]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+    ]
+
+    def train_run(launcher: list[str], out: str, *extra: str) -> subprocess.CompletedProcess:
+        args = (
+            extra
+            if "--resume" in extra
+            else ("--config", str(cfg_path), "--out", str(tmp_path / out), *extra)
+        )
+        cmd = [*launcher, "-m", "train", "run", *args, "-q"]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
     one = train_run([sys.executable], "one")
     assert one.returncode == 0, one.stderr[-2000:]
-    two = train_run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
-        "two",
-    )
+    two = train_run(torchrun, "two")
     assert two.returncode == 0, (two.stdout[-2000:], two.stderr[-3000:])
     (run_one,), (run_two,) = list((tmp_path / "one").iterdir()), list((tmp_path / "two").iterdir())
     assert json.loads((run_two / "ranks.json").read_text()) == {
@@ -176,3 +177,14 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     assert len(list(run_two.glob("*.pt"))) == 2  # only rank 0 wrote checkpoints
+
+    # interrupted after one epoch and resumed, still on 2 ranks: the same weights exactly
+    part = train_run(torchrun, "part", "--stop-after-epochs", "1")
+    assert part.returncode == 0, part.stderr[-3000:]
+    (run_part,) = list((tmp_path / "part").iterdir())
+    assert not (run_part / "metrics_test.json").exists()
+    resumed = train_run(torchrun, "part", "--resume", str(run_part))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    c = load_checkpoint(run_part / "last.pt")["model"]
+    for k in b:
+        assert torch.equal(b[k], c[k]), k
