@@ -177,7 +177,7 @@ class StoreDataset(torch.utils.data.Dataset):
         keep = in_split[pf]
         self.patch_file, self.patch_start = pf[keep], ps[keep]
         self.file_patch_bounds = np.searchsorted(pf, np.arange(t.n_files + 1))
-        self._all_patch_file, self._all_patch_start = pf, ps
+        self._all_patch_start = ps
         if unit == "work":
             if self.file_work is None:
                 raise DatasetError(f"unit='work' needs a work-id target; {self.path} has none")
@@ -261,9 +261,7 @@ class StoreDataset(torch.utils.data.Dataset):
     @property
     def item_shape(self) -> tuple[int, ...]:
         """Shape of one patch's ``X``, as a model sees it."""
-        C, F = self.tables.frame_shape
-        block = np.zeros((self.patch_frames, C, F), dtype=np.float32)
-        return tuple(self.feature.patch_view(block).shape)
+        return self._view_shape(self.patch_frames)
 
     @property
     def n_out(self) -> int | None:
@@ -293,8 +291,15 @@ class StoreDataset(torch.utils.data.Dataset):
         return out
 
     def _view_shape(self, length: int) -> tuple[int, ...]:
-        C, F = self.tables.frame_shape
-        return tuple(self.feature.patch_view(np.empty((length, C, F), dtype=np.float32)).shape)
+        # a zero-stride stand-in: the shape without allocating a block
+        block = np.broadcast_to(np.float32(0), (length, *self.tables.frame_shape))
+        return tuple(self.feature.patch_view(block).shape)
+
+    def file_rows(self, name: str, files: np.ndarray) -> list[np.ndarray]:
+        """Whole files' time-major rows of ``features`` or of a frame-level ``targets/<name>``."""
+        rows = self._maps()[0] if name == "features" else memmap_dataset(self.path, name)
+        t = self.tables
+        return [np.asarray(rows[t.offset[f] : t.offset[f] + t.n_frames[f]]) for f in files]
 
     def __getitem__(self, idx: int | tuple[int, int]) -> dict[str, Any]:
         epoch = self.epoch

@@ -23,7 +23,7 @@ import yaml
 from torch.distributed.algorithms.join import Join
 
 from common.features import Feature, make_feature
-from common.store import TargetSpec, memmap_dataset, patch_index
+from common.store import TargetSpec, patch_index
 
 from . import distributed
 from . import tasks as T
@@ -248,18 +248,9 @@ def file_outputs(
     model, ds: StoreDataset, task: str, device, amp
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """``predict_file`` for every file of a dataset split: (file indices, outputs)."""
-    feats = memmap_dataset(ds.path, "features")
-    t = ds.tables
     outs = [
-        predict_file(
-            model,
-            np.asarray(feats[t.offset[f] : t.offset[f] + t.n_frames[f]]),
-            ds.feature,
-            task,
-            device,
-            amp,
-        )
-        for f in ds.files
+        predict_file(model, block, ds.feature, task, device, amp)
+        for block in ds.file_rows("features", ds.files)
     ]
     return ds.files, outs
 
@@ -281,9 +272,7 @@ def file_metrics(
     if task == "work":
         works = ds.file_targets[spec.name][files]
         return T.retrieval_metrics(np.stack(outs), works) | {"files": len(files)}
-    truth_mm = memmap_dataset(ds.path, f"targets/{spec.name}")
-    t = ds.tables
-    truth = [np.asarray(truth_mm[t.offset[f] : t.offset[f] + t.n_frames[f]]).T for f in files]
+    truth = [rows.T for rows in ds.file_rows(f"targets/{spec.name}", files)]
     frame_s = ds.feature.hop_length / ds.feature.sr
     th = 0.5 if threshold is None else threshold
     return T.multipitch_metrics(outs, truth, np.asarray(spec.pitch_midi), frame_s, th) | {
@@ -663,11 +652,8 @@ def evaluate_run(
     threshold = None
     if task == "multipitch":
         _, val_outs = file_outputs(model, dm.valid_ds, task, device, amp)
-        tables = dm.valid_ds.tables
-        truth_mm = memmap_dataset(dm.valid_ds.path, f"targets/{spec.name}")
         val_truth = [
-            np.asarray(truth_mm[tables.offset[f] : tables.offset[f] + tables.n_frames[f]]).T
-            for f in dm.valid_ds.files
+            rows.T for rows in dm.valid_ds.file_rows(f"targets/{spec.name}", dm.valid_ds.files)
         ]
         threshold = T.best_threshold(val_outs, val_truth)
     metrics |= file_metrics(model, ds, task, device, amp, threshold)
@@ -740,15 +726,10 @@ def plot_pianoroll(folder: Path, threshold: float) -> Path:
     dm = datamodule(ck["config"], store=ck["store"])
     dm.setup()
     ds = dm.test_ds
-    f = int(ds.files[0])
-    t = ds.tables
-    block = np.asarray(
-        memmap_dataset(ds.path, "features")[t.offset[f] : t.offset[f] + t.n_frames[f]]
-    )
+    f = ds.files[:1]
+    (block,) = ds.file_rows("features", f)
     sal = predict_file(model, block, ds.feature, "multipitch", torch.device("cpu"))
-    truth = np.asarray(
-        memmap_dataset(ds.path, f"targets/{ds.target}")[t.offset[f] : t.offset[f] + t.n_frames[f]]
-    ).T
+    truth = ds.file_rows(f"targets/{ds.target}", f)[0].T
     grid = np.asarray(ds.spec.pitch_midi)
     times = ds.feature.frame_times(truth.shape[1])
     fig, (a, b) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
@@ -759,7 +740,7 @@ def plot_pianoroll(folder: Path, threshold: float) -> Path:
         extent=(times[0], times[-1], grid[0], grid[-1]),
         cmap="magma",
     )
-    a.set_title(f"predicted salience: {t.names[f]}"), a.set_ylabel("MIDI")
+    a.set_title(f"predicted salience: {ds.tables.names[f[0]]}"), a.set_ylabel("MIDI")
     fr, bins = np.nonzero(truth.T)
     b.scatter(times[fr], grid[bins], s=9, marker="s", c="0.75", lw=0, label="true")
     fr, bins = np.nonzero((sal >= threshold).T)
