@@ -1,13 +1,14 @@
 """Patch loading: StoreDataset against the notebooks' in-RAM Dataset and a naive h5py Dataset.
 
-In one run, for lms and hcqt patches, batch 64, 2 DataLoader workers, shuffled:
+In one run, for lms and hcqt patches, batch 64, shuffled, each Dataset read by 2 DataLoader
+workers and by none (batches made in this process, with 2 torch threads):
 - patches/s of StoreDataset (memory-mapped, time-major store);
 - patches/s of an in-RAM Dataset holding every file's feature as a numpy array;
 - patches/s of a naive Dataset that opens h5py per item on a chunked (C, F, T) layout;
 - the anonymous memory (RssAnon) of a StoreDataset worker, for a store and one 4x larger;
 - StoreDataset construction time for a store of 100,000 files.
 
-    .venv/bin/python benchmarks/bench_loader.py [--batches 60]
+    .venv/bin/python benchmarks/bench_loader.py [--features hcqt] [--glibc-default]
 
 Stores come from the demo generator (data/bench-loader-*), made once.
 """
@@ -35,7 +36,7 @@ from common.store import (
 )
 from precompute.demo import make_demo
 from precompute.pipeline import run
-from train.dataset import StoreDataset, collate_patches
+from train.dataset import StoreDataset, collate_patches, keep_freed_memory
 from train.samplers import EpochSampler
 
 BATCH = 64
@@ -95,23 +96,25 @@ def rss_anon_mb(pid: int) -> float:
     return float("nan")
 
 
-def measure(ds, batches: int, context: str | None = None) -> tuple[float, list[float]]:
+def measure(
+    ds, batches: int, workers: int = WORKERS, context: str | None = None
+) -> tuple[float, list[float]]:
     """patches/s over ``batches`` batches (after 5 warm-up batches) and the workers' RssAnon.
 
     StoreDataset batches go through the collate its DataModule uses; the others through
-    ``default_collate``. With ``context="spawn"`` the workers start fresh, so their anonymous
+    ``default_collate``. With ``workers=0`` the batches are made in this process, with its
+    torch threads. With ``context="spawn"`` the workers start fresh, so their anonymous
     memory is their own, not pages inherited from this process.
     """
     sampler = EpochSampler(len(ds), seed=0, num_samples=BATCH * (batches + 5))
+    extra = {"prefetch_factor": 4, "multiprocessing_context": context} if workers else {}
     loader = torch.utils.data.DataLoader(
         ds,
         batch_size=BATCH,
         sampler=sampler,
-        num_workers=WORKERS,
-        persistent_workers=False,
-        prefetch_factor=4,
+        num_workers=workers,
         collate_fn=collate_patches if isinstance(ds, StoreDataset) else None,
-        multiprocessing_context=context,
+        **extra,
     )
     it = iter(loader)
     for _ in range(5):
@@ -197,29 +200,40 @@ def main() -> None:
     ap.add_argument(
         "--repeats", type=int, default=3, help="alternating repetitions; the median is reported"
     )
+    ap.add_argument("--features", nargs="+", default=["lms", "hcqt"])
+    ap.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's malloc as it is (by default keep_freed_memory() is applied, "
+        "for every Dataset alike, as StoreDataModule does)",
+    )
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    results: dict = {}
-    for feature in ("lms", "hcqt"):
+    torch.set_num_threads(2)  # the machine's cores; DataLoader workers use one each
+    results: dict = {"keep_freed_memory": False if args.glibc_default else keep_freed_memory()}
+    for feature in args.features:
         store = demo_store(10, feature)
         r = {}
         batches = args.batches if feature == "lms" else max(20, args.batches // 5)
         in_ram = InRamDataset(store)
-        runs = {"store": [], "ram": []}
-        for _ in range(args.repeats):  # alternate, so drifts of the machine hit both alike
-            runs["store"].append(measure(StoreDataset(store), batches)[0])
-            runs["ram"].append(measure(in_ram, batches)[0])
-        r["store_dataset_patches_per_s"] = float(np.median(runs["store"]))
-        r["in_ram_patches_per_s"] = float(np.median(runs["ram"]))
-        r["runs"] = {k: [round(x) for x in v] for k, v in runs.items()}
         naive = NaiveH5Dataset(store.with_name(store.stem + "-naive-chunked.h5"), store)
-        r["naive_h5py_patches_per_s"], _ = measure(naive, max(10, batches // 4))
-        r["store_vs_in_ram"] = round(
-            r["store_dataset_patches_per_s"] / r["in_ram_patches_per_s"], 2
-        )
-        r["store_vs_naive"] = round(
-            r["store_dataset_patches_per_s"] / r["naive_h5py_patches_per_s"], 1
-        )
+        for workers in (WORKERS, 0):
+            runs = {"store": [], "in_ram": [], "naive": []}
+            for _ in range(args.repeats):  # alternate, so drifts of the machine hit all alike
+                runs["store"].append(measure(StoreDataset(store), batches, workers)[0])
+                runs["in_ram"].append(measure(in_ram, batches, workers)[0])
+                runs["naive"].append(measure(naive, max(10, batches // 4), workers)[0])
+            r[f"{workers} workers"] = {
+                **{k: round(float(np.median(v))) for k, v in runs.items()},
+                "runs": {k: [round(x) for x in v] for k, v in runs.items()},
+            }
+        same = r[f"{WORKERS} workers"]
+        best = {k: max(r[f"{w} workers"][k] for w in (WORKERS, 0)) for k in same if k != "runs"}
+        r["ratios"] = {
+            f"{WORKERS} workers each: vs in-RAM": round(same["store"] / same["in_ram"], 2),
+            f"{WORKERS} workers each: vs naive": round(same["store"] / same["naive"], 1),
+            "best setting of each: vs in-RAM": round(best["store"] / best["in_ram"], 2),
+            "best setting of each: vs naive": round(best["store"] / best["naive"], 1),
+        }
         big = demo_store(40, feature)
         r["worker_rss_anon_mb"] = {}
         for st in (store, big):
@@ -228,12 +242,6 @@ def main() -> None:
                 f"store {read_tables(st).total_frames} frames ({st.stat().st_size / 2**20:.0f} MB)"
             )
             r["worker_rss_anon_mb"][key] = [round(x) for x in rss]
-        for k in (
-            "store_dataset_patches_per_s",
-            "in_ram_patches_per_s",
-            "naive_h5py_patches_per_s",
-        ):
-            r[k] = round(r[k])
         results[feature] = r
         print(feature, json.dumps(r, indent=1), flush=True)
     many = store_of_100k_files(Path("data") / "bench-loader-stores" / "many-100k.h5")

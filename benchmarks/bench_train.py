@@ -26,9 +26,10 @@ def main() -> None:
     )
     ap.add_argument("--config", default="configs/experiments/demo_genre.yaml")
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     args = ap.parse_args()
     results = {}
-    for workers in (0, 2):
+    for workers in args.workers:
         cfg = load_experiment(
             args.config,
             [

@@ -93,6 +93,8 @@ class Feature:
         """
         return np.arange(128, dtype=np.float64)
 
+    patch_view_is_transpose = True  # patch_view is (L, C, F) -> (C, F, L)
+
     def patch_view(self, block: np.ndarray) -> np.ndarray:
         """Time-major block ``(L, C, F)`` -> model input ``(C, F, L)`` (a view, no copy)."""
         return block.transpose(1, 2, 0)
@@ -140,6 +142,8 @@ class Waveform(Feature):
 
     def frame_times(self, n_frames: int) -> np.ndarray:
         return (np.arange(n_frames) + 0.5) * (self.hop_length / self.sr)
+
+    patch_view_is_transpose = False
 
     def patch_view(self, block: np.ndarray) -> np.ndarray:
         return block.reshape(1, -1)

@@ -46,6 +46,24 @@ def test_patch_items_equal_a_direct_slice_of_the_store(stores):
         assert torch.equal(b["X"], ds[i]["X"])
 
 
+@pytest.mark.parametrize("feature", ["lms", "cqt"])
+def test_parallel_gather_equals_the_per_patch_copy(stores, feature):
+    # with more than one torch thread a batch is one index_select over windows of the map;
+    # with one (a DataLoader worker) a copy per patch: both must give the same bytes
+    ds = StoreDataset(stores[feature], unit="patch")
+    idx = list(range(0, len(ds), max(1, len(ds) // 40)))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        gathered = ds.__getitems__(idx).collated["X"]
+        torch.set_num_threads(1)
+        copied = ds.__getitems__(idx).collated["X"]
+    finally:
+        torch.set_num_threads(threads)
+    assert ds._windows is not None and gathered.is_contiguous()
+    assert torch.equal(gathered, copied)
+
+
 def test_frame_pitch_target_is_cut_to_the_patch(stores):
     ds = StoreDataset(stores["cqt"], unit="patch", target="pitchmidi")
     pitch = direct(stores["cqt"], "targets/pitchmidi")

@@ -15,7 +15,14 @@ from common.features import Feature, make_feature
 from common.pyjama import collection_to_json, read_pyjama
 from common.store import read_tables, store_identity, store_path
 
-from .dataset import DatasetError, StoreDataset, collate_padded, collate_patches, feature_mismatch
+from .dataset import (
+    DatasetError,
+    StoreDataset,
+    collate_padded,
+    collate_patches,
+    feature_mismatch,
+    keep_freed_memory,
+)
 from .samplers import EpochSampler, WorkBatchSampler
 
 
@@ -157,6 +164,7 @@ class StoreDataModule:
     def setup(self, stage: str | None = None) -> None:
         if self.store is None or not self.store.is_file():
             self.prepare_data()
+        keep_freed_memory()  # batches are allocated and freed at every step: reuse their memory
         self.train_ds, self.valid_ds, self.test_ds = (
             self._dataset(s) for s in ("train", "valid", "test")
         )

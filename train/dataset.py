@@ -9,8 +9,10 @@ loaded once as numpy arrays.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -188,6 +190,7 @@ class StoreDataset(torch.utils.data.Dataset):
             ]
             self.works = valid
             self.work_files = {int(w): self.files[self.file_work[self.files] == w] for w in valid}
+        self._windows: torch.Tensor | None = None
         self._feats: np.ndarray | None = None  # views of numpy.memmap objects, made per process
         self._frame_target: np.ndarray | None = None
         self._pid: int | None = None
@@ -232,6 +235,12 @@ class StoreDataset(torch.utils.data.Dataset):
         if self._pid != os.getpid():
             # plain ndarray views of the maps: slicing them skips numpy.memmap's per-slice bookkeeping
             self._feats = np.asarray(memmap_dataset(self.path, "features"))
+            self._windows = None
+            if self.feature.patch_view_is_transpose and len(self._feats) >= self.patch_frames:
+                with warnings.catch_warnings():  # read-only map; the tensor is only read
+                    warnings.simplefilter("ignore", UserWarning)
+                    frames = torch.from_numpy(self._feats)
+                self._windows = frames.unfold(0, self.patch_frames, 1)
             self._frame_target = (
                 np.asarray(memmap_dataset(self.path, f"targets/{self.target}"))
                 if self.spec and self.spec.frame_level
@@ -243,7 +252,7 @@ class StoreDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.update(
-            _feats=None, _frame_target=None, _pid=None
+            _feats=None, _windows=None, _frame_target=None, _pid=None
         )  # each process maps the store itself
         return state
 
@@ -285,6 +294,13 @@ class StoreDataset(torch.utils.data.Dataset):
         feats, _ = self._maps()
         offsets = self.tables.offset[files] + starts
         out = _new_tensor((len(files), *self._view_shape(length)), torch.float32)
+        if (
+            self._windows is not None
+            and length == self.patch_frames
+            and torch.get_num_threads() > 1
+        ):
+            torch.index_select(self._windows, 0, torch.from_numpy(offsets), out=out)
+            return out
         view = out.numpy()
         for i, o in enumerate(offsets):
             view[i] = self.feature.patch_view(feats[o : o + length])
@@ -400,6 +416,38 @@ class StoreDataset(torch.utils.data.Dataset):
             "starts": torch.from_numpy(starts.astype(np.int64)),
             "mask": mask,
         }
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
+
+
+def keep_freed_memory(max_block: int = 1 << 30) -> bool:
+    """Let glibc's malloc keep and reuse freed blocks up to ``max_block`` bytes.
+
+    By default glibc serves every block over 32 MB (an hcqt batch of 64 patches is 35 MB)
+    with a fresh ``mmap`` and returns it on ``free``, so each batch pays for page faults and
+    zero-filling its memory again: half of the loading time of such batches on the
+    development machine. This is the in-process form of the advice in PyTorch's CPU tuning
+    guide (preload tcmalloc or jemalloc). The price: the process keeps its peak heap.
+    Returns whether it applied; a no-op off glibc, or when the user set
+    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` themselves.
+    """
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    limit = min(int(max_block), 2**31 - 1)
+    # some glibc versions cap M_MMAP_THRESHOLD at HEAP_MAX_SIZE / 2 (32 MiB on 64-bit) and
+    # refuse more: try the asked size, then halve down to that cap
+    applied = False
+    while limit >= 32 << 20 and not applied:
+        applied = bool(mallopt(_M_MMAP_THRESHOLD, limit))
+        limit //= 2
+    return applied and bool(mallopt(_M_TRIM_THRESHOLD, min(int(max_block) * 2, 2**31 - 1)))
 
 
 def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
