@@ -191,6 +191,7 @@ class StoreDataset(torch.utils.data.Dataset):
             self.works = valid
             self.work_files = {int(w): self.files[self.file_work[self.files] == w] for w in valid}
         self._windows: torch.Tensor | None = None
+        self._shapes: dict[int, tuple[int, ...]] = {}  # patch length -> item shape
         self._feats: np.ndarray | None = None  # views of numpy.memmap objects, made per process
         self._frame_target: np.ndarray | None = None
         self._pid: int | None = None
@@ -307,9 +308,11 @@ class StoreDataset(torch.utils.data.Dataset):
         return out
 
     def _view_shape(self, length: int) -> tuple[int, ...]:
-        # a zero-stride stand-in: the shape without allocating a block
-        block = np.broadcast_to(np.float32(0), (length, *self.tables.frame_shape))
-        return tuple(self.feature.patch_view(block).shape)
+        shape = self._shapes.get(length)
+        if shape is None:  # a zero-stride stand-in: the shape without allocating a block
+            block = np.broadcast_to(np.float32(0), (length, *self.tables.frame_shape))
+            shape = self._shapes[length] = tuple(self.feature.patch_view(block).shape)
+        return shape
 
     def file_rows(self, name: str, files: np.ndarray) -> list[np.ndarray]:
         """Whole files' time-major rows of ``features`` or of a frame-level ``targets/<name>``."""
