@@ -5,7 +5,8 @@ workers and by none (batches made in this process, with 2 torch threads):
 - patches/s of StoreDataset (memory-mapped, time-major store);
 - patches/s of an in-RAM Dataset holding every file's feature as a numpy array;
 - patches/s of a naive Dataset that opens h5py per item on a chunked (C, F, T) layout;
-- the anonymous memory (RssAnon) of a StoreDataset worker, for a store and one 4x larger;
+- the anonymous memory (RssAnon) of a StoreDataset worker, and of a process reading with no
+  workers, for a store and one 4x larger;
 - StoreDataset construction time for a store of 100,000 files.
 
     .venv/bin/python benchmarks/bench_loader.py [--features hcqt] [--glibc-default]
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -132,6 +135,14 @@ def measure(
     return rate, list(rss.values())
 
 
+def main_process_rss_anon_mb(store: Path, batches: int) -> float:
+    """RssAnon of a fresh process that read ``batches`` batches of ``store`` with no workers."""
+    keep_freed_memory()
+    torch.set_num_threads(2)
+    measure(StoreDataset(store), batches, 0)
+    return rss_anon_mb(os.getpid())
+
+
 def demo_store(per_class: int, feature: str) -> Path:
     root = Path("data") / f"bench-loader-{per_class}"
     if not (root / "demo.pyjama").exists():
@@ -235,13 +246,17 @@ def main() -> None:
             "best setting of each: vs naive": round(best["store"] / best["naive"], 1),
         }
         big = demo_store(40, feature)
-        r["worker_rss_anon_mb"] = {}
+        r["worker_rss_anon_mb"], r["no_workers_process_rss_anon_mb"] = {}, {}
         for st in (store, big):
             _, rss = measure(StoreDataset(st), batches, context="spawn")
             key = (
                 f"store {read_tables(st).total_frames} frames ({st.stat().st_size / 2**20:.0f} MB)"
             )
             r["worker_rss_anon_mb"][key] = [round(x) for x in rss]
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                r["no_workers_process_rss_anon_mb"][key] = round(
+                    pool.apply(main_process_rss_anon_mb, (st, batches))
+                )
         results[feature] = r
         print(feature, json.dumps(r, indent=1), flush=True)
     many = store_of_100k_files(Path("data") / "bench-loader-stores" / "many-100k.h5")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -278,3 +281,37 @@ def test_samplers():
             files = patch_file[batch][works == w]
             assert len(set(files.tolist())) == 2
     assert json.dumps(sorted(ws.by_work)) == "[0, 1]"
+
+
+_FAULTS_OF_REPEATED_BATCHES = """
+import resource, sys, torch
+from train.dataset import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+def batch():  # 40 MB: over glibc's largest default mmap threshold (32 MB), like an hcqt batch
+    torch.empty(10 << 20).fill_(1.0)
+for _ in range(20):
+    batch()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    batch()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_keep_freed_memory_reuses_batch_memory_instead_of_faulting_it_in_again():
+    def run(mode, **env):
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS_OF_REPEATED_BATCHES, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, **env},
+        ).stdout.split()
+        return out[0], int(out[1])
+
+    applied, faults = run("keep")
+    assert applied == "True" and faults < 1000  # 10 batches of 40 MB, memory reused
+    assert run("default")[1] > 50_000  # each batch faulted in page by page (~10,000 each)
+    # a user's own MALLOC_* settings win: nothing applied
+    assert run("keep", MALLOC_MMAP_THRESHOLD_="65536")[0] == "False"
