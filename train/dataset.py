@@ -290,29 +290,24 @@ class StoreDataset(torch.utils.data.Dataset):
         """``(B, *item_shape)`` float32 from the mapped store, in the model's layout.
 
         With more than one torch thread (the main process; DataLoader workers have one) the
-        batch is one ``index_select`` over windows of the map, spread over the threads. With
-        one, each patch's rows are read in order into a small scratch block, then transposed
-        from the cache (~20 % faster for hcqt than transposing straight from the map). In a
-        DataLoader worker the batch is written straight into shared memory, as
+        batch is one ``index_select`` over windows of the map, spread over the threads;
+        with one, a transposed copy per patch (faster than ``index_select`` on one thread).
+        In a DataLoader worker the batch is written straight into shared memory, as
         ``default_collate`` does, so handing it to the main process copies nothing more.
         """
         feats, _ = self._maps()
         offsets = self.tables.offset[files] + starts
         out = _new_tensor((len(files), *self._view_shape(length)), torch.float32)
-        whole_patches = length == self.patch_frames
-        if self._windows is not None and whole_patches and torch.get_num_threads() > 1:
+        if (
+            self._windows is not None
+            and length == self.patch_frames
+            and torch.get_num_threads() > 1
+        ):
             torch.index_select(self._windows, 0, torch.from_numpy(offsets), out=out)
             return out
         view = out.numpy()
-        if not whole_patches:  # whole files or short excerpts: one copy each
-            for i, o in enumerate(offsets):
-                view[i] = self.feature.patch_view(feats[o : o + length])
-            return out
-        scratch = np.empty((length, *feats.shape[1:]), feats.dtype)  # per call: thread-safe
-        patch_view = self.feature.patch_view(scratch)
         for i, o in enumerate(offsets):
-            scratch[...] = feats[o : o + length]
-            view[i] = patch_view
+            view[i] = self.feature.patch_view(feats[o : o + length])
         return out
 
     def _view_shape(self, length: int) -> tuple[int, ...]:
