@@ -7,6 +7,7 @@ workers and by none (batches made in this process, with 2 torch threads):
 - patches/s of a naive Dataset that opens h5py per item on a chunked (C, F, T) layout;
 - the anonymous memory (RssAnon) of a StoreDataset worker, and of a process reading with no
   workers, for a store and one 4x larger;
+- what one batch costs a worker: fresh shared memory, the transposed copy, a plain copy;
 - StoreDataset construction time for a store of 100,000 files.
 
     .venv/bin/python benchmarks/bench_loader.py [--features hcqt] [--glibc-default]
@@ -21,6 +22,7 @@ import json
 import multiprocessing
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -135,9 +137,63 @@ def measure(
     return rate, list(rss.values())
 
 
-def main_process_rss_anon_mb(store: Path, batches: int) -> float:
+def batch_costs_ms(store: Path, repeats: int = 15) -> dict[str, float]:
+    """Median ms of the parts of one batch, made in this process.
+
+    ``new_shared_memory``: a fresh shared-memory tensor of the batch's size, written once
+    (what a DataLoader worker pays per batch before any reading); ``transposed_copy``:
+    StoreDataset's per-patch copy into an already written buffer, on one thread (as in a
+    worker); ``contiguous_copy``: the same bytes copied without the transposition (the floor);
+    ``index_select_1_thread`` / ``_2_threads``: the gather over windows of the map that
+    StoreDataset uses when its process has several threads.
+    """
+    t = read_tables(store)
+    ds = StoreDataset(store)
+    feats = ds._maps()[0]
+    L = t.patch_frames
+    shape = (BATCH, *feats.shape[1:], L)
+    rng = np.random.default_rng(0)
+    out = torch.ones(shape)
+    view, flat = out.numpy(), out.numpy().reshape(BATCH, -1)
+    times: dict[str, list[float]] = {}
+
+    def timed(key, fn):
+        t0 = time.perf_counter()
+        fn()
+        times.setdefault(key, []).append(time.perf_counter() - t0)
+
+    def transposed():
+        for i, o in enumerate(offsets):
+            view[i] = feats[o : o + L].transpose(1, 2, 0)
+
+    def contiguous():
+        for i, o in enumerate(offsets):
+            flat[i] = feats[o : o + L].reshape(-1)
+
+    def shared():
+        storage = torch.empty(0)._typed_storage()._new_shared(int(np.prod(shape)))
+        torch.empty(0).new(storage).view(shape).fill_(1.0)
+
+    threads = torch.get_num_threads()
+    for _ in range(repeats):
+        pick = rng.integers(0, len(t.patch_file), BATCH)
+        offsets = t.offset[t.patch_file[pick]] + t.patch_start[pick]
+        gather = partial(torch.index_select, ds._windows, 0, torch.from_numpy(offsets), out=out)
+        torch.set_num_threads(1)
+        timed("new_shared_memory", shared)
+        timed("transposed_copy", transposed)
+        timed("contiguous_copy", contiguous)
+        timed("index_select_1_thread", gather)
+        torch.set_num_threads(2)
+        timed("index_select_2_threads", gather)
+    torch.set_num_threads(threads)
+    return {k: round(1e3 * float(np.median(v)), 1) for k, v in times.items()}
+
+
+def main_process_rss_anon_mb(store: Path, batches: int, keep: bool) -> float:
     """RssAnon of a fresh process that read ``batches`` batches of ``store`` with no workers."""
-    keep_freed_memory()
+    if keep:
+        keep_freed_memory()
     torch.set_num_threads(2)
     measure(StoreDataset(store), batches, 0)
     return rss_anon_mb(os.getpid())
@@ -245,6 +301,7 @@ def main() -> None:
             "best setting of each: vs in-RAM": round(best["store"] / best["in_ram"], 2),
             "best setting of each: vs naive": round(best["store"] / best["naive"], 1),
         }
+        r["batch_costs_ms"] = batch_costs_ms(store)
         big = demo_store(40, feature)
         r["worker_rss_anon_mb"], r["no_workers_process_rss_anon_mb"] = {}, {}
         for st in (store, big):
@@ -255,7 +312,7 @@ def main() -> None:
             r["worker_rss_anon_mb"][key] = [round(x) for x in rss]
             with multiprocessing.get_context("spawn").Pool(1) as pool:
                 r["no_workers_process_rss_anon_mb"][key] = round(
-                    pool.apply(main_process_rss_anon_mb, (st, batches))
+                    pool.apply(main_process_rss_anon_mb, (st, batches, not args.glibc_default))
                 )
         results[feature] = r
         print(feature, json.dumps(r, indent=1), flush=True)
