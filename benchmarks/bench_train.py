@@ -5,7 +5,7 @@ Runs the default experiment (configs/experiments/demo_genre.yaml) for a few epoc
 measure: time blocked in ``next(loader)`` over the epoch's wall time (target: under 5%),
 and patches per second.
 
-    make features && .venv/bin/python benchmarks/bench_train.py [--epochs 4]
+    make features && .venv/bin/python benchmarks/bench_train.py [--epochs 4] [--workers 0 2]
 """
 
 from __future__ import annotations
