@@ -247,16 +247,34 @@ def test_evaluation_is_in_eval_mode(tmp_path, demo_small, tiny_stores):
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, demo_small, tiny_stores):
-    cfg = experiment(
-        tmp_path,
-        demo_small,
-        tiny_stores,
-        train={"epochs": 2, "lr": 1e30, "optimizer": "sgd", "momentum": 0.0},
-    )
-    with pytest.raises(
-        TrainingError, match=r"loss is (nan|inf) at epoch 0, step \d+: lower train.lr"
-    ):
-        fit(cfg, tmp_path / "runs", progress=False, log=lambda m: None)
+    named = []
+    for every in (None, 4):  # every step (CPU's default), and every 4th as on a GPU
+        train = {"epochs": 2, "lr": 1e30, "optimizer": "sgd", "momentum": 0.0}
+        cfg = experiment(tmp_path, demo_small, tiny_stores, train={**train, "sync_every": every})
+        with pytest.raises(
+            TrainingError, match=r"loss is (nan|inf) at epoch 0, step \d+: lower train.lr"
+        ) as e:
+            fit(cfg, tmp_path / f"runs{every}", progress=False, log=lambda m: None)
+        named.append(int(str(e.value).split("step ")[1].split(":")[0]))
+    # read back late, the first bad loss is still the one named
+    assert named[0] == named[1] >= 1
+
+
+def test_reading_the_loss_back_less_often_changes_no_result(tmp_path, demo_small, tiny_stores):
+    # what a GPU run does by default (sync_every 20), checked on CPU: same weights, same losses
+    runs = {}
+    for every in (1, 3):
+        cfg = experiment(
+            tmp_path, demo_small, tiny_stores, train={"epochs": 2, "sync_every": every}
+        )
+        runs[every] = fit(cfg, tmp_path / f"runs{every}", progress=False, log=lambda m: None)
+    a, b = (load_checkpoint(runs[k].folder / "last.pt") for k in (1, 3))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    np.testing.assert_allclose(losses(runs[1].folder), losses(runs[3].folder), rtol=1e-12)
+    cfg = experiment(tmp_path, demo_small, tiny_stores, train={"sync_every": 0})
+    with pytest.raises(TrainingError, match=r"train.sync_every must be 1 or more, got 0"):
+        fit(cfg, tmp_path / "runs0", progress=False, log=lambda m: None)
 
 
 def test_devices():

@@ -58,6 +58,9 @@ SCHEMA = {
         "amp": Field("bool", False),
         "grad_clip": Field("float", None, nullable=True),
         "num_workers": Field("int", 0),
+        # steps between reading the loss back to the host (progress bar, NaN check); default
+        # 1 on CPU, 20 on a GPU, whose queue a read-back would drain at every step
+        "sync_every": Field("int", None, nullable=True),
         "margin": Field("float", 0.3),
         "mining": Field("str", "semihard", choices=["random", "semihard", "hard"]),
         "works_per_batch": Field("int", 8),

@@ -152,6 +152,30 @@ def loss_of(task: str, out: torch.Tensor, y: torch.Tensor, t: dict) -> torch.Ten
     return T.triplet_loss(out, y, margin=t["margin"], mining=t["mining"])
 
 
+def read_losses(
+    pending: list[tuple[torch.Tensor, int, int]], epoch: int, t: dict, store, bar
+) -> float:
+    """Read the pending losses back in one sync; their sum weighted by batch size.
+
+    A NaN or infinite loss stops the run, naming its epoch and step; the last checkpoint,
+    written at the end of the previous epoch, is left as it was.
+    """
+    if not pending:
+        return 0.0
+    values = torch.stack([loss for loss, _, _ in pending]).float().cpu().tolist()
+    total = 0.0
+    for v, (_, n, step) in zip(values, pending):
+        if not np.isfinite(v):
+            raise TrainingError(
+                f"loss is {v} at epoch {epoch}, step {step}: lower train.lr (now {t['lr']}), "
+                f"set train.grad_clip, or check the features with `precompute verify {store}`"
+            )
+        total += v * n
+    pending.clear()
+    bar.set_postfix(loss=f"{values[-1]:.4f}")
+    return total
+
+
 @torch.no_grad()
 def evaluate_patches(model, loader, task: str, t: dict, device, amp) -> dict[str, Any]:
     """Loss and outputs over a loader, in eval mode (BatchNorm statistics frozen, no dropout)."""
@@ -338,6 +362,9 @@ def fit(
     torch.manual_seed(t["seed"])
     ranks, device = distributed.setup(pick_device(t["device"]))
     amp = amp_settings(device, t["amp"])
+    if t["sync_every"] is not None and t["sync_every"] < 1:
+        raise TrainingError(f"train.sync_every must be 1 or more, got {t['sync_every']}")
+    sync_every = t["sync_every"] or (1 if device.type == "cpu" else 20)
     if not ranks.main:  # one voice: rank 0 logs, shows progress and writes the run folder
         log, progress = (lambda m: None), False
 
@@ -411,6 +438,7 @@ def fit(
         dm.set_epoch(epoch)
         model.train()
         t0, data_s, seen, loss_sum = time.perf_counter(), 0.0, 0, 0.0
+        pending: list[tuple[torch.Tensor, int, int]] = []  # (loss, batch size, step) not read yet
         it = iter(train_loader)
         bar = tqdm(
             total=len(train_loader),
@@ -432,11 +460,11 @@ def fit(
                 with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
                     out = model(x)
                     loss = loss_of(task, out, y, t)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss is {loss.item()} at epoch {epoch}, step {step}: lower train.lr (now {t['lr']}), "
-                        f"set train.grad_clip, or check the features with `precompute verify {store}`"
-                    )
+                # the loss is read back (a host-device sync) every sync_every steps: on a GPU the
+                # host meanwhile prepares the next batches; on CPU it costs nothing, so every step
+                pending.append((loss.detach(), len(x), step))
+                if len(pending) >= sync_every:
+                    loss_sum += read_losses(pending, epoch, t, store, bar)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if t["grad_clip"]:
@@ -446,12 +474,10 @@ def fit(
                 scaler.update()
                 step += 1
                 seen += len(x)
-                loss_value = loss.item()
-                loss_sum += loss_value * len(x)
                 bar.update()
-                bar.set_postfix(loss=f"{loss_value:.4f}")
                 if t["max_steps"] and step >= t["max_steps"]:
                     break
+        loss_sum += read_losses(pending, epoch, t, store, bar)
         bar.close()
         loss_sum, seen = ranks.sum(loss_sum, seen)  # over all ranks: the epoch's loss and samples
         if device.type == "cuda":
