@@ -260,14 +260,27 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, demo_small, tiny_stores):
     assert named[0] == named[1] >= 1
 
 
-def test_reading_the_loss_back_less_often_changes_no_result(tmp_path, demo_small, tiny_stores):
+def test_reading_the_loss_back_less_often_changes_no_result(
+    tmp_path, demo_small, tiny_stores, monkeypatch
+):
     # what a GPU run does by default (sync_every 20), checked on CPU: same weights, same losses
-    runs = {}
+    import train.trainer as trainer
+
+    runs, read_at_once = {}, {}
     for every in (1, 3):
+        sizes = read_at_once[every] = []
+
+        def counting(pending, *a, _read=trainer.read_losses, _sizes=sizes):
+            _sizes.append(len(pending))
+            return _read(pending, *a)
+
+        monkeypatch.setattr(trainer, "read_losses", counting)
         cfg = experiment(
             tmp_path, demo_small, tiny_stores, train={"epochs": 2, "sync_every": every}
         )
         runs[every] = fit(cfg, tmp_path / f"runs{every}", progress=False, log=lambda m: None)
+        monkeypatch.undo()
+    assert set(read_at_once[1]) <= {0, 1} and max(read_at_once[3]) == 3  # read back in threes
     a, b = (load_checkpoint(runs[k].folder / "last.pt") for k in (1, 3))
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k

@@ -359,11 +359,11 @@ def fit(
     from tqdm import tqdm
 
     t = cfg["train"]
+    if t["sync_every"] is not None and t["sync_every"] < 1:
+        raise TrainingError(f"train.sync_every must be 1 or more, got {t['sync_every']}")
     torch.manual_seed(t["seed"])
     ranks, device = distributed.setup(pick_device(t["device"]))
     amp = amp_settings(device, t["amp"])
-    if t["sync_every"] is not None and t["sync_every"] < 1:
-        raise TrainingError(f"train.sync_every must be 1 or more, got {t['sync_every']}")
     sync_every = t["sync_every"] or (1 if device.type == "cpu" else 20)
     if not ranks.main:  # one voice: rank 0 logs, shows progress and writes the run folder
         log, progress = (lambda m: None), False
