@@ -31,13 +31,15 @@ import torch
 
 from common.features import make_feature
 from common.store import (
-    FileRecord,
+    STATUS_OK,
+    FileLayout,
     TargetSpec,
+    finish,
+    lay_out,
     memmap_dataset,
-    merge_shards,
-    read_shard_index,
+    patch_index,
     read_tables,
-    write_shard,
+    write_rows,
 )
 from precompute.demo import make_demo
 from precompute.pipeline import run
@@ -58,8 +60,8 @@ class InRamDataset(torch.utils.data.Dataset):
             np.ascontiguousarray(np.asarray(feats[o : o + n]).transpose(1, 2, 0))
             for o, n in zip(t.offset, t.n_frames)
         ]
-        self.patches = list(zip(t.patch_file.tolist(), t.patch_start.tolist()))
-        self.L = t.patch_frames
+        self.patches = list(zip(*(a.tolist() for a in patch_index(t.n_frames, 64, 32))))
+        self.L = 64
 
     def __len__(self):
         return len(self.patches)
@@ -75,8 +77,8 @@ class NaiveH5Dataset(torch.utils.data.Dataset):
     def __init__(self, path: Path, store: Path):
         t = read_tables(store)
         self.path = path
-        self.patches = list(zip(t.patch_file.tolist(), t.patch_start.tolist()))
-        self.L = t.patch_frames
+        self.patches = list(zip(*(a.tolist() for a in patch_index(t.n_frames, 64, 32))))
+        self.L = 64
         if not path.exists():
             feats = memmap_dataset(store, "features")
             with h5py.File(path, "w") as h:
@@ -217,43 +219,24 @@ def store_of_100k_files(path: Path, n_files: int = 100_000) -> Path:
         TargetSpec("genre", "class", ["a", "b", "c"]),
         TargetSpec("work-id", "work", [str(i) for i in range(n_files // 4)]),
     ]
-    shard_dir = path.with_suffix(".shards")
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    files = []
     rng = np.random.default_rng(0)
-    per = 1000
-    for k in range(0, n_files, per):
-        recs = [
-            FileRecord(
-                i,
-                f"audio/{i:06d}.wav",
-                rng.random((100, 1, 4), dtype=np.float32),
-                {},
-                2.3,
-                22050,
-                "0" * 40,
-            )
-            for i in range(k, min(n_files, k + per))
-        ]
-        shard = write_shard(shard_dir / f"task-{k // per:06d}.h5", recs, [], feature.hash())
-        files += read_shard_index(shard, feature.hash())[0]
+    files = [
+        FileLayout(i, f"audio/{i:06d}.wav", 100, 2.3, 22050, "0" * 32, f"{i:032d}")
+        for i in range(n_files)
+    ]
     file_targets = {
         "genre": (np.arange(n_files) % 3).astype(np.int32),
         "work-id": (np.arange(n_files) // 4).astype(np.int32),
     }
-    merge_shards(
-        files,
-        path,
-        feature.frame_shape,
-        64,
-        32,
-        specs,
-        file_targets,
-        {"feature": feature.to_dict(), "feature_hash": feature.hash()},
-    )
-    for p in shard_dir.glob("*.h5"):
-        p.unlink()
-    shard_dir.rmdir()
+    attrs = {"feature": feature.value_params(), "feature_key": feature.key()}
+    layout = lay_out(path, files, feature.frame_shape, np.float32, specs, file_targets, dict, attrs)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for i in range(n_files):
+            write_rows(fd, layout, i, rng.random((100, 1, 4), dtype=np.float32))
+        finish(fd, layout, np.full(n_files, STATUS_OK, np.uint8), {})
+    finally:
+        os.close(fd)
     return path
 
 

@@ -1,15 +1,22 @@
-"""Decode audio files to mono float32 at a given rate, with errors a person can act on."""
+"""Decode audio files to mono float32 at a given rate, with errors a person can act on.
+
+Also what the planner needs before decoding anything: a file's content hash (streamed, never
+the whole file in memory) and its length at the feature's sample rate, from the header.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+HASH_CHUNK = 1 << 20
+# Formats whose header gives the exact sample count (libsndfile reads it, nothing is guessed).
+EXACT_LENGTH_FORMATS = {"WAV", "WAVEX", "RF64", "W64", "FLAC", "AIFF", "AU", "CAF", "OGG"}
 
 
 class AudioError(Exception):
@@ -26,36 +33,102 @@ class Audio:
     sr: int
     orig_sr: int
     orig_channels: int
-    checksum: str  # sha1 of the file's bytes
 
     @property
     def duration_s(self) -> float:
         return len(self.y) / self.sr
 
 
-def load_audio(path: str | os.PathLike, sr: int | None = None) -> Audio:
-    """Decode ``path`` with soundfile, fold to mono and resample to ``sr`` (soxr).
+@dataclass
+class AudioInfo:
+    """What the header says: enough to lay a file out before decoding it."""
 
-    Raises :class:`AudioError` for a missing, empty, undecodable or silent-less
-    file, and for NaN/Inf samples. Stereo and other rates are not errors.
-    """
-    path = Path(path)
+    frames: int  # samples per channel at ``orig_sr``
+    orig_sr: int
+    channels: int
+    format: str
+
+    def n_samples(self, sr: int | None) -> int:
+        """Samples after resampling to ``sr``, as :func:`resample` gives them."""
+        if sr is None or sr == self.orig_sr:
+            return self.frames
+        return int(np.ceil(self.frames * (float(sr) / self.orig_sr)))
+
+    def to_json(self) -> dict:
+        return {
+            "frames": self.frames,
+            "orig_sr": self.orig_sr,
+            "channels": self.channels,
+            "format": self.format,
+        }
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """blake2b of the file's bytes, read in 1 MiB chunks (32 hex digits)."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise AudioError(path, "file not found") from None
+    except IsADirectoryError:
+        raise AudioError(path, "is a folder, not an audio file") from None
+    except OSError as e:
+        raise AudioError(path, f"cannot read: {e.strerror}") from None
+    return h.hexdigest()
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise AudioError(path, "file not found")
     if path.is_dir():
         raise AudioError(path, "is a folder, not an audio file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise AudioError(path, f"cannot read: {e.strerror}") from None
-    if not data:
+    if path.stat().st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
+
+
+def probe_audio(path: str | os.PathLike) -> AudioInfo:
+    """Sample count, rate and channels of ``path`` without decoding its samples.
+
+    For formats whose header count is not exact (compressed streams), the file is decoded
+    once to count its samples, so that the store can be laid out to the frame.
+    """
+    path = Path(path)
+    _check_file(path)
     try:
-        y, orig_sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        info = sf.info(str(path))
     except sf.LibsndfileError as e:
         raise AudioError(path, f"cannot decode ({_reason(e, path)})") from None
     except (RuntimeError, TypeError, ValueError) as e:
         raise AudioError(path, f"cannot decode ({e})") from None
+    frames = int(info.frames)
+    if info.format not in EXACT_LENGTH_FORMATS:
+        frames = len(_read(path)[0])
+    if frames <= 0:
+        raise AudioError(path, "has a header but no samples")
+    return AudioInfo(frames, int(info.samplerate), int(info.channels), str(info.format))
+
+
+def _read(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        y, orig_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        raise AudioError(path, f"cannot decode ({_reason(e, path)})") from None
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(path, f"cannot decode ({e})") from None
+    return y, int(orig_sr)
+
+
+def load_audio(path: str | os.PathLike, sr: int | None = None) -> Audio:
+    """Decode ``path`` with soundfile, fold to mono and resample to ``sr`` (soxr).
+
+    Raises :class:`AudioError` for a missing, empty or undecodable file, one without
+    samples, and for NaN/Inf samples. Stereo and other rates are not errors.
+    """
+    path = Path(path)
+    _check_file(path)
+    y, orig_sr = _read(path)
     if y.shape[0] == 0:
         raise AudioError(path, "has a header but no samples")
     if not np.isfinite(y).all():
@@ -69,7 +142,6 @@ def load_audio(path: str | os.PathLike, sr: int | None = None) -> Audio:
         sr=int(sr or orig_sr),
         orig_sr=int(orig_sr),
         orig_channels=int(channels),
-        checksum=hashlib.sha1(data).hexdigest(),
     )
 
 

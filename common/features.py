@@ -12,6 +12,7 @@ sees at prediction time exactly what it saw in training.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .config import ConfigError, Field, load_yaml, validate
+
+# Bump when a feature's code changes its values: every content key changes with it.
+FEATURE_CODE_VERSION = 1
+# Libraries whose versions change feature values (decoding, resampling, the transforms).
+VALUE_LIBRARIES = ("librosa", "numpy", "scipy", "soxr")
 
 _PATCH_SCHEMA = {
     "patch_frames": Field("int", 64, help="frames per patch"),
@@ -74,6 +80,11 @@ class Feature:
         raise NotImplementedError
 
     @property
+    def store_dtype(self) -> str:
+        """dtype of the feature rows in a store."""
+        return "float32"
+
+    @property
     def frame_shape(self) -> tuple[int, int]:
         """Shape of one time frame in the store: ``(channels, n_bins)``."""
         return (self.channels, self.n_bins)
@@ -107,11 +118,39 @@ class Feature:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.params}
 
+    def value_params(self) -> dict[str, Any]:
+        """The parameters that change feature values (patch length and hop do not)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _PATCH_SCHEMA}
+
+    def key(self) -> str:
+        """Identity of this feature's values: parameters, library versions, code version."""
+        return params_hash(
+            {
+                "feature": self.value_params(),
+                "versions": value_versions(),
+                "code": FEATURE_CODE_VERSION,
+            }
+        )[:32]
+
     def hash(self) -> str:
         return params_hash(self.to_dict())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params})"
+
+
+@functools.lru_cache(maxsize=1)
+def value_versions() -> dict[str, str]:
+    """Installed versions of :data:`VALUE_LIBRARIES` (part of every feature key)."""
+    from importlib import metadata
+
+    out = {}
+    for name in VALUE_LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "none"
+    return out
 
 
 def params_hash(obj: Any) -> str:

@@ -144,72 +144,104 @@ def validate_cmd(pyjama: str, audio_root: str | None) -> None:
     help="dask scheduler (tcp://host:8786) or ray address; without it, dask starts a LocalCluster of --jobs workers",
 )
 @click.option("--strict", is_flag=True, help="stop at the first bad entry or file")
+@click.option("--wait", is_flag=True, help="if another process builds the same store, wait for it")
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a feature parameter"
 )
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def run_cmd(
-    dataset, feature, audio_root, stores, jobs, backend, scheduler, strict, overrides, quiet
+    dataset, feature, audio_root, stores, jobs, backend, scheduler, strict, wait, overrides, quiet
 ) -> None:
     """Compute one feature store; prints a summary, then the store path as the last line.
 
+    Features of audio already computed with the same values, in any store of STORES, are
+    copied, not computed again; after an interruption a rerun continues where it stopped.
+
     Exit status: 0 all files computed; 1 the store was written but some entries or files
     were bad (each is listed); 2 nothing was written (bad pyjama, config, or --strict stop);
-    3 another process is building the same store.
+    3 another process is building the same store; 4 the disk is full (a rerun continues).
     """
     from common.config import parse_override
     from common.features import make_feature
+    from common.store import DiskFullError
 
     from .backends import BackendError
-    from .pipeline import LockedError, StrictStop, execute, make_plan
+    from .pipeline import LockedError, PlanError, StrictStop, execute, make_plan
 
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
     try:
         feat = make_feature(feature, {k[0]: v for k, v in map(parse_override, overrides)})
         plan = make_plan(dataset, feat, stores, audio_root, strict)
         for p in plan.collection.problems:
             click.echo(f"skipped: {p}", err=True)
+        for f in plan.failed:
+            click.echo(f"error: {f['reason']}", err=True)
         summary = execute(
             plan,
             jobs=jobs,
             backend=backend,
             strict=strict,
             progress=not quiet,
-            log=lambda m: click.echo(m, err=True),
+            log=log,
             scheduler=scheduler,
+            wait=wait,
         )
-    except (ConfigError, PyjamaError) as e:
+    except (ConfigError, PyjamaError, BackendError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except StrictStop as e:
+    except (StrictStop, PlanError) as e:
         click.echo(f"stopped (--strict): {e}; finished files are kept, a rerun continues", err=True)
-        sys.exit(2)
-    except BackendError as e:
-        click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except LockedError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(3)
+    except DiskFullError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(4)
     for w in summary.warnings:
         click.echo(f"warning: {w}", err=True)
+    for p in summary.changed:
+        click.echo(f"audio changed since it was last computed: {p} (computed again)", err=True)
     if summary.existed:
         click.echo(
             f"store exists: {summary.files} files, {summary.audio_s / 3600:.2f} h of audio"
-            + (
-                f", {len(summary.failed)} failed at build (delete the store to retry them)"
-                if summary.failed
-                else ""
-            )
+            + (f", {len(summary.failed)} failed at build" if summary.failed else "")
         )
         for f in summary.failed:
             click.echo(f"failed: {f['reason']}", err=True)
     else:
         click.echo(
             f"{summary.files} files done, {len(summary.failed)} failed, {len(summary.skipped)} skipped; "
-            f"{summary.audio_s / 3600:.3f} h of audio in {summary.seconds:.1f} s "
-            f"(merge {summary.merge_seconds:.1f} s; {summary.computed_tasks} tasks run, {summary.reused_tasks} reused)"
+            f"{summary.computed} computed, {summary.copied} copied from existing stores"
+            + (f", {summary.resumed} from the interrupted run" if summary.resumed else "")
+            + f"; {summary.audio_s / 3600:.3f} h of audio in {summary.seconds:.1f} s"
         )
     click.echo(str(summary.store_path))
     sys.exit(0 if summary.ok else 1)
+
+
+@main.command("ls")
+@click.argument("stores", default="stores", type=click.Path(file_okay=False))
+def ls_cmd(stores: str) -> None:
+    """List the stores of STORES: dataset, feature, files, hours, size, created, last used."""
+    from .manage import list_stores
+
+    for line in list_stores(stores):
+        click.echo(line)
+
+
+@main.command("gc")
+@click.argument("stores", default="stores", type=click.Path(file_okay=False))
+@click.option(
+    "--older-than", "days", type=float, required=True, help="remove stores unused for DAYS days"
+)
+@click.option("--dry-run", is_flag=True, help="only say what would be removed")
+def gc_cmd(stores: str, days: float, dry_run: bool) -> None:
+    """Remove stores (and their catalogue rows) not used for DAYS days, and abandoned builds."""
+    from .manage import collect_garbage
+
+    freed = collect_garbage(stores, days, dry_run, log=click.echo)
+    click.echo(f"{'would free' if dry_run else 'freed'} {freed / 2**20:.1f} MB")
 
 
 @main.command("info")

@@ -6,11 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
-from common.features import make_feature, params_hash
+from common.features import make_feature
 from common.store import (
-    FEATURE_DTYPE,
+    STATUS_FAILED,
+    STATUS_OK,
     StoreTables,
     dataset_layouts,
     iter_feature_blocks,
@@ -22,15 +24,19 @@ from common.store import (
 
 def info(path: str | os.PathLike) -> dict[str, Any]:
     t = read_tables(path)
+    feature = make_feature(t.feature)
+    pf, _ = patch_index(t.n_frames, feature.patch_frames, feature.patch_hop)
     return {
         "store": str(t.path),
         "dataset": t.attrs.get("dataset"),
+        "pyjama": t.attrs.get("pyjama"),
         "files": t.n_files,
         "frames": t.total_frames,
-        "patches": len(t.patch_file),
-        "patch_frames": t.patch_frames,
-        "patch_hop": t.patch_hop,
+        "patches": len(pf),
+        "patch_frames": feature.patch_frames,
+        "patch_hop": feature.patch_hop,
         "frame_shape": list(t.frame_shape),
+        "dtype": str(t.dtype),
         "audio_hours": round(float(t.duration_s.sum()) / 3600, 4),
         "size_mb": round(Path(path).stat().st_size / 2**20, 2),
         "feature": t.feature,
@@ -38,7 +44,7 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
             n: {"kind": s.kind, "classes": len(s.vocabulary) or len(s.pitch_midi) or None}
             for n, s in t.targets.items()
         },
-        "failed": len(t.attrs.get("failed") or []),
+        "failed": len(t.failed),
         "versions": t.attrs.get("versions"),
         "format_version": t.attrs.get("format_version"),
     }
@@ -55,36 +61,43 @@ def verify(path: str | os.PathLike) -> list[str]:
     feats = layouts["features"]
     if feats["chunks"] is not None or feats["compression"] is not None:
         faults.append("features: chunked or compressed (cannot be memory-mapped)")
-    if np.dtype(feats["dtype"]) != FEATURE_DTYPE:
-        faults.append(f"features: dtype {feats['dtype']}, expected float32 little-endian")
     feature = make_feature(t.feature)
+    if np.dtype(feats["dtype"]) != np.dtype(feature.store_dtype).newbyteorder("<"):
+        faults.append(
+            f"features: dtype {feats['dtype']}, the parameters give {feature.store_dtype}"
+        )
     if tuple(feats["shape"][1:]) != feature.frame_shape:
         faults.append(
             f"features: frame shape {feats['shape'][1:]}, the parameters give {feature.frame_shape}"
         )
-    if params_hash(t.feature) != t.attrs.get("feature_hash"):
-        faults.append("feature_hash does not match the stored feature parameters")
-    expected_offset = np.concatenate([[0], np.cumsum(t.n_frames)[:-1]]) if t.n_files else t.n_frames
-    if not np.array_equal(t.offset, expected_offset):
-        faults.append("files: offsets are not the running sum of frame counts")
-    if int(t.n_frames.sum()) != t.total_frames:
+    if feature.key() != t.attrs.get("feature_key"):
         faults.append(
-            f"files: frame counts add to {int(t.n_frames.sum())}, features hold {t.total_frames}"
+            "feature_key differs from the stored parameters and this machine's library versions"
         )
-    if (t.n_frames < 0).any():
+    with h5py.File(path, "r") as h:
+        every_n = h["files/n_frames"][()]
+        every_offset = h["files/offset"][()]
+        status = h["files/status"][()]
+    expected_offset = np.concatenate([[0], np.cumsum(every_n)[:-1]]) if len(every_n) else every_n
+    if not np.array_equal(every_offset, expected_offset):
+        faults.append("files: offsets are not the running sum of frame counts")
+    if int(every_n.sum()) != t.total_frames:
+        faults.append(
+            f"files: frame counts add to {int(every_n.sum())}, features hold {t.total_frames}"
+        )
+    if (every_n < 0).any():
         faults.append("files: negative frame count")
+    if not np.isin(status, (STATUS_OK, STATUS_FAILED)).all():
+        faults.append("files: some files were never computed (an unfinished store)")
     expected_frames = np.array([feature.n_frames(int(round(d * feature.sr))) for d in t.duration_s])
     off = np.nonzero(np.abs(expected_frames - t.n_frames) > 1)[0]
     if len(off):
         faults.append(
             f"files: {len(off)} file(s) whose frame count does not match their duration (first: {t.names[off[0]]})"
         )
-    pf, ps = patch_index(t.n_frames, t.patch_frames, t.patch_hop)
-    if not (np.array_equal(pf, t.patch_file) and np.array_equal(ps, t.patch_start)):
-        faults.append("patches: the index differs from the one the frame counts give")
     for name, spec in t.targets.items():
         shape = layouts[f"targets/{name}"]["shape"]
-        rows = t.total_frames if spec.frame_level else t.n_files
+        rows = t.total_frames if spec.frame_level else len(every_n)
         if shape[0] != rows:
             faults.append(f"targets/{name}: {shape[0]} rows, expected {rows}")
     bad = 0
@@ -163,11 +176,11 @@ def show(
                 cmap="magma",
             )
             ax.set_ylabel("mel band")
-    starts = t.patch_start[t.patch_file == i]
+    _, starts = patch_index(np.array([n]), feature.patch_frames, feature.patch_hop)
     for s in starts:
         ax.axvline(times[s], color="cyan", lw=0.6, alpha=0.7)
     ax.set_title(
-        f"{t.names[i]}: {feature.kind}, {n} frames, {len(starts)} patches of {t.patch_frames} (cyan: starts)"
+        f"{t.names[i]}: {feature.kind}, {n} frames, {len(starts)} patches of {feature.patch_frames} (cyan: starts)"
     )
     ax.set_xlabel("time (s)")
     for k, spec in enumerate(frame_targets, 1):

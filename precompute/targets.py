@@ -147,33 +147,45 @@ def pitch_bins(midi: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.where(ok, b, -1).astype(np.int64)
 
 
+def annotation_warnings(
+    entry: Entry, specs: list[TargetSpec], feature: Feature, duration_s: float
+) -> list[str]:
+    """Frame-level annotations that end past the audio (they are clipped), per description."""
+    frame_s = feature.hop_length / feature.sr
+    out = []
+    for spec in specs:
+        d = entry.descriptions.get(spec.name) if spec.frame_level else None
+        if d is None:
+            continue
+        late = [
+            a
+            for a in d.atoms
+            if (max(a.time) if isinstance(a.time, list) else (a.time or 0) + (a.duration or 0))
+            > duration_s + frame_s
+        ]
+        if late:
+            out.append(
+                f"'{spec.name}': {len(late)} annotation(s) end past the audio ({duration_s:.2f} s), clipped"
+            )
+    return out
+
+
 def frame_targets(
-    entry: Entry, specs: list[TargetSpec], feature: Feature, n_frames: int, duration_s: float
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Frame-level targets of one file on the feature's frame grid, and warnings."""
+    entry: Entry, specs: list[TargetSpec], feature: Feature, n_frames: int
+) -> dict[str, np.ndarray]:
+    """Frame-level targets of one file on the feature's frame grid."""
     times = feature.frame_times(n_frames)
     frame_s = feature.hop_length / feature.sr
-    out, warnings = {}, []
+    out = {}
     for spec in specs:
         if not spec.frame_level:
             continue
         d = entry.descriptions.get(spec.name)
         atoms = d.atoms if d else []
-        late = [
-            a
-            for a in atoms
-            if (max(a.time) if isinstance(a.time, list) else (a.time or 0) + (a.duration or 0))
-            > duration_s + frame_s
-        ]
-        if late:
-            warnings.append(
-                f"'{spec.name}': {len(late)} annotation(s) end past the audio ({duration_s:.2f} s), clipped"
-            )
         index = {v: i for i, v in enumerate(spec.vocabulary)}
         if spec.kind == "frame_class":
             arr = np.full(n_frames, -1, dtype=np.int32)
-            for a in atoms:
-                lo, hi = _segment_frames(times, a.time, a.duration)
+            for lo, hi, a in zip(*_segments_frames(times, atoms), atoms):
                 arr[lo:hi] = index[str(a.value)]
         elif spec.kind == "frame_events":
             arr = np.zeros((n_frames, max(1, len(spec.vocabulary))), dtype=np.uint8)
@@ -184,6 +196,11 @@ def frame_targets(
         elif spec.kind == "frame_pitch":
             grid = np.asarray(spec.pitch_midi)
             arr = np.zeros((n_frames, len(grid)), dtype=np.uint8)
+            segments = [a for a in atoms if not isinstance(a.time, list)]
+            bins = pitch_bins(midi_of([a.value for a in segments], spec.unit), grid)
+            for lo, hi, b in zip(*_segments_frames(times, segments), bins):
+                if b >= 0:
+                    arr[lo:hi, b] = 1
             for a in atoms:
                 if isinstance(a.time, list):
                     rows = midi_of(np.asarray(a.value, dtype=np.float64), spec.unit)
@@ -194,30 +211,25 @@ def frame_targets(
                         bins[inside] = pitch_bins(row[k[inside]], grid)
                         on = bins >= 0
                         arr[np.nonzero(on)[0], bins[on]] = 1
-                else:
-                    (b,) = pitch_bins(midi_of([a.value], spec.unit), grid)
-                    if b >= 0:
-                        lo, hi = _segment_frames(times, a.time, a.duration)
-                        arr[lo:hi, b] = 1
         else:  # frame_value
             arr = np.full((n_frames, len(spec.vocabulary)), np.nan, dtype=np.float32)
+            segments = [a for a in atoms if not isinstance(a.time, list)]
+            for lo, hi, a in zip(*_segments_frames(times, segments), segments):
+                arr[lo:hi, 0] = a.value
             for a in atoms:
                 if isinstance(a.time, list):
                     k = _nearest(times, np.asarray(a.time))
                     inside = k >= 0
                     arr[inside] = np.asarray(a.value, dtype=np.float32).T[k[inside]]
-                else:
-                    lo, hi = _segment_frames(times, a.time, a.duration)
-                    arr[lo:hi, 0] = a.value
         out[spec.name] = arr
-    return out, warnings
+    return out
 
 
-def _segment_frames(times: np.ndarray, start: float, duration: float) -> tuple[int, int]:
-    """Frames with ``start < t <= start + duration``, as a slice ``[lo, hi)``."""
-    lo = int(np.searchsorted(times, start, side="right"))
-    hi = int(np.searchsorted(times, start + duration, side="right"))
-    return lo, hi
+def _segments_frames(times: np.ndarray, atoms: list) -> tuple[np.ndarray, np.ndarray]:
+    """Frames inside each segment atom, ``start < t <= start + duration``: slices ``[lo, hi)``."""
+    start = np.array([a.time for a in atoms], dtype=np.float64)
+    end = start + np.array([a.duration for a in atoms], dtype=np.float64)
+    return np.searchsorted(times, start, side="right"), np.searchsorted(times, end, side="right")
 
 
 def _nearest(times: np.ndarray, annot_times: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 from collections.abc import Sequence
@@ -11,9 +12,9 @@ from typing import Any
 
 import torch
 
+from common.catalogue import Catalogue
 from common.features import Feature, make_feature
-from common.pyjama import collection_to_json, read_pyjama
-from common.store import read_tables, store_identity, store_path
+from common.store import read_tables
 
 from .dataset import (
     DatasetError,
@@ -26,16 +27,46 @@ from .dataset import (
 from .samplers import EpochSampler, WorkBatchSampler
 
 
-def expected_store(
+def find_store(
     dataset: str | os.PathLike,
     feature: Feature,
     stores: str | os.PathLike,
     audio_root: str | os.PathLike | None = None,
+    feature_arg: str | os.PathLike | None = None,
 ) -> Path:
-    """Where ``precompute run`` puts the store of this dataset and feature (valid entries only)."""
-    coll = read_pyjama(dataset, audio_root=audio_root, on_error="skip")
-    identity = store_identity(feature.to_dict(), collection_to_json(coll)["collection"]["entry"])
-    return store_path(stores, coll.name, feature.kind, identity)
+    """The store ``precompute run`` built for this pyjama and feature, found in the catalogue.
+
+    The pyjama is not parsed: its sha1 must be the one the store was built from, else the
+    store is out of date and the error gives the command that updates it.
+    """
+    dataset = Path(dataset).absolute()
+    cmd = precompute_command(dataset, feature_arg or feature.kind, stores, audio_root)
+    if not dataset.is_file():
+        raise DatasetError(f"dataset.pyjama: {dataset} does not exist")
+    root = str(Path(audio_root).absolute()) if audio_root is not None else None
+    catalogue = Catalogue(stores)
+    found = catalogue.find_store(dataset, feature.key(), root)
+    sha1 = hashlib.sha1(dataset.read_bytes()).hexdigest()
+    for rec in found:
+        if rec.pyjama_sha1 == sha1:
+            catalogue.touch([rec.path])
+            return rec.path
+    if found:
+        raise DatasetError(
+            f"{dataset.name} has changed since its {feature.kind} store was built "
+            f"({found[0].path}); update it with:\n  {cmd}"
+        )
+    others = [
+        r for r in catalogue.stores() if r.pyjama == str(dataset) and r.feature_kind == feature.kind
+    ]
+    hint = (
+        f" ({len(others)} {feature.kind} store(s) of it exist with other feature values or library versions)"
+        if others
+        else ""
+    )
+    raise DatasetError(
+        f"no {feature.kind} store of {dataset.name} in {stores}{hint}; make it with:\n  {cmd}"
+    )
 
 
 def precompute_command(
@@ -126,20 +157,22 @@ class StoreDataModule:
 
     def prepare_data(self) -> Path:
         """Find the store and check it matches the feature; otherwise say how to make it."""
-        if self.store is None:
-            self.store = expected_store(self.dataset, self.feature, self.stores, self.audio_root)
         feature_arg = (
             self.feature_spec
             if isinstance(self.feature_spec, (str, os.PathLike))
-            else self.feature.kind
+            else getattr(self.feature, "kind", "FEATURE")
         )
+        if self.store is None:
+            self.store = find_store(
+                self.dataset, self.feature, self.stores, self.audio_root, feature_arg
+            )
         if not self.store.is_file():
             cmd = precompute_command(
                 self.dataset or "DATASET.pyjama", feature_arg, self.stores, self.audio_root
             )
             raise DatasetError(f"no store at {self.store}; make it with:\n  {cmd}")
         if self.feature is not None:
-            diffs = feature_mismatch(read_tables(self.store).feature, self.feature.to_dict())
+            diffs = feature_mismatch(read_tables(self.store).feature, self.feature.value_params())
             if diffs:
                 raise DatasetError(
                     f"{self.store} was computed with other feature parameters than the experiment asks: "

@@ -129,16 +129,15 @@ class StoreDataset(torch.utils.data.Dataset):
         if split not in (None, *SPLITS):
             raise DatasetError(f"split must be one of {', '.join(SPLITS)} or None, got {split!r}")
         if feature is not None:
-            wanted = (
-                feature.to_dict()
-                if isinstance(feature, Feature)
-                else make_feature(feature).to_dict()
-            )
-            diffs = feature_mismatch(t.feature, wanted)
+            wanted = feature if isinstance(feature, Feature) else make_feature(feature)
+            diffs = feature_mismatch(t.feature, wanted.value_params())
             if diffs:
                 raise DatasetError(
                     f"{self.path} was computed with other feature parameters than asked: {'; '.join(diffs)}"
                 )
+            self.feature = make_feature(
+                {**t.feature, "patch_frames": wanted.patch_frames, "patch_hop": wanted.patch_hop}
+            )
         self.unit, self.split, self.whole_file, self.versions, self.seed = (
             unit,
             split,
@@ -155,18 +154,19 @@ class StoreDataset(torch.utils.data.Dataset):
                     f"{self.path} has no target {target!r}; it has: {', '.join(sorted(t.targets)) or 'none'}"
                 )
             self.spec = t.targets[target]
-        self.patch_frames = int(patch_frames or t.patch_frames)
+        default = self.feature
+        self.patch_frames = int(patch_frames or default.patch_frames)
         self.hop_frames = int(
-            hop_frames or (t.patch_hop if patch_frames is None else max(1, self.patch_frames // 2))
+            hop_frames
+            or (default.patch_hop if patch_frames is None else max(1, self.patch_frames // 2))
         )
-        if (self.patch_frames, self.hop_frames) == (t.patch_frames, t.patch_hop):
-            pf, ps = t.patch_file, t.patch_start
-        else:
-            pf, ps = patch_index(t.n_frames, self.patch_frames, self.hop_frames)
+        pf, ps = patch_index(t.n_frames, self.patch_frames, self.hop_frames)
 
-        # per-file targets and work ids: small, loaded once
+        # per-file targets and work ids: small, loaded once (rows of the computed files)
         file_target_names = [n for n, s in t.targets.items() if not s.frame_level]
-        self.file_targets = read_file_targets(self.path, file_target_names)
+        self.file_targets = {
+            n: v[t.rows] for n, v in read_file_targets(self.path, file_target_names).items()
+        }
         work_names = [n for n, s in t.targets.items() if s.kind == "work"]
         self.work_name = work_names[0] if work_names else None
         self.file_work = self.file_targets[self.work_name] if self.work_name else None

@@ -1,0 +1,197 @@
+"""Plan a store: read the pyjama, identify every audio file by its content, lay nothing out yet.
+
+A file's feature rows are identified by its **content key**: the feature's value parameters,
+the library and code versions that change values (:meth:`Feature.key`), and the hash of the
+audio file's bytes. A **store** is identified by those keys plus the annotations: the same
+request finds the same store; a changed label, an added file or an overwritten recording makes
+another, whose unchanged rows are copied rather than computed (see :mod:`.pipeline`).
+
+Hashes are cached in the catalogue by path, size and mtime, so a rerun reads no audio unless a
+file changed; a file whose content changed since it was last seen is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.audio import AudioError, AudioInfo, content_hash, probe_audio
+from common.catalogue import Catalogue
+from common.features import Feature, make_feature, params_hash
+from common.pyjama import Collection, Entry, collection_to_json, read_pyjama
+from common.store import FORMAT_VERSION, TargetSpec, store_path
+
+from .targets import annotation_warnings, plan_targets
+
+
+class PlanError(RuntimeError):
+    """--strict: a file that cannot be used stops the plan."""
+
+
+@dataclass
+class PlannedFile:
+    """One audio file as planned: where it is, what it holds, how many frames it gives."""
+
+    entry: Entry
+    path: Path
+    size: int
+    mtime_ns: int
+    content: str  # blake2b of the bytes
+    info: AudioInfo
+    n_frames: int
+    duration_s: float
+    key: str  # content key of its feature rows
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    dataset: Path
+    collection: Collection
+    feature: Feature
+    feature_key: str
+    targets: list[TargetSpec]
+    files: list[PlannedFile]
+    failed: list[dict[str, Any]]  # files that cannot be used: entry, name, reason
+    changed: list[str]  # audio paths whose content changed since the catalogue last saw them
+    stores: Path
+    audio_root: str | None
+    store_id: str
+    store_path: Path
+    pyjama_sha1: str
+
+    @property
+    def lock_path(self) -> Path:
+        return self.store_path.with_name(self.store_path.name + ".lock")
+
+    @property
+    def partial_path(self) -> Path:
+        return self.store_path.with_name(self.store_path.name + ".partial")
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.store_path.with_name(self.store_path.name + ".parts")
+
+
+def make_plan(
+    dataset: str | os.PathLike,
+    feature: str | os.PathLike | Feature,
+    stores: str | os.PathLike = "stores",
+    audio_root: str | os.PathLike | None = None,
+    strict: bool = False,
+    threads: int = 8,
+) -> Plan:
+    """Read and validate the pyjama, identify each audio file, and name the store.
+
+    Raises :class:`common.pyjama.PyjamaError` for a bad pyjama (with ``strict``, for any bad
+    entry) and :class:`PlanError` with ``strict`` for the first file that cannot be used.
+    """
+    dataset = Path(dataset).absolute()
+    collection = read_pyjama(dataset, audio_root=audio_root, on_error="raise" if strict else "skip")
+    feat = feature if isinstance(feature, Feature) else make_feature(feature)
+    feature_key = feat.key()
+    catalogue = Catalogue(stores)
+    probed, failed, changed = _identify(collection.entries, catalogue, strict, threads)
+    files = []
+    for e in collection.entries:
+        if e.index not in probed:
+            continue
+        path, size, mtime, content, info = probed[e.index]
+        n_samples = info.n_samples(feat.sr)
+        n_frames = feat.n_frames(n_samples)
+        files.append(
+            PlannedFile(
+                e,
+                path,
+                size,
+                mtime,
+                content,
+                info,
+                n_frames,
+                n_samples / feat.sr,
+                params_hash([feature_key, content])[:32],
+            )
+        )
+    targets = plan_targets(collection, feat)
+    for f in files:
+        f.warnings = annotation_warnings(f.entry, targets, feat, f.duration_s)
+    entries = collection_to_json(collection)["collection"]["entry"]
+    by_index = {f.entry.index: f.content for f in files}
+    identity = params_hash(
+        {
+            "feature": feature_key,
+            "format": FORMAT_VERSION,
+            "entries": params_hash(entries),
+            "audio": [by_index.get(e.index, "missing") for e in collection.entries],
+        }
+    )[:16]
+    return Plan(
+        dataset,
+        collection,
+        feat,
+        feature_key,
+        targets,
+        files,
+        failed,
+        changed,
+        Path(stores),
+        str(Path(audio_root).absolute()) if audio_root is not None else None,
+        identity,
+        store_path(stores, collection.name, feat.kind, identity),
+        hashlib.sha1(dataset.read_bytes()).hexdigest(),
+    )
+
+
+def _identify(
+    entries: list[Entry], catalogue: Catalogue, strict: bool, threads: int
+) -> tuple[dict[int, tuple], list[dict[str, Any]], list[str]]:
+    """Content hash and header of each entry's audio: from the catalogue when the file's size
+    and mtime are unchanged, else read (in threads: hashing and header reads are I/O)."""
+    paths = {e.index: str(e.audio_path.absolute()) for e in entries}
+    known = catalogue.audio(paths.values())
+    probed: dict[int, tuple] = {}
+    failed: list[dict[str, Any]] = []
+    todo = []
+    for e in entries:
+        p = paths[e.index]
+        try:
+            st = os.stat(p)
+        except OSError:
+            st = None
+        k = known.get(p)
+        if st is not None and k and (k[0], k[1]) == (st.st_size, st.st_mtime_ns):
+            probed[e.index] = (Path(p), st.st_size, st.st_mtime_ns, k[2], AudioInfo(**k[3]))
+        else:
+            todo.append((e, p, st))
+
+    def read(item):
+        e, p, st = item
+        try:
+            if st is None:
+                raise AudioError(p, "file not found")
+            return e, p, st, content_hash(p), probe_audio(p)
+        except AudioError as err:
+            return e, p, st, None, err
+
+    remember, changed = [], []
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for e, p, st, content, info in pool.map(read, todo):
+            if content is None:
+                failed.append(
+                    {"entry": e.index, "name": e.filepath, "reason": f"{info.path}: {info.reason}"}
+                )
+                if strict:
+                    raise PlanError(f"{info.path}: {info.reason}")
+                continue
+            if p in known and known[p][2] != content:
+                changed.append(p)
+            probed[e.index] = (Path(p), st.st_size, st.st_mtime_ns, content, info)
+            remember.append((p, st.st_size, st.st_mtime_ns, content, info.to_json()))
+    if remember:
+        catalogue.remember_audio(remember)
+    failed.sort(key=lambda f: f["entry"])
+    return probed, failed, changed

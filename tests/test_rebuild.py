@@ -1,0 +1,300 @@
+"""Stores that are reused: rebuilds compute what changed and nothing else, byte-identical to a
+fresh build; kills, full disks and concurrent runs lose nothing; the catalogue finds stores."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from common.catalogue import Catalogue
+from common.features import make_feature
+from common.store import StoreError, memmap_dataset, read_tables
+from precompute import pipeline
+from precompute.cli import main
+from precompute.pipeline import make_plan, run
+from train.data import StoreDataModule
+from train.dataset import DatasetError, StoreDataset
+
+from .conftest import tone, write_json, write_wav
+from .test_precompute import _assert_same_store
+
+
+def _dataset(root: Path, n: int = 8, seconds: float = 1.0, name: str = "set") -> Path:
+    entries = []
+    for i in range(n):
+        write_wav(root / "audio" / f"f{i:02d}.wav", tone(48 + i, seconds + 0.1 * i))
+        entries.append(
+            {
+                "filepath": [{"value": f"audio/f{i:02d}.wav"}],
+                "genre": [{"value": ["folk", "jazz"][i % 2]}],
+                "pitchmidi": [{"time": 0.1, "duration": 0.5, "value": 48 + i}],
+            }
+        )
+    return write_json(root / f"{name}.pyjama", {"collection": {"entry": entries}})
+
+
+def _edit(ds: Path, fn) -> Path:
+    doc = json.loads(ds.read_text())
+    fn(doc["collection"]["entry"])
+    ds.write_text(json.dumps(doc))
+    return ds
+
+
+def _features(store: Path) -> np.ndarray:
+    return np.asarray(memmap_dataset(store, "features"))
+
+
+def test_rebuilds_compute_only_what_changed_and_equal_a_fresh_build(tmp_path):
+    ds = _dataset(tmp_path)
+    stores = tmp_path / "stores"
+    first = run(ds, "cqt", stores)
+    assert (first.computed, first.copied) == (8, 0)
+
+    def fresh(label):  # the same request from scratch, in a stores folder of its own
+        return run(ds, "cqt", tmp_path / f"fresh-{label}").store_path
+
+    # one label edited: nothing computed, targets follow the edit
+    _edit(ds, lambda e: e[3].update(genre=[{"value": "folk"}]))
+    s = run(ds, "cqt", stores)
+    assert (s.computed, s.copied) == (0, 8) and s.store_path != first.store_path
+    assert np.array_equal(_features(s.store_path), _features(first.store_path))
+    assert h5py.File(s.store_path)["targets/genre"][3] == 0
+    _assert_same_store(s.store_path, fresh("label"))
+
+    # a file renamed in the dataset, same audio: nothing computed
+    shutil.copy(tmp_path / "audio/f02.wav", tmp_path / "audio/renamed.wav")
+    _edit(ds, lambda e: e[2].update(filepath=[{"value": "audio/renamed.wav"}]))
+    s = run(ds, "cqt", stores)
+    assert (s.computed, s.copied) == (0, 8)
+
+    # 10 % more files: only the new ones computed
+    write_wav(tmp_path / "audio/new.wav", tone(70, 1.3))
+    _edit(
+        ds,
+        lambda e: e.append(
+            {"filepath": [{"value": "audio/new.wav"}], "genre": [{"value": "jazz"}]}
+        ),
+    )
+    s = run(ds, "cqt", stores)
+    assert (s.computed, s.copied) == (1, 8)
+    _assert_same_store(s.store_path, fresh("added"))
+
+    # another patch hop: the same store, found at once
+    other_hop = make_feature("cqt", {"patch_hop": 7})
+    assert make_plan(ds, other_hop, stores).store_path == s.store_path
+    again = run(ds, other_hop, stores)
+    assert again.existed and (again.computed, again.copied) == (0, 0)
+
+    # an audio file overwritten with other audio under the same name: that file only, reported
+    before = read_tables(s.store_path)
+    old_rows = _features(s.store_path)
+    write_wav(tmp_path / "audio/f05.wav", tone(80, 1.5))
+    s = run(ds, "cqt", stores)
+    assert (s.computed, s.copied) == (1, 8)
+    assert s.changed == [str((tmp_path / "audio/f05.wav").absolute())]
+    after = read_tables(s.store_path)
+    new_rows = _features(s.store_path)
+    for i in range(after.n_files):
+        a = new_rows[after.offset[i] : after.offset[i] + after.n_frames[i]]
+        b = old_rows[before.offset[i] : before.offset[i] + before.n_frames[i]]
+        assert (a.shape == b.shape and np.array_equal(a, b)) == (i != 5), i
+    _assert_same_store(s.store_path, fresh("overwritten"))
+
+
+def _build_then_die(ds, stores, delay_s):
+    """A child process that builds and is killed ``delay_s`` seconds in (SIGKILL)."""
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=run, args=(ds, "cqt", stores), kwargs={"jobs": 1})
+    child.start()
+    child.join(delay_s)
+    if child.is_alive():
+        os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    return child.exitcode
+
+
+def test_kill_9_at_random_moments_then_resume_gives_the_identical_store(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "MARKER_EVERY_S", 0.05)  # many markers: resume from each point
+    ds = _dataset(tmp_path, n=10)
+    t0 = time.perf_counter()
+    ref = run(ds, "cqt", tmp_path / "ref", jobs=1).store_path
+    took = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    resumed_from_markers = 0
+    for trial in range(10):
+        stores = tmp_path / f"trial{trial}"
+        plan = make_plan(ds, "cqt", stores)
+        code = _build_then_die(ds, stores, float(rng.uniform(0, 1.2 * took)))
+        if code == 0:
+            assert plan.store_path.exists()
+        s = run(ds, "cqt", stores, jobs=1)
+        _assert_same_store(s.store_path, ref)
+        resumed_from_markers += s.resumed > 0
+        assert not plan.partial_path.exists() and not plan.parts_dir.exists()
+    assert resumed_from_markers >= 2, "the kills never landed mid-computation"
+
+
+def _limited(limit_bytes):
+    def set_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return set_limit
+
+
+def _cli(ds, stores, feature="cqt"):
+    return [
+        sys.executable, "-m", "precompute", "run", "--dataset", str(ds), "--feature", feature,
+        "--stores", str(stores), "-q",
+    ]  # fmt: skip
+
+
+def test_a_full_disk_gives_one_line_and_the_build_resumes(tmp_path):
+    ds = _dataset(tmp_path)
+    ref = run(ds, "cqt", tmp_path / "ref").store_path
+    stores = tmp_path / "stores"
+    res = subprocess.run(
+        _cli(ds, stores), capture_output=True, text=True, preexec_fn=_limited(200_000), timeout=120
+    )
+    assert res.returncode == 4, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: no space left in "), res.stderr
+    assert "Traceback" not in res.stderr and "re-run" in errors[0]
+    res = subprocess.run(_cli(ds, stores), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    _assert_same_store(res.stdout.strip().splitlines()[-1], ref)
+
+
+def test_a_store_that_cannot_fit_is_refused_before_computing(tmp_path):
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare to mount a small tmpfs")
+    ds = _dataset(tmp_path)
+    small = tmp_path / "small"
+    small.mkdir()
+    cmd = " ".join(_cli(ds, small))
+    res = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=300k tmpfs {small} && {cmd}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if "mount" in res.stderr and res.returncode != 4:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    assert res.returncode == 4, res.stderr
+    (line,) = [x for x in res.stderr.splitlines() if x.strip()]
+    assert line.startswith(f"error: not enough space in {small}/set: the store needs ")
+    assert " are free" in line
+
+
+def test_two_concurrent_runs_one_builds_the_other_refuses_or_waits(tmp_path):
+    ds = _dataset(tmp_path, n=12, seconds=2.0)
+    stores = tmp_path / "stores"
+    plan = make_plan(ds, "cqt", stores)
+    first = subprocess.Popen(
+        _cli(ds, stores), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not plan.lock_path.exists():
+        time.sleep(0.01)
+    time.sleep(0.3)  # the holder writes its name once it holds the lock
+    second = subprocess.run(_cli(ds, stores), capture_output=True, text=True, timeout=120)
+    waiter = subprocess.Popen(
+        [*_cli(ds, stores), "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert second.returncode == 3
+    assert f"being built by another precompute (pid {first.pid} on " in second.stderr
+    w_out, w_err = waiter.communicate(timeout=120)
+    assert waiter.returncode == 0 and "waiting for pid" in w_err and "store exists" in w_out
+
+
+def test_the_catalogue_survives_a_deleted_store(tmp_path):
+    ds = _dataset(tmp_path)
+    stores = tmp_path / "stores"
+    first = run(ds, "cqt", stores)
+    first.store_path.unlink()
+    _edit(ds, lambda e: e[0].update(genre=[{"value": "jazz"}]))
+    s = run(ds, "cqt", stores)  # its rows are gone: computed again, nothing fails
+    assert (s.computed, s.copied) == (8, 0)
+    recorded = [r.path for r in Catalogue(stores).stores()]
+    assert recorded == [s.store_path.absolute()]
+    res = CliRunner().invoke(main, ["ls", str(stores)])
+    assert res.exit_code == 0 and s.store_path.name in res.output
+
+
+def test_ls_and_gc(tmp_path):
+    ds = _dataset(tmp_path)
+    stores = tmp_path / "stores"
+    old = run(ds, "cqt", stores).store_path
+    _edit(ds, lambda e: e[1].update(genre=[{"value": "folk"}]))
+    new = run(ds, "cqt", stores).store_path
+    Catalogue(stores).touch([old], when=time.time() - 10 * 86400)
+    res = CliRunner().invoke(main, ["ls", str(stores)])
+    assert res.exit_code == 0
+    header, *rows = res.output.splitlines()
+    assert header.split() == [
+        "store",
+        "dataset",
+        "feature",
+        "files",
+        "hours",
+        "size",
+        "created",
+        "last",
+        "used",
+    ]
+    assert len(rows) == 2 and all(" cqt " in r and " 8 " in r for r in rows)
+    res = CliRunner().invoke(main, ["gc", str(stores), "--older-than", "5", "--dry-run"])
+    assert res.exit_code == 0 and f"would remove {old}" in res.output and old.exists()
+    res = CliRunner().invoke(main, ["gc", str(stores), "--older-than", "5"])
+    assert res.exit_code == 0 and not old.exists() and new.exists()
+    assert [r.path for r in Catalogue(stores).stores()] == [new.absolute()]
+    assert run(ds, "cqt", stores).existed  # the store in use is still found
+
+
+def test_a_format_1_store_is_refused_with_the_command_that_rebuilds_it(tmp_path):
+    p = tmp_path / "demo" / "lms-0123456789abcdef.h5"
+    p.parent.mkdir()
+    with h5py.File(p, "w") as h:
+        h.attrs.update(format_version=1, dataset="demo", feature=json.dumps({"kind": "lms"}))
+        h.create_dataset("features", data=np.zeros((4, 1, 8), np.float32))
+    with pytest.raises(
+        StoreError,
+        match=r"store format 1, this mirpatch reads format 2; delete it and rebuild with: precompute run --dataset demo.pyjama --feature lms",
+    ):
+        read_tables(p)
+    with pytest.raises(DatasetError, match="delete it and rebuild with"):
+        StoreDataset(p)
+
+
+def test_training_finds_its_store_in_the_catalogue_and_knows_when_it_is_stale(tmp_path):
+    ds = _dataset(tmp_path)
+    stores = tmp_path / "stores"
+    s = run(ds, "cqt", stores)
+    dm = StoreDataModule(dataset=ds, feature="cqt", stores=stores)
+    assert dm.prepare_data() == s.store_path.absolute()
+    # another patch length is the same store
+    dm = StoreDataModule(
+        dataset=ds, feature=make_feature("cqt", {"patch_frames": 32}), stores=stores
+    )
+    assert dm.prepare_data() == s.store_path.absolute()
+    _edit(ds, lambda e: e[0].update(genre=[{"value": "jazz"}]))
+    with pytest.raises(
+        DatasetError,
+        match=r"set.pyjama has changed since its cqt store was built .*update it with:\n  precompute run --dataset",
+    ):
+        StoreDataModule(dataset=ds, feature="cqt", stores=stores).prepare_data()
