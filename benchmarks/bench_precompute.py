@@ -1,8 +1,8 @@
 """Precompute throughput against a bare serial loop of the same librosa calls, in one run.
 
 For each feature: audio seconds per second of
-- the lower bound of the work: a plain loop that decodes each file and calls the
-  feature function, writing nothing (1 process);
+- a bare serial loop that decodes each file and calls librosa as the tutorial does (for hcqt,
+  one CQT per harmonic), writing nothing (1 process);
 - ``precompute run --jobs N`` (plan, layout, tasks writing in place), from scratch;
 and the planning's share of the total, and the peak RSS of every process.
 
@@ -42,8 +42,11 @@ def dataset(hours: float) -> Path:
 
 
 def serial_baseline(pyjama: Path, feature_name: str) -> tuple[float, float]:
-    """(audio seconds, wall seconds) of the bare loop."""
+    """(audio seconds, wall seconds) of the bare loop: for hcqt, one ``librosa.cqt`` per
+    harmonic (``shared_octaves: false``), as ``../shared/checks/precompute_vs_serial.sh``."""
     feature = make_feature(feature_name)
+    if "shared_octaves" in feature.params:
+        feature = make_feature(feature_name, {"shared_octaves": False})
     coll = read_pyjama(pyjama)
     audio_s = 0.0
     t = time.perf_counter()

@@ -102,8 +102,23 @@ class StrictStop(RuntimeError):
     """--strict: the first bad file stops the run (finished files are kept)."""
 
 
-def run_task(jobs: list[FileJob], feature_params: dict, store: str, dtype: str) -> TaskResult:
+def use_filter_cache(folder: str | os.PathLike | None) -> None:
+    """Let librosa keep the CQT filter bases it builds in ``folder`` (its own disk cache,
+    ``LIBROSA_CACHE_DIR``), so that each process builds them once, not once per file.
+
+    Building the bases is most of the cost of a CQT of a short file (0.04 of 0.06 s for 7.5 s
+    of audio); the cached bases are the same arrays, so the features are bit for bit the same.
+    It must be set before librosa loads: a process that loaded it already keeps its setting.
+    """
+    if folder is not None and "librosa._cache" not in sys.modules:
+        os.environ.setdefault("LIBROSA_CACHE_DIR", str(folder))
+
+
+def run_task(
+    jobs: list[FileJob], feature_params: dict, store: str, dtype: str, cache: str | None = None
+) -> TaskResult:
     """Decode and compute a task's files and write their rows in place (a worker's whole job)."""
+    use_filter_cache(cache)
     feature = make_feature(feature_params)
     result = TaskResult()
     fd = os.open(store, os.O_WRONLY)
@@ -359,7 +374,7 @@ class Build:
             key=lambda i: -files[i].n_frames,
         )
         workers = max(1, jobs if jobs > 0 else os.cpu_count() or 1)
-        per = max(1, min(16, math.ceil(len(left) / (8 * workers))))
+        per = max(1, min(16, math.ceil(len(left) / (32 * workers))))
         out = []
         for s in range(0, len(left), per):
             out.append(
@@ -389,6 +404,7 @@ class Build:
         feat = self.plan.feature
         params, dtype = feat.to_dict(), self.layout.dtype.str
         store = str(self.plan.partial_path.absolute())
+        cache = filter_cache_dir(self.plan.stores)
         bar = tqdm(
             total=sum(len(t) for t in tasks),
             unit="file",
@@ -399,7 +415,7 @@ class Build:
         try:
             with joblib_backend(backend, jobs, scheduler):
                 results = Parallel(return_as="generator_unordered")(
-                    delayed(run_task)(t, params, store, dtype) for t in tasks
+                    delayed(run_task)(t, params, store, dtype, cache) for t in tasks
                 )
                 for res in results:
                     s = self.summary
@@ -562,7 +578,9 @@ def _build(plan, catalogue, summary, jobs, backend, scheduler, strict, progress,
         if len(plan.files) - len(build.done) - n_copied > 0 and backend == "loky" and jobs != 1:
             # the workers start (and import librosa) while this process lays out and copies
             warm = threading.Thread(
-                target=warm_up, args=(plan.feature.to_dict(), jobs), daemon=True
+                target=warm_up,
+                args=(plan.feature.to_dict(), jobs, filter_cache_dir(plan.stores)),
+                daemon=True,
             )
             warm.start()
         build.prepare()
@@ -575,17 +593,22 @@ def _build(plan, catalogue, summary, jobs, backend, scheduler, strict, progress,
         build.close()
 
 
-def warm_up(feature_params: dict, jobs: int) -> None:
+def filter_cache_dir(stores: Path) -> str:
+    return str((stores / ".cache" / "librosa").absolute())
+
+
+def warm_up(feature_params: dict, jobs: int, cache: str | None = None) -> None:
     """Start ``jobs`` loky workers and have each compute the feature once on a short silence,
     so that imports and first-call costs are paid before the first file arrives."""
     from joblib import Parallel, delayed
 
     with joblib_backend("loky", jobs):
         n = jobs if jobs > 0 else os.cpu_count() or 1
-        Parallel()(delayed(_warm_worker)(feature_params) for _ in range(n))
+        Parallel()(delayed(_warm_worker)(feature_params, cache) for _ in range(n))
 
 
-def _warm_worker(feature_params: dict) -> int:
+def _warm_worker(feature_params: dict, cache: str | None) -> int:
+    use_filter_cache(cache)
     feature = make_feature(feature_params)
     feature.compute(np.zeros(2 * feature.sr, dtype=np.float32))
     return os.getpid()

@@ -33,41 +33,85 @@ def test_lms_equals_librosa(y):
     np.testing.assert_allclose(X[0], ref, rtol=1e-5, atol=1e-5)
 
 
-def test_hcqt_equals_librosa(y):
-    f = make_feature("hcqt")
-    X = f.compute(y)
-    assert X.shape == (6, 360, 1 + len(y) // 512) and X.dtype == np.float32
-    for c, h in enumerate([0.5, 1, 2, 3, 4, 5]):
-        ref = np.abs(
-            librosa.cqt(
-                y,
-                sr=22050,
-                hop_length=512,
-                fmin=32.70319566257483 * h,
-                n_bins=360,
-                bins_per_octave=60,
+def _per_harmonic(y, harmonics, sr=22050, hop=512, n_bins=360, bpo=60):
+    return np.stack(
+        [
+            np.abs(
+                librosa.cqt(
+                    y,
+                    sr=sr,
+                    hop_length=hop,
+                    fmin=32.70319566257483 * h,
+                    n_bins=n_bins,
+                    bins_per_octave=bpo,
+                )
             )
-        )
-        np.testing.assert_allclose(X[c], ref, rtol=1e-5, atol=1e-6)
+            for h in harmonics
+        ]
+    )
 
 
-def test_cqt_is_hcqt_harmonic_one_and_params_change_from_yaml(tmp_path, y):
-    cqt = make_feature("cqt").compute(y)
-    np.testing.assert_array_equal(cqt[0], make_feature("hcqt").compute(y)[1])
-    p = tmp_path / "small.yaml"
-    p.write_text(
-        "kind: hcqt\nharmonics: [1, 2]\nn_bins: 84\nbins_per_octave: 12\nhop_length: 256\n"
-    )
-    f = make_feature(p)
-    X = f.compute(y)
-    assert X.shape == (2, 84, 1 + len(y) // 256)
-    ref = np.abs(
-        librosa.cqt(
-            y, sr=22050, hop_length=256, fmin=32.70319566257483 * 2, n_bins=84, bins_per_octave=12
-        )
-    )
-    np.testing.assert_allclose(X[1], ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(f.pitch_midi()[:3], [24, 25, 26])
+def _signals(demo_clip):
+    sr = 22050
+    t = np.arange(3 * sr) / sr
+    chirp = np.sin(2 * np.pi * 40 * (2 ** (t * 7 / 3) - 1) / (7 / 3 * np.log(2)))
+    noise = np.random.default_rng(1).standard_normal(3 * sr)
+    return {"chirp": chirp, "noise": noise, "demo clip": demo_clip}
+
+
+@pytest.fixture(scope="module")
+def demo_clip(demo_small):
+    from common.pyjama import read_pyjama
+
+    return load_audio(read_pyjama(demo_small).entries[0].audio_path, sr=22050).y
+
+
+def test_hcqt_equals_per_harmonic_librosa_exactly_without_sharing(y, demo_clip):
+    f = make_feature("hcqt", {"shared_octaves": False})
+    for name, sig in {"tone": y, **_signals(demo_clip)}.items():
+        sig = sig.astype(np.float32)
+        X = f.compute(sig)
+        assert X.shape == (6, 360, 1 + len(sig) // 512) and X.dtype == np.float32
+        np.testing.assert_array_equal(X, _per_harmonic(sig, [0.5, 1, 2, 3, 4, 5]), err_msg=name)
+
+
+def test_shared_octaves_stay_within_one_percent_of_the_peak(y, demo_clip):
+    f = make_feature("hcqt")
+    # 0.5, 1 and 2 share one CQT; 4 would move their octaves nearer to Nyquist, so it has its own
+    assert f.params["shared_octaves"]
+    assert sorted(sorted(c for c, _ in slices) for *_, slices in f._cqts()) == [
+        [0, 1, 2],
+        [3],
+        [4],
+        [5],
+    ]
+    for name, sig in {"tone": y, **_signals(demo_clip)}.items():
+        sig = sig.astype(np.float32)
+        X, ref = f.compute(sig), _per_harmonic(sig, [0.5, 1, 2, 3, 4, 5])
+        dev = np.abs(X - ref).max() / ref.max()
+        assert dev <= 0.01, (name, dev)
+        # the top harmonic of a shared CQT, and those with a CQT of their own: identical
+        np.testing.assert_array_equal(X[2:], ref[2:])
+
+
+def test_each_harmonic_is_the_right_slice_of_its_octave_group():
+    # a sine at C4 lands, in channel h, at bin 60 * log2(C4 / (C1 * h))
+    sr, f0 = 22050, 32.70319566257483 * 8
+    sig = np.sin(2 * np.pi * f0 * np.arange(2 * sr) / sr).astype(np.float32)
+    X = make_feature("hcqt").compute(sig)
+    mid = X[:, :, X.shape[2] // 2]
+    for c, h in enumerate([0.5, 1, 2, 3, 4, 5]):
+        assert int(mid[c].argmax()) == round(60 * np.log2(8 / h)), h
+    # any harmonic set: [1, 2, 3, 4, 5, 6, 8] needs 3 CQTs, not 7
+    g = make_feature("hcqt", {"harmonics": [1, 2, 3, 4, 5, 6, 8], "n_bins": 240})
+    assert [(fmin / 32.70319566257483, n) for fmin, n, *_ in g._cqts()] == [
+        (1.0, 240 + 3 * 60),
+        (3.0, 240 + 60),
+        (5.0, 240),
+    ]
+    X = g.compute(sig)
+    for c, h in enumerate([1, 2, 3, 4, 5, 6, 8]):
+        assert int(X[c, :, X.shape[2] // 2].argmax()) == round(60 * np.log2(8 / h)), h
 
 
 def test_waveform_frames_are_the_signal(y):

@@ -174,6 +174,23 @@ def test_store_layout_and_features_equal_direct_computation(notes_dataset, tmp_p
     assert other.store_path != s.store_path
 
 
+def test_hcqt_pitch_targets_line_up_with_every_harmonic_channel(notes_dataset, tmp_path):
+    # shared octaves (the default): the annotated note is at its bin in channel h = 1, an octave
+    # lower in channel 2, an octave higher in channel 0.5, whatever CQT each channel came from
+    s = run(notes_dataset, "hcqt", tmp_path / "stores")
+    t = read_tables(s.store_path)
+    feats = np.asarray(memmap_dataset(s.store_path, "features"))
+    pitch = np.asarray(memmap_dataset(s.store_path, "targets/pitchmidi"))
+    n = int(t.n_frames[0])
+    frames, bins = np.nonzero(pitch[:n])
+    assert set(bins.tolist()) == {(60 - 24) * 5, (67 - 24) * 5}
+    for shift, channel in ((60, 0), (0, 1), (-60, 2)):  # harmonics 0.5, 1, 2
+        inner = [f for f in frames if pitch[f - 4 : f + 5].sum() == 9]  # away from note edges
+        peak = feats[inner, channel].argmax(axis=1)
+        expected = np.array([np.nonzero(pitch[f])[0][0] for f in inner]) + shift
+        assert np.array_equal(peak, expected), channel
+
+
 def _tables(path):
     with h5py.File(path) as h:
         out = {}
