@@ -4,15 +4,14 @@
 feature dataset is mapped with ``numpy.memmap`` in each process that reads it
 (never an h5py handle carried across fork, never pickled), so a patch is one
 contiguous byte range and memory does not grow with the store. Index tables are
-loaded once as numpy arrays.
+loaded once as numpy arrays. Items are views of the map; batches are filled once,
+row by row (see :mod:`train.views`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,14 @@ from common.features import Feature, make_feature
 from common.store import (
     StoreError,
     TargetSpec,
+    dataset_location,
     memmap_dataset,
     patch_index,
     read_file_targets,
     read_tables,
 )
+
+from .views import Rows
 
 SPLITS = ("train", "valid", "test")
 _SPLIT_ALIASES = {
@@ -80,11 +82,16 @@ class StoreDataset(torch.utils.data.Dataset):
     Parameters
     ----------
     store : path of a ``.h5`` store made by ``precompute run``
-    unit : ``"patch"`` (item: ``X`` (C, F, L) or (1, samples) for waveform, ``y``, ``file``,
-        ``start``), ``"file"`` (all patches of a file stacked, ``X`` (n_patches, C, F, L); or the
+    unit : ``"patch"`` (item: ``X`` (C, F, L) or (1, samples) for waveform, and ``y``; patch
+        ``i`` is frame ``patch_start[i]`` of file ``patch_file[i]``), ``"file"`` (all patches of a file, ``X`` (n_patches, C, F, L); or the
         whole feature (C, F, T) with ``whole_file=True``), or ``"work"`` (``versions``
-        excerpts of one work, ``X`` (versions, C, F, L), plus ``work``)
-    target : name of a target of the store (a pyjama description), or None
+        excerpts of one work, ``X`` (versions, C, F, L), plus ``work``). ``X`` is a view of
+        the store in its dtype (float32, or float16), mapped copy-on-write: writing to an item
+        changes what this process reads there later (as with any in-memory dataset that hands
+        out views), never the file; ``.clone()`` an item to change it on its own
+    target : name of a target of the store (a pyjama description), or None. ``y`` is as
+        stored: a class or work index int32 (-1: none), multi-hot uint8 (labels,), a value
+        float32, frame-level pitch or events uint8 (bins, L), frame classes int32 (L,)
     split : ``"train"``, ``"valid"``, ``"test"`` or None (all files)
     patch_frames, hop_frames : patch length and hop; default the store's. Other values
         re-derive the patch index from the frame counts, no feature is recomputed.
@@ -98,6 +105,7 @@ class StoreDataset(torch.utils.data.Dataset):
     versions : versions per item for ``unit="work"``
     seed : seed of the random choices of ``unit="work"`` (versions and excerpt starts);
         call :meth:`set_epoch` to vary them per epoch
+    pin_memory : batches stacked in this process go to pinned memory (for a GPU)
     """
 
     def __init__(
@@ -116,6 +124,7 @@ class StoreDataset(torch.utils.data.Dataset):
         whole_file: bool = False,
         versions: int = 2,
         seed: int = 0,
+        pin_memory: bool = False,
     ):
         self.path = Path(store)
         try:
@@ -175,6 +184,11 @@ class StoreDataset(torch.utils.data.Dataset):
         in_split = (
             np.ones(t.n_files, bool) if split is None else self.file_split == SPLITS.index(split)
         )
+        # a file without a label for the target is in no split: it would train on "-1" or on
+        # "nothing sounds" where nothing was annotated
+        self.labelled = self._labelled()
+        self.unlabelled = int((~self.labelled).sum())
+        in_split &= self.labelled
         self.files = np.nonzero(in_split)[0]
         keep = in_split[pf]
         self.patch_file, self.patch_start = pf[keep], ps[keep]
@@ -190,11 +204,31 @@ class StoreDataset(torch.utils.data.Dataset):
             ]
             self.works = valid
             self.work_files = {int(w): self.files[self.file_work[self.files] == w] for w in valid}
-        self._windows: torch.Tensor | None = None
-        self._shapes: dict[int, tuple[int, ...]] = {}  # patch length -> item shape
-        self._feats: np.ndarray | None = None  # views of numpy.memmap objects, made per process
-        self._frame_target: np.ndarray | None = None
-        self._pid: int | None = None
+        self.pin_memory = pin_memory
+        # where the mapped datasets are in the file, found once (workers map them without h5py)
+        self._locations = {
+            name: dataset_location(self.path, name)
+            for name in (
+                "features",
+                *([f"targets/{target}"] if self.spec and self.spec.frame_level else []),
+            )
+        }
+        self._file_target: torch.Tensor | None = (
+            torch.from_numpy(np.ascontiguousarray(self.file_targets[target]))
+            if self.spec is not None and not self.spec.frame_level
+            else None
+        )
+        self._maps: dict[str, Any] | None = None  # made on first use, never pickled
+
+    def _labelled(self) -> np.ndarray:
+        """Files that carry a label for the target (all files when there is no target)."""
+        t = self.tables
+        if self.spec is None:
+            return np.ones(t.n_files, bool)
+        ok = t.annotated[self.target].astype(bool)
+        if self.spec.kind in ("class", "work"):
+            ok &= self.file_targets[self.target] >= 0
+        return ok
 
     # -- splits -------------------------------------------------------------
     def _splits(self, split_key, seed, fractions, split_by) -> np.ndarray:
@@ -232,30 +266,26 @@ class StoreDataset(torch.utils.data.Dataset):
         return assign_splits(keys, fractions, seed)
 
     # -- lazy, per-process mapping -------------------------------------------
-    def _maps(self) -> tuple[np.ndarray, np.ndarray | None]:
-        if self._pid != os.getpid():
-            # plain ndarray views of the maps: slicing them skips numpy.memmap's per-slice bookkeeping
-            self._feats = np.asarray(memmap_dataset(self.path, "features"))
-            self._windows = None
-            if self.feature.patch_view_is_transpose and len(self._feats) >= self.patch_frames:
-                with warnings.catch_warnings():  # read-only map; the tensor is only read
-                    warnings.simplefilter("ignore", UserWarning)
-                    frames = torch.from_numpy(self._feats)
-                self._windows = frames.unfold(0, self.patch_frames, 1)
-            self._frame_target = (
-                np.asarray(memmap_dataset(self.path, f"targets/{self.target}"))
-                if self.spec and self.spec.frame_level
-                else None
-            )
-            self._pid = os.getpid()
-        return self._feats, self._frame_target
+    def rows(self, name: str = "features") -> Rows:
+        """The map of ``features`` or of the target's frame rows, made on first use.
+
+        A private mapping, not an open h5py file: a forked DataLoader worker uses the one it
+        inherits; pickling (spawned workers) leaves it behind and the new process maps again.
+        """
+        if self._maps is None:
+            self._maps = {}
+            for key, (shape, dtype, offset) in self._locations.items():
+                array = (  # copy-on-write: a write to an item changes this process's copy only
+                    np.memmap(self.path, dtype=dtype, mode="c", offset=offset, shape=shape)
+                    if int(np.prod(shape))
+                    else np.zeros(shape, dtype=dtype)
+                )
+                layout = self.feature.view_layout if key == "features" else _target_layout(shape)
+                self._maps[key] = Rows(np.asarray(array), layout, self.pin_memory)
+        return self._maps[name]
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.update(
-            _feats=None, _windows=None, _frame_target=None, _pid=None
-        )  # each process maps the store itself
-        return state
+        return {**self.__dict__, "_maps": None}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -271,7 +301,7 @@ class StoreDataset(torch.utils.data.Dataset):
     @property
     def item_shape(self) -> tuple[int, ...]:
         """Shape of one patch's ``X``, as a model sees it."""
-        return self._view_shape(self.patch_frames)
+        return tuple(self.feature.view_layout(self.patch_frames)[0])
 
     @property
     def n_out(self) -> int | None:
@@ -286,40 +316,47 @@ class StoreDataset(torch.utils.data.Dataset):
         return len(s.vocabulary) or 1
 
     # -- reading ------------------------------------------------------------------
-    def _patches(self, files: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
-        """``(B, *item_shape)`` float32 from the mapped store, in the model's layout.
+    def _target_name(self) -> str:
+        return f"targets/{self.target}"
 
-        With more than one torch thread (the main process; DataLoader workers have one) the
-        batch is one ``index_select`` over windows of the map, spread over the threads;
-        with one, a transposed copy per patch (faster than ``index_select`` on one thread).
-        In a DataLoader worker the batch is written straight into shared memory, as
-        ``default_collate`` does, so handing it to the main process copies nothing more.
-        """
-        feats, _ = self._maps()
+    def patches(self, files: np.ndarray, starts: np.ndarray) -> list[dict[str, Any]]:
+        """Patches ``(file, start)`` as items: views of the store, nothing copied."""
+        offsets = (self.tables.offset[files] + starts).tolist()
+        L = self.patch_frames
+        X = self.rows().batch_items(offsets, L)
+        if self.spec is None:
+            return [{"X": x} for x in X]
+        if self.spec.frame_level:
+            Y = self.rows(self._target_name()).batch_items(offsets, L)
+        else:
+            per_file = self._file_target_rows()
+            Y = [per_file[f] for f in files.tolist()]
+        return [{"X": x, "y": y} for x, y in zip(X, Y)]
+
+    def _file_target_rows(self) -> list[torch.Tensor]:
+        """One tensor per file of its per-file target (made once per process)."""
+        self.rows()
+        rows = self._maps.get("file target rows")
+        if rows is None:
+            rows = self._maps["file target rows"] = list(self._file_target.unbind(0))
+        return rows
+
+    def batch(self, files: np.ndarray, starts: np.ndarray) -> dict[str, torch.Tensor]:
+        """Patches ``(file, start)`` stacked: ``X (B, *item_shape)`` and ``y``, each one
+        time-major block seen in the model's layout, as stacking their items would give."""
         offsets = self.tables.offset[files] + starts
-        out = _new_tensor((len(files), *self._view_shape(length)), torch.float32)
-        if (
-            self._windows is not None
-            and length == self.patch_frames
-            and torch.get_num_threads() > 1
-        ):
-            torch.index_select(self._windows, 0, torch.from_numpy(offsets), out=out)
-            return out
-        view = out.numpy()
-        for i, o in enumerate(offsets):
-            view[i] = self.feature.patch_view(feats[o : o + length])
+        out = {"X": self.rows().batch(offsets, self.patch_frames)}
+        if self.spec is not None:
+            out["y"] = (
+                self.rows(self._target_name()).batch(offsets, self.patch_frames)
+                if self.spec.frame_level
+                else torch.from_numpy(self.file_targets[self.target][files])
+            )
         return out
-
-    def _view_shape(self, length: int) -> tuple[int, ...]:
-        shape = self._shapes.get(length)
-        if shape is None:  # a zero-stride stand-in: the shape without allocating a block
-            block = np.broadcast_to(np.float32(0), (length, *self.tables.frame_shape))
-            shape = self._shapes[length] = tuple(self.feature.patch_view(block).shape)
-        return shape
 
     def file_rows(self, name: str, files: np.ndarray) -> list[np.ndarray]:
         """Whole files' time-major rows of ``features`` or of a frame-level ``targets/<name>``."""
-        rows = self._maps()[0] if name == "features" else memmap_dataset(self.path, name)
+        rows = self.rows().np if name == "features" else memmap_dataset(self.path, name)
         t = self.tables
         return [np.asarray(rows[t.offset[f] : t.offset[f] + t.n_frames[f]]) for f in files]
 
@@ -328,73 +365,47 @@ class StoreDataset(torch.utils.data.Dataset):
         if isinstance(idx, tuple):  # (index, epoch) from an EpochSampler(with_epoch=True)
             idx, epoch = idx
         if self.unit == "patch":
-            return self.__getitems__([idx])[0]
+            return self.patches(self.patch_file[[idx]], self.patch_start[[idx]])[0]
         if self.unit == "file":
             return self._file_item(int(self.files[idx]))
         return self._work_item(idx, epoch)
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """A batch of items in one call (patch unit): one pass over the mapped store."""
+    def __getitems__(self, indices: Sequence[int]) -> Sequence[dict[str, Any]]:
+        """A batch of items in one call; for patches a :class:`PatchBatch`, whose items are
+        made only if a collate function asks for them."""
         if self.unit != "patch":
             return [self[i] for i in indices]
-        indices = [i[0] if isinstance(i, tuple) else i for i in indices]
+        if indices and isinstance(indices[0], tuple):  # (index, epoch) pairs
+            indices = [i[0] for i in indices]
         idx = np.asarray(indices, dtype=np.int64)
-        files, starts = self.patch_file[idx], self.patch_start[idx]
-        X = self._patches(files, starts, self.patch_frames)
-        _, frame_target = self._maps()
-        # file and start share one buffer: one shared-memory segment for both, not two
-        index = _new_tensor((2, len(idx)), torch.int64)
-        index.numpy()[0], index.numpy()[1] = files, starts
-        batch = {"X": X, "file": index[0], "start": index[1]}
-        if self.spec is not None:
-            batch["y"] = self._batch_targets(files, starts, frame_target)
-        return PatchBatch(batch)
-
-    def _batch_targets(
-        self,
-        files: np.ndarray,
-        starts: np.ndarray,
-        frame_target: np.ndarray | None,
-        length: int | None = None,
-    ) -> torch.Tensor:
-        """Targets of patches ``(file, start)``: class indices (int64), multi-hot / values
-        (float32), or frame-level ``(B, bins, length)`` float32 / ``(B, length)`` int64."""
-        s = self.spec
-        if not s.frame_level:
-            v = self.file_targets[s.name][files]
-            if s.kind in ("class", "work"):
-                return torch.from_numpy(v.astype(np.int64))
-            return torch.from_numpy(np.asarray(v, dtype=np.float32))
-        L = self.patch_frames if length is None else length
-        offsets = self.tables.offset[files] + starts
-        if s.kind == "frame_class":
-            labels = np.empty((len(files), L), dtype=np.int64)
-            for i, o in enumerate(offsets):
-                labels[i] = frame_target[o : o + L]
-            return torch.from_numpy(labels)
-        out = np.empty((len(files), frame_target.shape[1], L), dtype=np.float32)
-        for i, o in enumerate(offsets):
-            out[i] = frame_target[o : o + L].T
-        return torch.from_numpy(out)
+        return PatchBatch(self, self.patch_file[idx], self.patch_start[idx])
 
     def _file_item(self, f: int) -> dict[str, Any]:
-        feats, frame_target = self._maps()
-        n = int(self.tables.n_frames[f])
+        t = self.tables
+        o, n = int(t.offset[f]), int(t.n_frames[f])
         if self.whole_file:
-            X = self._patches(np.array([f]), np.array([0]), n)[0]
-            item = {"X": X, "file": f, "n_frames": n}
+            item = {"X": self.rows().view(o, n), "file": f, "n_frames": n}
             if self.spec is not None:
-                item["y"] = self._batch_targets(np.array([f]), np.array([0]), frame_target, n)[0]
+                item["y"] = (
+                    self.rows(self._target_name()).view(o, n)
+                    if self.spec.frame_level
+                    else self._file_target[f]
+                )
             return item
         lo, hi = self.file_patch_bounds[f], self.file_patch_bounds[f + 1]
         starts = self._all_patch_start[lo:hi]
-        X = self._patches(np.full(len(starts), f), starts, self.patch_frames)
-        item = {"X": X, "file": f, "start": torch.from_numpy(starts.copy())}
+        count, L, hop = len(starts), self.patch_frames, self.hop_frames
+        item = {
+            "X": self.rows().strided(o, count, hop, L),
+            "file": f,
+            "start": torch.from_numpy(starts.copy()),
+        }
         if self.spec is not None:
-            if self.spec.frame_level:
-                item["y"] = self._batch_targets(np.full(len(starts), f), starts, frame_target)
-            else:
-                item["y"] = self._batch_targets(np.array([f]), np.array([0]), frame_target)[0]
+            item["y"] = (
+                self.rows(self._target_name()).strided(o, count, hop, L)
+                if self.spec.frame_level
+                else self._file_target[f]
+            )
         return item
 
     def _work_item(self, idx: int, epoch: int) -> dict[str, Any]:
@@ -405,12 +416,11 @@ class StoreDataset(torch.utils.data.Dataset):
         L = self.patch_frames
         n = self.tables.n_frames[chosen]
         starts = np.array([rng.integers(0, max(1, m - L + 1)) for m in n])
-        if (
-            self.split != "train"
-        ):  # evaluation sees the centre of each version, not a random excerpt
+        if self.split != "train":  # evaluation sees the centre of each version
             starts = np.maximum(0, (n - L) // 2)
         length = min(L, int(n.min()))
-        X = self._patches(chosen, starts, length)
+        block = self.rows().batch(self.tables.offset[chosen] + starts, length)
+        X = block.clone()  # its own memory: an item outlives the batch buffers
         if length < L:  # a version shorter than one excerpt: zero-padded, masked
             X = torch.nn.functional.pad(X, (0, L - length))
         mask = torch.zeros(self.versions, L, dtype=torch.bool)
@@ -424,71 +434,47 @@ class StoreDataset(torch.utils.data.Dataset):
         }
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
-
-
-def keep_freed_memory(max_block: int = 1 << 30) -> bool:
-    """Let glibc's malloc keep and reuse freed blocks up to ``max_block`` bytes.
-
-    By default glibc serves every block over 32 MB (an hcqt batch of 64 patches is 35 MB)
-    with a fresh ``mmap`` and returns it on ``free``, so each batch pays for page faults and
-    zero-filling its memory again: half of the loading time of such batches on the
-    development machine. This is the in-process form of the advice in PyTorch's CPU tuning
-    guide (preload tcmalloc or jemalloc). The price: freed batches stay in the process's heap
-    (100 to 370 MB for hcqt batches of 64 in ``benchmarks/bench_loader.py``), steady over a run.
-    Returns whether it applied; a no-op off glibc, or when the user set
-    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` themselves.
-    """
-    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    limit = min(int(max_block), 2**31 - 1)
-    # some glibc versions cap M_MMAP_THRESHOLD at HEAP_MAX_SIZE / 2 (32 MiB on 64-bit) and
-    # refuse more: try the asked size, then halve down to that cap
-    applied = False
-    while limit >= 32 << 20 and not applied:
-        applied = bool(mallopt(_M_MMAP_THRESHOLD, limit))
-        limit //= 2
-    return applied and bool(mallopt(_M_TRIM_THRESHOLD, min(int(max_block) * 2, 2**31 - 1)))
-
-
-def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An empty tensor; in a DataLoader worker, backed by shared memory (as default_collate does)."""
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    numel = int(np.prod(shape))
-    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
-    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+def _target_layout(shape: tuple[int, ...]):
+    """Frame-level target rows ``(T,)`` or ``(T, W)`` -> a patch ``(L,)`` or ``(W, L)``."""
+    if len(shape) == 1:
+        return lambda length: ((length,), (1,))
+    width = int(shape[1])
+    return lambda length: ((width, length), (1, width))
 
 
 class PatchBatch(Sequence):
-    """The items of one ``__getitems__`` call, held already stacked (``collated``).
+    """The patches of one ``__getitems__`` call, as ``(file, start)`` pairs.
 
-    :func:`collate_patches` hands ``collated`` on without a second copy; a plain
-    ``default_collate`` sees a sequence of per-item dicts, made only when it asks.
+    :func:`collate_patches` makes the batch straight from them; any other collate function
+    (torch's ``default_collate``) sees a sequence of per-patch items, made once, when first
+    asked for, and stacks them (see :mod:`train.views`).
     """
 
-    def __init__(self, collated: dict[str, torch.Tensor]):
-        self.collated = collated
+    def __init__(self, ds: StoreDataset, files: np.ndarray, starts: np.ndarray):
+        self.ds, self.files, self.starts = ds, files, starts
+        self._items: list[dict[str, Any]] | None = None
 
     def __len__(self) -> int:
-        return len(self.collated["X"])
+        return len(self.files)
+
+    def items(self) -> list[dict[str, Any]]:
+        if self._items is None:
+            self._items = self.ds.patches(self.files, self.starts)
+        return self._items
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(i)
-        return {k: v[i] if k in ("X", "y") else int(v[i]) for k, v in self.collated.items()}
+        return self.items()[i]
+
+    def __iter__(self):
+        return iter(self.items())
 
 
-def collate_patches(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Collate for patch units: the prebuilt batch when there is one, else ``default_collate``."""
-    if isinstance(items, PatchBatch):
-        return items.collated
+def collate_patches(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Collate for patch units: a :class:`PatchBatch` in the main process becomes the batch
+    directly; otherwise torch's ``default_collate`` (in a DataLoader worker, it stacks into the
+    shared memory torch hands over, with one copy)."""
+    if isinstance(items, PatchBatch) and torch.utils.data.get_worker_info() is None:
+        return items.ds.batch(items.files, items.starts)
     return torch.utils.data.default_collate(items)
 
 
@@ -510,7 +496,7 @@ def collate_padded(items: list[dict[str, Any]]) -> dict[str, Any]:
             and vals[0].dim() > 0
             and key in ("X", "y", "start", "files")
         ):
-            padded = vals[0].new_zeros((len(vals), n_max, *vals[0].shape[1:]))
+            padded = torch.zeros((len(vals), n_max, *vals[0].shape[1:]), dtype=vals[0].dtype)
             for i, v in enumerate(vals):
                 padded[i, : v.shape[0]] = v
             out[key] = padded

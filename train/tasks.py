@@ -28,7 +28,8 @@ TASK_OF_KIND = {
 
 
 def multiclass_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), y)
+    """Cross-entropy; ``y`` class indices as stored (int32), widened here, on the device."""
+    return F.cross_entropy(logits.float(), y.long())
 
 
 def multilabel_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
