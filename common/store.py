@@ -16,8 +16,11 @@ A store is one ``.h5`` file per (dataset annotations, feature values)::
     /files/error           S256             why a file failed (utf-8), empty otherwise
     /targets/<name>        one dataset per pyjama description (attrs: kind, vocabulary, ...)
                            per file: (n_files, ...); frame level: (total_frames, ...) aligned with /features
+    /annotated/<name>      uint8 (n_files,): 1 where the entry carries the description (0: no
+                           label at all, which is not an empty one)
     attrs                  format_version, dataset, pyjama, pyjama_sha1, audio_root, feature (JSON),
-                           feature_key, store_id, versions (JSON), skipped, failed, warnings (JSON)
+                           feature_key, store_id, versions (JSON), skipped, failed, warnings,
+                           notes, off_grid (JSON)
 
 The file is laid out in full before any feature is computed (the frame count of every file is
 known from its header): tables and targets are written, the big datasets allocated. Feature rows
@@ -182,6 +185,7 @@ def lay_out(
     file_targets: dict[str, np.ndarray],
     frame_targets: Callable[[int], dict[str, np.ndarray]],
     attrs: dict[str, Any],
+    annotated: dict[str, np.ndarray] | None = None,
 ) -> Layout:
     """Write the whole store file but its feature rows, and reserve their disk space.
 
@@ -190,7 +194,7 @@ def lay_out(
     """
     try:
         return _lay_out(
-            path, files, frame_shape, dtype, targets, file_targets, frame_targets, attrs
+            path, files, frame_shape, dtype, targets, file_targets, frame_targets, attrs, annotated
         )
     except (OSError, RuntimeError) as e:
         # HDF5 reports a full disk as text: "... errno = 28, error message = ..."
@@ -202,7 +206,7 @@ def lay_out(
 
 
 def _lay_out(
-    path, files, frame_shape, dtype, targets, file_targets, frame_targets, attrs
+    path, files, frame_shape, dtype, targets, file_targets, frame_targets, attrs, annotated
 ) -> Layout:
     path = Path(path)
     n_frames = np.array([f.n_frames for f in files], dtype=np.int64)
@@ -243,6 +247,8 @@ def _lay_out(
                 h.create_dataset(f"targets/{spec.name}", data=file_targets[spec.name])
             h[f"targets/{spec.name}"].attrs.update(spec.to_attrs())
         h.require_group("targets")
+        for name, mask in (annotated or {}).items():
+            h.create_dataset(f"annotated/{name}", data=np.asarray(mask, dtype=np.uint8))
         for i, f in enumerate(files):
             if f.n_frames:
                 for name, arr in frame_targets(i).items():
@@ -393,6 +399,7 @@ class StoreTables:
     total_frames: int
     failed: list[dict[str, Any]]
     pending: int  # files neither computed nor failed: an unfinished store
+    annotated: dict[str, np.ndarray]  # per target: 1 where the file carries its description
 
     @property
     def n_files(self) -> int:
@@ -463,6 +470,10 @@ def read_tables(path: str | os.PathLike, unfinished: bool = False) -> StoreTable
         ]
         failed = sorted(list(attrs.get("failed") or []) + failed, key=lambda d: d["entry"])
         targets = {n: TargetSpec.from_attrs(n, ds.attrs) for n, ds in h["targets"].items()}
+        marks = h.get("annotated", {})
+        annotated = {
+            n: marks[n][()][ok] if n in marks else np.ones(int(ok.sum()), np.uint8) for n in targets
+        }
         return StoreTables(
             path=path,
             attrs=attrs,
@@ -481,6 +492,7 @@ def read_tables(path: str | os.PathLike, unfinished: bool = False) -> StoreTable
             total_frames=int(feats.shape[0]),
             failed=failed,
             pending=pending,
+            annotated=annotated,
         )
 
 

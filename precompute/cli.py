@@ -148,9 +148,27 @@ def validate_cmd(pyjama: str, audio_root: str | None) -> None:
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a feature parameter"
 )
+@click.option(
+    "--pitch-unit",
+    "pitch_units",
+    multiple=True,
+    metavar="NAME=hz|midi",
+    help="the unit of a pitch description's values (default: from its definition, name or values)",
+)
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def run_cmd(
-    dataset, feature, audio_root, stores, jobs, backend, scheduler, strict, wait, overrides, quiet
+    dataset,
+    feature,
+    audio_root,
+    stores,
+    jobs,
+    backend,
+    scheduler,
+    strict,
+    wait,
+    overrides,
+    pitch_units,
+    quiet,
 ) -> None:
     """Compute one feature store; prints a summary, then the store path as the last line.
 
@@ -171,9 +189,12 @@ def run_cmd(
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     try:
         feat = make_feature(feature, {k[0]: v for k, v in map(parse_override, overrides)})
-        plan = make_plan(dataset, feat, stores, audio_root, strict)
+        units = dict(_pitch_unit(u) for u in pitch_units)
+        plan = make_plan(dataset, feat, stores, audio_root, strict, pitch_units=units)
         for p in plan.collection.problems:
             click.echo(f"skipped: {p}", err=True)
+        for note in plan.notes:
+            click.echo(f"note: {note}", err=True)
         for f in plan.failed:
             click.echo(f"error: {f['reason']}", err=True)
         summary = execute(
@@ -218,6 +239,17 @@ def run_cmd(
         )
     click.echo(str(summary.store_path))
     sys.exit(0 if summary.ok else 1)
+
+
+def _pitch_unit(text: str) -> tuple[str, str]:
+    from .targets import PITCH_UNITS
+
+    name, _, unit = text.partition("=")
+    if not name or unit.lower() not in PITCH_UNITS:
+        raise click.BadParameter(
+            f"{text!r}: expected NAME=hz or NAME=midi", param_hint="--pitch-unit"
+        )
+    return name, unit.lower()
 
 
 @main.command("ls")

@@ -52,7 +52,7 @@ from common.store import (
 from .backends import joblib_backend
 from .lock import LockedError, StoreLock
 from .plan import Plan, PlanError, make_plan
-from .targets import file_targets, frame_targets
+from .targets import annotated, file_targets, frame_targets
 
 MARKER_EVERY_S = 2.0  # at most this much finished work is lost (and redone) after a kill
 
@@ -293,6 +293,8 @@ class Build:
                 for f in plan.files
                 for w in f.warnings
             ],
+            "notes": plan.notes,
+            "off_grid": plan.off_grid,
         }
         entries = [f.entry for f in plan.files]
         return lay_out(
@@ -304,6 +306,7 @@ class Build:
             file_targets(entries, plan.targets),
             lambda i: frame_targets(entries[i], plan.targets, feat, plan.files[i].n_frames),
             attrs,
+            annotated(entries, plan.targets),
         )
 
     # -- markers ----------------------------------------------------------------------------
@@ -626,9 +629,10 @@ def run(
     log=print,
     scheduler: str | None = None,
     wait: bool = False,
+    pitch_units: dict[str, str] | None = None,
 ) -> Summary:
     """Plan and execute in one call (the Python face of ``precompute run``)."""
-    plan = make_plan(dataset, feature, stores, audio_root, strict)
+    plan = make_plan(dataset, feature, stores, audio_root, strict, pitch_units=pitch_units)
     return execute(
         plan,
         jobs=jobs,

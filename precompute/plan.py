@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.audio import AudioError, AudioInfo, content_hash, probe_audio
 from common.catalogue import Catalogue
 from common.features import Feature, make_feature, params_hash
 from common.pyjama import Collection, Entry, collection_to_json, read_pyjama
 from common.store import FORMAT_VERSION, TargetSpec, store_path
 
-from .targets import annotation_warnings, plan_targets
+from .targets import annotation_warnings, pitch_unit, pitches_off_grid, plan_targets
 
 
 class PlanError(RuntimeError):
@@ -63,6 +65,8 @@ class Plan:
     store_id: str
     store_path: Path
     pyjama_sha1: str
+    notes: list[str] = field(default_factory=list)  # how targets were read, for the user
+    off_grid: dict[str, dict[str, int]] = field(default_factory=dict)  # pitches off the grid
 
     @property
     def lock_path(self) -> Path:
@@ -84,6 +88,7 @@ def make_plan(
     audio_root: str | os.PathLike | None = None,
     strict: bool = False,
     threads: int = 8,
+    pitch_units: dict[str, str] | None = None,
 ) -> Plan:
     """Read and validate the pyjama, identify each audio file, and name the store.
 
@@ -116,9 +121,17 @@ def make_plan(
                 params_hash([feature_key, content])[:32],
             )
         )
-    targets = plan_targets(collection, feat)
+    targets = plan_targets(collection, feat, pitch_units)
+    notes, off_grid = _pitch_notes(collection, targets, files, feat, pitch_units or {})
     for f in files:
         f.warnings = annotation_warnings(f.entry, targets, feat, f.duration_s)
+        for spec in targets:
+            below, above = pitches_off_grid(f.entry, spec)
+            if below or above:
+                f.warnings.append(
+                    f"'{spec.name}': {below} pitch(es) below and {above} above the grid of this "
+                    "feature, left out of the target"
+                )
     entries = collection_to_json(collection)["collection"]["entry"]
     by_index = {f.entry.index: f.content for f in files}
     identity = params_hash(
@@ -127,6 +140,7 @@ def make_plan(
             "format": FORMAT_VERSION,
             "entries": params_hash(entries),
             "audio": [by_index.get(e.index, "missing") for e in collection.entries],
+            "targets": [(t.name, t.kind, t.unit) for t in targets],
         }
     )[:16]
     return Plan(
@@ -143,7 +157,39 @@ def make_plan(
         identity,
         store_path(stores, collection.name, feat.kind, identity),
         hashlib.sha1(dataset.read_bytes()).hexdigest(),
+        notes,
+        off_grid,
     )
+
+
+def _pitch_notes(collection, targets, files, feature, given) -> tuple[list[str], dict]:
+    """How each pitch description's values were read, and how many fall off the feature's
+    pitch grid (reported, and stored with the store)."""
+    notes, off_grid = [], {}
+    for spec in targets:
+        if spec.kind != "frame_pitch":
+            continue
+        values = [
+            a.value for e in collection.entries if spec.name in e.descriptions
+            for a in e.descriptions[spec.name].atoms
+        ]  # fmt: skip
+        _, why = pitch_unit(spec.name, collection, values, given.get(spec.name))
+        grid = np.asarray(spec.pitch_midi)
+        if why != "the pyjama default":  # said only when it was not the obvious reading
+            notes.append(
+                f"'{spec.name}': pitches in {'Hz' if spec.unit == 'hz' else 'MIDI'} (from {why}); "
+                f"this feature's grid covers MIDI {grid[0]:.1f}-{grid[-1]:.1f}"
+            )
+        counts = [pitches_off_grid(f.entry, spec) for f in files]
+        below, above = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        off_grid[spec.name] = {"below": below, "above": above}
+        if below or above:
+            notes.append(
+                f"'{spec.name}': {below} pitch(es) below and {above} above the grid of this "
+                f"feature (MIDI {grid[0]:.1f}-{grid[-1]:.1f}) in "
+                f"{sum(1 for c in counts if any(c))} file(s): they have no target bin"
+            )
+    return notes, off_grid
 
 
 def _identify(

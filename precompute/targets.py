@@ -12,10 +12,12 @@
 | other numeric breakpoint/segment| frame_value    | float32 (n_frames, n_dims), NaN = none |
 
 A frame at time ``t`` (librosa's centred framing) is inside a segment when
-``time < t <= time + duration``; a breakpoint track gives each frame its
-nearest annotation time, within the annotated span. A pitch of 0, a negative
-value or NaN is silence, never the lowest bin. Targets are stored in the
-smallest dtype that holds them (uint8 for multi-hot), never float64.
+``time <= t < time + duration`` (half-open, as ``librosa.time_to_frames``); a breakpoint
+track gives each frame its nearest annotation time, within the annotated span. A pitch of 0,
+a negative value or NaN is silence, never the lowest bin; a pitch outside the feature's pitch
+grid is counted (:func:`pitches_off_grid`) and left out. Pitch values are MIDI note numbers or
+Hz, as :func:`pitch_unit` decides. Targets are stored in the smallest dtype that holds them
+(uint8 for multi-hot), never float64.
 """
 
 from __future__ import annotations
@@ -36,14 +38,49 @@ def is_pitch(name: str, content: str) -> bool:
     return content == "numeric" and bool(_PITCH.search(name))
 
 
-def pitch_unit(name: str, collection: Collection) -> str:
+PITCH_UNITS = ("midi", "hz")
+_MIDI_TOP = 135.0  # above any MIDI note: such a value is a frequency
+
+
+def pitch_unit(
+    name: str, collection: Collection, values: list, given: str | None = None
+) -> tuple[str, str]:
+    """``(unit, why)`` of a pitch description's values: ``"midi"`` or ``"hz"``.
+
+    In order: the unit given for it (``precompute run --pitch-unit NAME=hz``); its definition
+    (a ``unit`` key, or text that says Hz or MIDI); its name (``..._hz``); its values (a
+    voiced value above MIDI's range is a frequency); else MIDI, as the pyjama format says.
+    """
+    if given is not None:
+        return given, "given"
     d = collection.definitions.get(name)
     said = " ".join(str(v) for v in (d.flags.values() if d else ()))
-    return "hz" if "hz" in name.lower() or re.search(r"\bhz\b", said, re.IGNORECASE) else "midi"
+    if m := re.search(r"\b(hz|hertz|midi)\b", said, re.IGNORECASE):
+        return ("midi" if m.group(1).lower() == "midi" else "hz"), "its definition"
+    if re.search(r"(^|[_\W])hz($|[_\W])", name, re.IGNORECASE):
+        return "hz", "its name"
+    flat = np.asarray([v for v in _flatten(values) if isinstance(v, (int, float))], dtype=float)
+    if flat.size and np.nanmax(np.where(flat > 0, flat, np.nan), initial=0) > _MIDI_TOP:
+        return "hz", f"its values (up to {np.nanmax(flat):.0f}, above MIDI's range)"
+    return "midi", "the pyjama default"
 
 
-def plan_targets(collection: Collection, feature: Feature) -> list[TargetSpec]:
-    """One :class:`TargetSpec` per description, vocabularies from the definitions and all entries."""
+def _flatten(values) -> list:
+    out = []
+    for v in values:
+        if isinstance(v, list):
+            out.extend(_flatten(v))
+        else:
+            out.append(v)
+    return out
+
+
+def plan_targets(
+    collection: Collection, feature: Feature, units: dict[str, str] | None = None
+) -> list[TargetSpec]:
+    """One :class:`TargetSpec` per description, vocabularies from the definitions and all
+    entries; ``units``: pitch units given by the user, by description name."""
+    units = units or {}
     specs = []
     for name in collection.description_names():
         definition = collection.definitions[name]
@@ -69,13 +106,9 @@ def plan_targets(collection: Collection, feature: Feature) -> list[TargetSpec]:
             else:
                 specs.append(TargetSpec(name, "class", vocab))
         elif is_pitch(name, content) and extent in ("segment", *BREAKPOINT_EXTENTS):
+            unit, _ = pitch_unit(name, collection, values, units.get(name))
             specs.append(
-                TargetSpec(
-                    name,
-                    "frame_pitch",
-                    pitch_midi=feature.pitch_midi().tolist(),
-                    unit=pitch_unit(name, collection),
-                )
+                TargetSpec(name, "frame_pitch", pitch_midi=feature.pitch_midi().tolist(), unit=unit)
             )
         elif extent == "segment":
             if content == "text":
@@ -126,6 +159,32 @@ def file_targets(entries: list[Entry], specs: list[TargetSpec]) -> dict[str, np.
                     arr[i] = d.atoms[0].value
         out[spec.name] = arr
     return out
+
+
+def pitches_off_grid(entry: Entry, spec: TargetSpec) -> tuple[int, int]:
+    """How many of an entry's voiced pitches (segments, or breakpoint points) fall below and
+    above the feature's pitch grid (by more than half a bin): they get no target bin."""
+    d = entry.descriptions.get(spec.name)
+    if d is None or spec.kind != "frame_pitch":
+        return 0, 0
+    grid = np.asarray(spec.pitch_midi)
+    half = (grid[1] - grid[0]) / 2 if len(grid) > 1 else 0.5
+    values = [
+        v for a in d.atoms for v in _flatten(a.value if isinstance(a.value, list) else [a.value])
+    ]
+    midi = midi_of(
+        np.asarray([v if isinstance(v, (int, float)) else np.nan for v in values], float), spec.unit
+    )
+    voiced = midi[np.isfinite(midi)]
+    return int((voiced < grid[0] - half).sum()), int((voiced > grid[-1] + half).sum())
+
+
+def annotated(entries: list[Entry], specs: list[TargetSpec]) -> dict[str, np.ndarray]:
+    """Per target, which entries carry its description at all (uint8 (n_files,)): an entry
+    without it has no label, which is not the same as an empty one."""
+    return {
+        s.name: np.array([s.name in e.descriptions for e in entries], dtype=np.uint8) for s in specs
+    }
 
 
 def midi_of(values: np.ndarray, unit: str) -> np.ndarray:
@@ -226,10 +285,10 @@ def frame_targets(
 
 
 def _segments_frames(times: np.ndarray, atoms: list) -> tuple[np.ndarray, np.ndarray]:
-    """Frames inside each segment atom, ``start < t <= start + duration``: slices ``[lo, hi)``."""
+    """Frames inside each segment atom, ``start <= t < start + duration``: slices ``[lo, hi)``."""
     start = np.array([a.time for a in atoms], dtype=np.float64)
     end = start + np.array([a.duration for a in atoms], dtype=np.float64)
-    return np.searchsorted(times, start, side="right"), np.searchsorted(times, end, side="right")
+    return np.searchsorted(times, start, side="left"), np.searchsorted(times, end, side="left")
 
 
 def _nearest(times: np.ndarray, annot_times: np.ndarray) -> np.ndarray:

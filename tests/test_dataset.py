@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -17,7 +14,13 @@ from common.pyjama import read_pyjama, write_pyjama
 from common.store import StoreError, memmap_dataset, patch_index
 from precompute.pipeline import run
 from train.data import StoreDataModule
-from train.dataset import DatasetError, StoreDataset, assign_splits, collate_padded
+from train.dataset import (
+    DatasetError,
+    StoreDataset,
+    assign_splits,
+    collate_padded,
+    collate_patches,
+)
 from train.samplers import EpochSampler, WorkBatchSampler
 
 
@@ -32,47 +35,79 @@ def direct(store, name="features"):
         return h[name][()]
 
 
-def test_patch_items_equal_a_direct_slice_of_the_store(stores):
+def _direct_patches(store, ds, idx, name="features"):
+    rows = direct(store, name)
+    out = []
+    for i in idx:
+        o = ds.tables.offset[ds.patch_file[i]] + ds.patch_start[i]
+        block = rows[o : o + ds.patch_frames]
+        out.append(ds.feature.patch_view(block) if name == "features" else block.T)
+    return np.stack(out)
+
+
+def test_patch_items_are_views_equal_to_a_direct_slice_of_the_store(stores):
     ds = StoreDataset(stores["lms"], unit="patch", target="genre")
-    feats = direct(stores["lms"])
-    t = ds.tables
     genre = direct(stores["lms"], "targets/genre")
     for idx in (0, 7, len(ds) - 1):
         item = ds[idx]
-        f, s = item["file"], item["start"]
-        off = t.offset[f] + s
-        np.testing.assert_array_equal(item["X"].numpy(), feats[off : off + 64].transpose(1, 2, 0))
+        np.testing.assert_array_equal(
+            item["X"].numpy(), _direct_patches(stores["lms"], ds, [idx])[0]
+        )
         assert item["X"].shape == (1, 128, 64) and item["X"].dtype == torch.float32
-        assert item["y"].dtype == torch.long and int(item["y"]) == genre[f]
-    batch = ds.__getitems__([3, 1, 2])
-    for b, i in zip(batch, [3, 1, 2]):
-        assert torch.equal(b["X"], ds[i]["X"])
+        # a view of the whole map, in the model's layout: nothing was copied
+        assert item["X"].untyped_storage().nbytes() == direct(stores["lms"]).nbytes
+        # the label as stored: int32
+        assert item["y"].dtype == torch.int32 and int(item["y"]) == genre[ds.patch_file[idx]]
 
 
 @pytest.mark.parametrize("feature", ["lms", "cqt"])
-def test_parallel_gather_equals_the_per_patch_copy(stores, feature):
-    # with more than one torch thread a batch is one index_select over windows of the map;
-    # with one (a DataLoader worker) a copy per patch: both must give the same bytes
-    ds = StoreDataset(stores[feature], unit="patch")
+def test_default_collate_and_the_fast_path_give_the_same_batch(stores, feature):
+    ds = StoreDataset(stores[feature], unit="patch", target="pitchmidi")
     idx = list(range(0, len(ds), max(1, len(ds) // 40)))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        gathered = ds.__getitems__(idx).collated["X"]
-        torch.set_num_threads(1)
-        copied = ds.__getitems__(idx).collated["X"]
-    finally:
-        torch.set_num_threads(threads)
-    assert ds._windows is not None and gathered.is_contiguous()
-    assert torch.equal(gathered, copied)
+    expected = _direct_patches(stores[feature], ds, idx)
+    expected_y = _direct_patches(stores[feature], ds, idx, "targets/pitchmidi")
+    a = torch.utils.data.default_collate(ds.__getitems__(idx))
+    b = collate_patches(ds.__getitems__(idx))
+    for batch in (a, b):
+        np.testing.assert_array_equal(batch["X"].numpy(), expected)
+        np.testing.assert_array_equal(batch["y"].numpy(), expected_y)
+        # one time-major block seen as (B, C, F, L): a permuted view, not a transposed copy
+        B, C, F, L = batch["X"].shape
+        assert batch["X"].stride() == (L * C * F, F, 1, C * F)
+    # single items stacked by hand, in another order, still give the right batch
+    items = [ds[i] for i in idx[::-1]]
+    np.testing.assert_array_equal(torch.stack([it["X"] for it in items]).numpy(), expected[::-1])
+
+
+def test_items_are_private_views_and_a_kept_batch_is_never_overwritten(stores):
+    ds = StoreDataset(stores["cqt"], unit="patch", target="pitchmidi")
+    before = direct(stores["cqt"])
+    item = ds.__getitems__([0, 1, 2, 3])[2]["X"]
+    item.mul_(2)  # the process's copy-on-write view, as any in-memory dataset's views
+    assert np.array_equal(direct(stores["cqt"]), before)  # the file is untouched
+    ds = StoreDataset(stores["cqt"], unit="patch", target="pitchmidi")
+    assert torch.equal(pickle.loads(pickle.dumps(ds[3]["X"])), ds[3]["X"])  # pickles a copy
+    # batches kept by the consumer, more than the ring holds, some only through derived views
+    order = np.random.default_rng(1).permutation(len(ds))[:96]
+    batches = [order[k : k + 8].tolist() for k in range(0, 96, 8)]
+    kept = []
+    for i, idx in enumerate(batches):
+        b = collate_patches(ds.__getitems__(idx))
+        kept.append(b["X"] if i % 2 else b["X"][:, :, :10])
+        if i % 3 == 0:
+            torch.utils.data.default_collate(ds.__getitems__(idx[::-1]))  # made and dropped
+    for idx, x in zip(batches, kept):
+        np.testing.assert_array_equal(
+            x.numpy(), _direct_patches(stores["cqt"], ds, idx)[:, :, : x.shape[2]]
+        )
 
 
 def test_frame_pitch_target_is_cut_to_the_patch(stores):
     ds = StoreDataset(stores["cqt"], unit="patch", target="pitchmidi")
     pitch = direct(stores["cqt"], "targets/pitchmidi")
     item = ds[5]
-    off = ds.tables.offset[item["file"]] + item["start"]
-    assert item["y"].shape == (360, 64) and item["y"].dtype == torch.float32
+    off = ds.tables.offset[ds.patch_file[5]] + ds.patch_start[5]
+    assert item["y"].shape == (360, 64) and item["y"].dtype == torch.uint8  # as stored
     np.testing.assert_array_equal(item["y"].numpy(), pitch[off : off + 64].T)
     # and the annotated notes are where the CQT's energy is: in frames with one note, the loudest
     # bin within a semitone of each active target bin is that bin's neighbourhood
@@ -85,9 +120,7 @@ def test_frame_pitch_target_is_cut_to_the_patch(stores):
 
 def test_multilabel_target_and_file_and_whole_file_units(stores):
     tags = StoreDataset(stores["lms"], target="tag")
-    assert (
-        tags[0]["y"].shape == (len(tags.spec.vocabulary),) and tags[0]["y"].dtype == torch.float32
-    )
+    assert tags[0]["y"].shape == (len(tags.spec.vocabulary),) and tags[0]["y"].dtype == torch.uint8
     ds = StoreDataset(stores["lms"], unit="file", target="pitchmidi")
     feats = direct(stores["lms"])
     item = ds[2]
@@ -212,21 +245,18 @@ def test_workers_give_the_same_batches_as_no_workers(stores, context):
     ref, par = _batches(loader(0)), _batches(loader(2))
     assert len(ref) == 3
     for a, b in zip(ref, par):
-        assert (
-            torch.equal(a["X"], b["X"])
-            and torch.equal(a["y"], b["y"])
-            and torch.equal(a["file"], b["file"])
-        )
+        assert torch.equal(a["X"], b["X"]) and torch.equal(a["y"], b["y"])
+        assert a["X"].stride() == b["X"].stride()  # the same time-major block from workers
 
 
 def test_dataset_pickles_without_its_mapping(stores):
     ds = StoreDataset(stores["lms"])
     ds[0]
-    assert isinstance(ds._feats.base, np.memmap)  # a view of the map, not a copy
+    assert isinstance(ds.rows().np.base, np.memmap)  # a view of the map, not a copy
     size = len(pickle.dumps(ds))
     assert size < 200_000
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._feats is None and torch.equal(clone[0]["X"], ds[0]["X"])
+    assert clone._maps is None and torch.equal(clone[0]["X"], ds[0]["X"])
 
 
 def test_mismatches_fail_at_construction_naming_both(stores, demo_small, tmp_path):
@@ -283,35 +313,71 @@ def test_samplers():
     assert json.dumps(sorted(ws.by_work)) == "[0, 1]"
 
 
-_FAULTS_OF_REPEATED_BATCHES = """
-import resource, sys, torch
-from train.dataset import keep_freed_memory
-applied = keep_freed_memory() if sys.argv[1] == "keep" else None
-def batch():  # 40 MB: over glibc's largest default mmap threshold (32 MB), like an hcqt batch
-    torch.empty(10 << 20).fill_(1.0)
-for _ in range(20):
-    batch()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    batch()
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
+def test_a_float16_store_holds_the_float32_values_rounded(demo_small, tmp_path):
+    from common.features import make_feature
+
+    f32 = run(demo_small, "cqt", tmp_path / "s").store_path
+    f16 = run(demo_small, make_feature("cqt", {"dtype": "float16"}), tmp_path / "s").store_path
+    a, b = direct(f32), direct(f16)
+    assert f16 != f32 and b.nbytes == a.nbytes // 2
+    assert b.dtype == np.float16 and np.array_equal(b, a.astype(np.float16))
+    ds = StoreDataset(f16, target="pitchmidi")
+    batch = collate_patches(ds.__getitems__([0, 1, 2]))
+    assert ds[0]["X"].dtype == torch.float16 and batch["X"].dtype == torch.float16
+    # float16 keeps 11 significant bits: relative error <= 2**-11 on normal values
+    normal = a >= np.finfo(np.float16).tiny
+    rel = np.abs(b[normal].astype(np.float32) - a[normal]) / a[normal]
+    assert rel.max() <= 2**-11
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_keep_freed_memory_reuses_batch_memory_instead_of_faulting_it_in_again():
-    def run(mode, **env):
-        out = subprocess.run(
-            [sys.executable, "-c", _FAULTS_OF_REPEATED_BATCHES, mode],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, **env},
-        ).stdout.split()
-        return out[0], int(out[1])
+def test_prefetcher_gives_the_loader_batches_in_order_and_stops_early(stores):
+    from train.data import Prefetcher
 
-    applied, faults = run("keep")
-    assert applied == "True" and faults < 1000  # 10 batches of 40 MB, memory reused
-    assert run("default")[1] > 50_000  # each batch faulted in page by page (~10,000 each)
-    # a user's own MALLOC_* settings win: nothing applied
-    assert run("keep", MALLOC_MMAP_THRESHOLD_="65536")[0] == "False"
+    ds = StoreDataset(stores["lms"], target="genre")
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate_patches)
+    ref = [b["X"].clone() for b in loader]
+    with Prefetcher(loader) as it:
+        got = [b["X"].clone() for b in it]
+    assert len(got) == len(ref) and all(torch.equal(a, b) for a, b in zip(ref, got))
+    it = Prefetcher(loader)
+    next(it)
+    it.close()  # stopped half way: the thread ends
+    assert not it._thread.is_alive()
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            raise ValueError(f"bad item {i}")
+
+    with (
+        pytest.raises(ValueError, match="bad item 0"),
+        Prefetcher(torch.utils.data.DataLoader(Broken())) as it,
+    ):
+        next(it)
+
+
+def test_files_without_a_label_are_in_no_split(demo_small, tmp_path):
+    from train.trainer import data_notes
+
+    coll = read_pyjama(demo_small)
+    for e in coll.entries[::5]:  # every fifth entry has no dance label, nor notes
+        del e.descriptions["genre"]
+        del e.descriptions["pitchmidi"]
+    p = write_pyjama(coll, tmp_path / "partly.pyjama")
+    store = run(p, "lms", tmp_path / "s", audio_root=demo_small.parent).store_path
+    unlabelled = {str(e.filepath) for e in coll.entries[::5]}
+    for target in ("genre", "pitchmidi"):
+        parts = [StoreDataset(store, target=target, split=s) for s in ("train", "valid", "test")]
+        seen = {str(n) for d in parts for n in d.tables.names[d.files]}
+        assert seen and not seen & unlabelled
+        assert parts[0].unlabelled == len(unlabelled)
+        assert data_notes(parts[0])[0].startswith(f"{len(unlabelled)} file(s) of the store have no")
+        if target == "genre":  # never a -1 in a batch
+            ys = torch.cat(
+                [collate_patches(d.__getitems__(list(range(len(d)))))["y"] for d in parts]
+            )
+            assert (ys >= 0).all()
+    # without a target, every file is used
+    assert len(StoreDataset(store).files) == len(coll.entries)

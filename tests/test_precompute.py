@@ -95,11 +95,11 @@ def test_targets_land_on_the_right_frames_and_bins(notes_dataset, tmp_path):
     n = int(t.n_frames[0])
     times = np.arange(n) * 512 / SR
     on = pitch[:n]
-    expect_60 = (times > 0.5) & (times <= 1.5)
+    expect_60 = (times >= 0.5) & (times < 1.5)  # half-open, as librosa.time_to_frames
     bin60, bin67 = (60 - 24) * 5, (67 - 24) * 5
     assert np.array_equal(on[:, bin60].astype(bool), expect_60)
-    assert np.array_equal(on[:, bin67].astype(bool), (times > 2.0) & (times <= 2.5))
-    assert on.sum() == expect_60.sum() + ((times > 2.0) & (times <= 2.5)).sum()
+    assert np.array_equal(on[:, bin67].astype(bool), (times >= 2.0) & (times < 2.5))
+    assert on.sum() == expect_60.sum() + ((times >= 2.0) & (times < 2.5)).sum()
     # the target bin is where the CQT's energy is, in the middle of the note
     mid = np.nonzero(expect_60)[0][5:-5]
     assert (np.asarray(feats[mid, 0]).argmax(axis=1) == bin60).all()
@@ -135,14 +135,14 @@ def test_per_file_targets_vocabularies_and_works(notes_dataset, tmp_path):
     chord = np.asarray(memmap_dataset(s.store_path, "targets/chord"))
     times = np.arange(int(t.n_frames[0])) * 1024 / SR
     voc = t.targets["chord"].vocabulary
-    expected = np.where(times <= 1.0, voc.index("C:maj"), voc.index("G:maj"))
-    expected[times == 0] = -1  # a frame at t = 0 is not inside a segment starting at 0
+    # half-open segments: a chord from 0 s labels frame 0; the next one starts at its start
+    expected = np.where(times < 1.0, voc.index("C:maj"), voc.index("G:maj"))
     assert np.array_equal(chord[: len(times)], expected)
     # lms has no pitch axis: pitch targets use a 128-MIDI grid
     p = np.asarray(memmap_dataset(s.store_path, "targets/pitchmidi"))
     assert (
         p.shape[1] == 128
-        and p[: len(times), 60].astype(bool).tolist() == ((times > 0.5) & (times <= 1.5)).tolist()
+        and p[: len(times), 60].astype(bool).tolist() == ((times >= 0.5) & (times < 1.5)).tolist()
     )
 
 
@@ -445,3 +445,85 @@ def test_info_and_show(notes_dataset, tmp_path):
     res = CliRunner().invoke(main, ["show", str(s.store_path), "--file", "a.wav", "-o", str(png)])
     assert res.exit_code == 0, res.output
     assert png.stat().st_size > 10_000
+
+
+def test_segments_are_half_open_at_the_start_and_at_the_end_of_a_file(tmp_path):
+    from common.pyjama import read_pyjama
+    from precompute.targets import frame_targets
+
+    write_wav(tmp_path / "a.wav", tone(60, 2.0))
+    n = 1 + int(2.0 * SR) // 512
+    end = (n - 1) * 512 / SR  # the time of the last frame
+    doc = {
+        "collection": {
+            "entry": [
+                {
+                    "filepath": [{"value": "a.wav"}],
+                    "chord": [
+                        {"time": 0.0, "duration": 0.5, "value": "C"},  # from the first frame
+                        {"time": end, "duration": 0.5, "value": "G"},  # the last frame only
+                    ],
+                    "pitchmidi": [{"time": 0.0, "duration": 512 / SR, "value": 60}],
+                }
+            ]
+        }
+    }
+    coll = read_pyjama(write_json(tmp_path / "d.pyjama", doc))
+    feature = make_feature("cqt")
+    plan = make_plan(tmp_path / "d.pyjama", feature, tmp_path / "s")
+    arrays = frame_targets(coll.entries[0], plan.targets, feature, n)
+    chord, pitch = arrays["chord"], arrays["pitchmidi"]
+    times = np.arange(n) * 512 / SR
+    assert chord[0] == 0 and chord[-1] == 1  # [0, 0.5) holds frame 0; [end, ..) the last one
+    assert (chord[(times >= 0.5) & (times < end)] == -1).all()
+    # one frame's worth of note at 0: exactly frame 0 ([0, 512 / sr) holds t = 0 only)
+    assert pitch[:, (60 - 24) * 5].nonzero()[0].tolist() == [0]
+
+
+def test_pitch_units_and_pitches_off_the_grid_are_reported(tmp_path):
+    # an f0 track in Hz (no unit said anywhere) must not vanish; notes off the grid are counted
+    write_wav(tmp_path / "a.wav", tone(69, 2.0))
+    times = [round(0.01 * k, 2) for k in range(200)]
+    doc = {
+        "collection": {
+            "entry": [
+                {
+                    "filepath": [{"value": "a.wav"}],
+                    "f0": [{"time": times, "value": [[440.0] * 200]}],
+                    "pitchmidi": [
+                        {"time": 0.1, "duration": 0.5, "value": 69},
+                        {"time": 0.6, "duration": 0.5, "value": 21},  # below C1 (MIDI 24)
+                        {"time": 1.1, "duration": 0.5, "value": 108},  # above the grid's top
+                    ],
+                }
+            ]
+        }
+    }
+    ds = write_json(tmp_path / "p.pyjama", doc)
+    res = CliRunner().invoke(
+        main,
+        ["run", "--dataset", str(ds), "--feature", "cqt", "--stores", str(tmp_path / "s"), "-q"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "'f0': pitches in Hz (from its values (up to 440, above MIDI's range))" in res.output
+    assert "'pitchmidi': 1 pitch(es) below and 1 above the grid of this feature" in res.output
+    store = res.output.strip().splitlines()[-1]
+    t = read_tables(store)
+    assert t.targets["f0"].unit == "hz" and t.attrs["off_grid"]["pitchmidi"] == {
+        "below": 1,
+        "above": 1,
+    }
+    f0 = np.asarray(memmap_dataset(store, "targets/f0"))
+    assert f0[:, (69 - 24) * 5].sum() >= 85  # A4 = 440 Hz at its bin in ~all 87 frames, not dropped
+    # a unit given explicitly wins, and makes another store
+    res = CliRunner().invoke(
+        main,
+        ["run", "--dataset", str(ds), "--feature", "cqt", "--stores", str(tmp_path / "s"),
+         "--pitch-unit", "f0=midi", "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 0 and "'f0': pitches in MIDI (from given)" in res.output
+    assert res.output.strip().splitlines()[-1] != store
+    bad = CliRunner().invoke(
+        main, ["run", "--dataset", str(ds), "--feature", "cqt", "--pitch-unit", "f0=cents"]
+    )
+    assert bad.exit_code == 2 and "expected NAME=hz or NAME=midi" in bad.output

@@ -27,7 +27,7 @@ from common.store import TargetSpec, patch_index
 
 from . import distributed
 from . import tasks as T
-from .data import StoreDataModule
+from .data import Prefetcher, StoreDataModule
 from .dataset import StoreDataset
 from .model_factory import build_model
 
@@ -110,6 +110,24 @@ def datamodule(
     )
 
 
+def data_notes(ds: StoreDataset) -> list[str]:
+    """What a user should know of the data the target leaves out."""
+    out = []
+    if ds.unlabelled:
+        out.append(
+            f"{ds.unlabelled} file(s) of the store have no '{ds.target}' label: left out of "
+            "every split"
+        )
+    off = (ds.tables.attrs.get("off_grid") or {}).get(ds.target)
+    if off and (off["below"] or off["above"]):
+        grid = ds.spec.pitch_midi
+        out.append(
+            f"{off['below']} notes below / {off['above']} above the grid of this feature "
+            f"(MIDI {grid[0]:.1f}-{grid[-1]:.1f}): no target, not scored"
+        )
+    return out
+
+
 def make_optimizer(model: torch.nn.Module, t: dict) -> torch.optim.Optimizer:
     if t["optimizer"] == "sgd":
         return torch.optim.SGD(
@@ -142,6 +160,12 @@ def amp_settings(device: torch.device, enabled: bool) -> tuple[bool, torch.dtype
 
 # ---------------------------------------------------------------------------
 # one step, one evaluation pass
+
+
+def model_input(X: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch as the model wants it: moved as stored (time-major bytes, float16 or float32,
+    one copy), then made float32 and contiguous on the device, in one operation."""
+    return X.to(device, non_blocking=True).to(torch.float32, memory_format=torch.contiguous_format)
 
 
 def loss_of(task: str, out: torch.Tensor, y: torch.Tensor, t: dict) -> torch.Tensor:
@@ -180,9 +204,9 @@ def read_losses(
 def evaluate_patches(model, loader, task: str, t: dict, device, amp) -> dict[str, Any]:
     """Loss and outputs over a loader, in eval mode (BatchNorm statistics frozen, no dropout)."""
     model.eval()
-    losses, outs, ys, files = [], [], [], []
+    losses, outs, ys = [], [], []
     for batch in loader:
-        x = batch["X"].to(device, non_blocking=True)
+        x = model_input(batch["X"], device)
         y = batch["y"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
             out = model(x)
@@ -190,9 +214,9 @@ def evaluate_patches(model, loader, task: str, t: dict, device, amp) -> dict[str
             losses.append(float(loss_of(task, out, y, t)) * len(x))
         outs.append(out.float().cpu())
         ys.append(batch["y"])
-        files.append(batch["file"])
     out = torch.cat(outs)
-    res = {"out": out, "y": torch.cat(ys), "file": torch.cat(files)}
+    # the loader goes through its split in order: patch i is of file patch_file[i]
+    res = {"out": out, "y": torch.cat(ys), "file": torch.from_numpy(loader.dataset.patch_file)}
     if task != "work":
         res["loss"] = sum(losses) / len(out)
     else:
@@ -243,9 +267,8 @@ def predict_file(
         starts = np.unique(np.r_[np.arange(0, total - L + 1, L), total - L])
     else:
         _, starts = patch_index(np.array([total]), L, feature.patch_hop)
-    X = torch.from_numpy(np.stack([feature.patch_view(block[s : s + L]) for s in starts])).to(
-        device
-    )
+    X = torch.from_numpy(np.stack([feature.patch_view(block[s : s + L]) for s in starts]))
+    X = X.to(device).float()
     outs = []
     for i in range(0, len(X), 64):
         with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
@@ -431,6 +454,8 @@ def fit(
         f"{sum(p.numel() for p in core.parameters()):,} parameters, device {device}"
         + (f", {ranks.world} ranks" if ranks.enabled else "")
     )
+    for line in data_notes(dm.train_ds):
+        log(line)
 
     epochs_run = 0
     mode = t["monitor_mode"] if t["monitor"] != "valid_loss" else "min"
@@ -439,7 +464,10 @@ def fit(
         model.train()
         t0, data_s, seen, loss_sum = time.perf_counter(), 0.0, 0, 0.0
         pending: list[tuple[torch.Tensor, int, int]] = []  # (loss, batch size, step) not read yet
-        it = iter(train_loader)
+        # on a GPU the host is idle while the device computes: the next batch is made then;
+        # on the CPU the step already uses every core, and making it aside measured slower
+        prefetch = device.type != "cpu" and train_loader.num_workers == 0
+        it = Prefetcher(train_loader) if prefetch else iter(train_loader)
         bar = tqdm(
             total=len(train_loader),
             desc=f"epoch {epoch}",
@@ -455,7 +483,7 @@ def fit(
                 data_s += time.perf_counter() - t_wait
                 if batch is None:
                     break
-                x = batch["X"].to(device, non_blocking=True)
+                x = model_input(batch["X"], device)
                 y = batch["y"].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
                     out = model(x)
@@ -477,6 +505,8 @@ def fit(
                 bar.update()
                 if t["max_steps"] and step >= t["max_steps"]:
                     break
+        if isinstance(it, Prefetcher):
+            it.close()
         loss_sum += read_losses(pending, epoch, t, store, bar)
         bar.close()
         loss_sum, seen = ranks.sum(loss_sum, seen)  # over all ranks: the epoch's loss and samples
