@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from train.experiment import load_experiment
-from train.trainer import fit
+from train.loop import fit
 
 
 def main() -> None:

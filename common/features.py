@@ -111,6 +111,15 @@ class Feature:
         """
         return np.arange(128, dtype=np.float64)
 
+    # the smallest value the feature takes (silence): what masks and shifts fill with
+    floor: ClassVar[float] = 0.0
+
+    @property
+    def level_domain(self) -> tuple[str, float]:
+        """How a gain shows in the values: ``("linear", e)`` multiplies them by ``g ** e``,
+        ``("log", e)`` adds ``e * log(g)`` (``e``: 1 for amplitudes, 2 for powers)."""
+        return "linear", 1.0
+
     def patch_view(self, block: np.ndarray) -> np.ndarray:
         """Time-major block ``(L, C, F)`` -> model input ``(C, F, L)`` (a view, no copy)."""
         return block.transpose(1, 2, 0)
@@ -221,6 +230,10 @@ class LogMel(Feature):
         "power": Field("float", 2.0),
         "log_gain": Field("float", 10000.0),
     }
+
+    @property
+    def level_domain(self) -> tuple[str, float]:
+        return "log", self.params["power"]
 
     def check(self, file: Any) -> None:
         if self.params["win_length"] > self.params["n_fft"]:
@@ -374,6 +387,10 @@ class HCQT(Feature):
             shared + (top - k) == _early_downsamples(p, p["fmin"] * base * 2.0**k, p["n_bins"])
             for _, k in part
         )
+
+    @property
+    def level_domain(self) -> tuple[str, float]:
+        return ("log" if self.params["log"] else "linear"), 1.0
 
     @property
     def channels(self) -> int:

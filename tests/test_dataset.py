@@ -359,7 +359,7 @@ def test_prefetcher_gives_the_loader_batches_in_order_and_stops_early(stores):
 
 
 def test_files_without_a_label_are_in_no_split(demo_small, tmp_path):
-    from train.trainer import data_notes
+    from train.loop import data_notes
 
     coll = read_pyjama(demo_small)
     for e in coll.entries[::5]:  # every fifth entry has no dance label, nor notes

@@ -91,7 +91,7 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
     import torch
     import yaml
 
-    from train.trainer import load_checkpoint
+    from train.checkpoints import load_checkpoint
 
     from .test_trainer import experiment
 

@@ -11,17 +11,15 @@ import torch
 import yaml
 
 from common.store import memmap_dataset
-from train import tasks as T
+from train import metrics as M
+from train.checkpoints import load_checkpoint
+from train.devices import TrainingError, pick_device
+from train.evaluate import evaluate_patches, evaluate_run, file_outputs
 from train.experiment import load_experiment
-from train.trainer import (
-    TrainingError,
-    evaluate_patches,
-    evaluate_run,
-    fit,
-    load_checkpoint,
-    pick_device,
-    predict_audio,
-)
+from train.loop import fit
+from train.predict import predict_audio
+from train.tasks import task_for
+from train.tasks import work as W
 
 RHYTHM = yaml.safe_load(
     (Path(__file__).parent.parent / "configs/models/lms_rhythm.yaml").read_text()
@@ -201,13 +199,15 @@ def test_eval_is_reproducible_and_predict_gives_what_eval_gives(tmp_path, demo_s
     cpu = torch.device("cpu")
     m1, m2 = evaluate_run(run.folder, device=cpu), evaluate_run(run.folder, device=cpu)
     assert m1 == m2
-    from train.trainer import datamodule, file_outputs, load_run
+    from train.checkpoints import load_run
+    from train.loop import datamodule
 
     model, ck = load_run(run.folder)
     dm = datamodule(ck["config"], store=ck["store"])
     dm.setup()
-    files, outs = file_outputs(model, dm.test_ds, "multiclass", cpu, (False, None, False))
-    name = dm.test_ds.tables.names[files[0]]
+    task = task_for("multiclass", dm.test_ds.spec, ck["config"]["train"])
+    outs = file_outputs(model, dm.test_ds, task, cpu)
+    name = dm.test_ds.tables.names[dm.test_ds.files[0]]
     pred = predict_audio(run.folder, [demo_small.parent / name], device=cpu)[0]
     np.testing.assert_allclose(pred["output"], outs[0], rtol=1e-6, atol=1e-7)
     assert pred["labels"][0] == dm.test_ds.spec.vocabulary[int(np.argmax(outs[0]))]
@@ -217,30 +217,18 @@ def test_eval_is_reproducible_and_predict_gives_what_eval_gives(tmp_path, demo_s
 def test_evaluation_is_in_eval_mode(tmp_path, demo_small, tiny_stores):
     cfg = experiment(tmp_path, demo_small, tiny_stores, train={"epochs": 1})
     run = fit(cfg, tmp_path / "runs", progress=False, log=lambda m: None)
-    from train.trainer import datamodule, load_run
+    from train.checkpoints import load_run
+    from train.loop import datamodule
 
     model, ck = load_run(run.folder)
     model.train()
     dm = datamodule(ck["config"], store=ck["store"])
     dm.setup()
+    task = task_for("multiclass", dm.valid_ds.spec, ck["config"]["train"])
     bn = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     before = [m.running_mean.clone() for m in bn]
-    r1 = evaluate_patches(
-        model,
-        dm.val_dataloader(),
-        "multiclass",
-        ck["config"]["train"],
-        torch.device("cpu"),
-        (False, None, False),
-    )
-    r2 = evaluate_patches(
-        model,
-        dm.val_dataloader(),
-        "multiclass",
-        ck["config"]["train"],
-        torch.device("cpu"),
-        (False, None, False),
-    )
+    r1 = evaluate_patches(model, dm.val_dataloader(), task, torch.device("cpu"))
+    r2 = evaluate_patches(model, dm.val_dataloader(), task, torch.device("cpu"))
     assert not model.training
     assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bn))  # statistics untouched
     assert torch.equal(r1["out"], r2["out"])
@@ -264,7 +252,7 @@ def test_reading_the_loss_back_less_often_changes_no_result(
     tmp_path, demo_small, tiny_stores, monkeypatch
 ):
     # what a GPU run does by default (sync_every 20), checked on CPU: same weights, same losses
-    import train.trainer as trainer
+    import train.loop as trainer
 
     runs, read_at_once = {}, {}
     for every in (1, 3):
@@ -320,12 +308,12 @@ def small_batch():
     g = torch.Generator().manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(12, 5, generator=g), dim=1)
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 5])  # works 4 and 5 have no positive
-    return emb, labels, T.pairwise_distances(emb)
+    return emb, labels, W.pairwise_distances(emb)
 
 
 def test_hard_mining_matches_brute_force(small_batch):
     emb, labels, d = small_batch
-    a, p, n = T.mine_triplets(d, labels, "hard", 0.3)
+    a, p, n = W.mine_triplets(d, labels, "hard", 0.3)
     expected = []
     for i in range(len(labels)):
         pos = [j for j in range(len(labels)) if j != i and labels[j] == labels[i]]
@@ -337,7 +325,7 @@ def test_hard_mining_matches_brute_force(small_batch):
 
 def test_semihard_mining_matches_brute_force(small_batch):
     emb, labels, d = small_batch
-    a, p, n = T.mine_triplets(
+    a, p, n = W.mine_triplets(
         d, labels, "semihard", 0.3, generator=torch.Generator().manual_seed(1)
     )
     for i, j, k in zip(a.tolist(), p.tolist(), n.tolist()):
@@ -353,16 +341,16 @@ def test_random_mining_draws_valid_triplets(small_batch):
     seen_neg = set()
     g = torch.Generator().manual_seed(2)
     for _ in range(50):
-        a, p, n = T.mine_triplets(d, labels, "random", 0.3, generator=g)
+        a, p, n = W.mine_triplets(d, labels, "random", 0.3, generator=g)
         assert a.tolist() == list(range(10))
         assert (labels[p] == labels[a]).all() and (p != a).all() and (labels[n] != labels[a]).all()
         seen_neg.update(n[a == 0].tolist())
     assert len(seen_neg) > 5  # not always the same negative
-    loss = T.triplet_loss(emb, labels, margin=0.3, mining="hard")
+    loss = W.triplet_loss(emb, labels, margin=0.3, mining="hard")
     ref = torch.stack(
         [
             torch.relu(d[i, j] - d[i, k] + 0.3)
-            for i, j, k in zip(*T.mine_triplets(d, labels, "hard", 0.3))
+            for i, j, k in zip(*W.mine_triplets(d, labels, "hard", 0.3))
         ]
     ).mean()
     torch.testing.assert_close(loss, ref)
@@ -371,7 +359,7 @@ def test_random_mining_draws_valid_triplets(small_batch):
 def test_retrieval_metrics_by_hand():
     emb = np.array([[0.0], [0.1], [1.0], [1.1], [5.0]])
     works = np.array([0, 0, 1, 1, 2])
-    m = T.retrieval_metrics(emb, works)
+    m = M.retrieval_metrics(emb, works)
     assert (
         m["queries"] == 4
         and m["MAP"] == 1.0
@@ -380,7 +368,7 @@ def test_retrieval_metrics_by_hand():
         and m["mean_rank"] == 1.0
     )
     # first relevant at ranks 1, 2, 3, 1 for the four queries
-    m = T.retrieval_metrics(np.array([[0.0], [1.0], [1.4], [3.0]]), np.array([0, 0, 1, 1]))
+    m = M.retrieval_metrics(np.array([[0.0], [1.0], [1.4], [3.0]]), np.array([0, 0, 1, 1]))
     assert m["P@1"] == 0.5 and m["mean_rank"] == 1.75
     assert abs(m["MRR"] - (1 + 1 / 2 + 1 / 3 + 1) / 4) < 1e-12 and m["MAP"] == m["MRR"]
 
@@ -389,7 +377,7 @@ def test_multipitch_metrics_perfect_and_silent():
     grid = 24 + np.arange(360) / 5
     truth = np.zeros((360, 50), dtype=np.uint8)
     truth[180, 10:40] = 1
-    m = T.multipitch_metrics([truth.astype(np.float32)], [truth], grid, 512 / 22050, 0.5)
+    m = M.multipitch_metrics([truth.astype(np.float32)], [truth], grid, 512 / 22050, 0.5)
     assert m["precision"] == m["recall"] == m["accuracy"] == 1.0
-    m = T.multipitch_metrics([np.zeros((360, 50), np.float32)], [truth], grid, 512 / 22050, 0.5)
+    m = M.multipitch_metrics([np.zeros((360, 50), np.float32)], [truth], grid, 512 / 22050, 0.5)
     assert m["recall"] == 0.0

@@ -79,9 +79,10 @@ def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet) -> None:
     import yaml
 
     from .dataset import DatasetError
+    from .devices import TrainingError
     from .experiment import load_experiment, reload_resolved
+    from .loop import fit
     from .model_factory import ModelConfigError
-    from .trainer import TrainingError, fit
 
     try:
         if resume:
@@ -122,7 +123,7 @@ def eval_cmd(run_dir: str, split: str) -> None:
     """Metrics of a run's best weights on a split, as JSON (also written to the run folder)."""
     import json
 
-    from .trainer import evaluate_run
+    from .evaluate import evaluate_run
 
     click.echo(json.dumps(evaluate_run(run_dir, split), indent=1))
 
@@ -141,7 +142,7 @@ def predict_cmd(run_dir: str, audio: tuple[str, ...], out: str | None) -> None:
 
     from common.audio import AudioError
 
-    from .trainer import predict_audio
+    from .predict import predict_audio
 
     try:
         results = predict_audio(run_dir, list(audio), out)

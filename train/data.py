@@ -243,6 +243,8 @@ class StoreDataModule:
                 max(2, self.versions_per_work),
                 batches_per_epoch=(self.samples_per_epoch or len(ds)) // self.batch_size or 1,
                 seed=self.seed,
+                rank=self.rank,
+                world=self.world,
             )
             self._samplers = [sampler]
             return self._loader(ds, self.batch_size, True, batch_sampler=sampler)

@@ -132,29 +132,13 @@ class StoreDataset(torch.utils.data.Dataset):
         except StoreError as e:
             raise DatasetError(str(e)) from None
         self.tables = t
-        self.feature = make_feature(t.feature)
         if unit not in ("patch", "file", "work"):
             raise DatasetError(f"unit must be 'patch', 'file' or 'work', got {unit!r}")
         if split not in (None, *SPLITS):
             raise DatasetError(f"split must be one of {', '.join(SPLITS)} or None, got {split!r}")
-        if feature is not None:
-            wanted = feature if isinstance(feature, Feature) else make_feature(feature)
-            diffs = feature_mismatch(t.feature, wanted.value_params())
-            if diffs:
-                raise DatasetError(
-                    f"{self.path} was computed with other feature parameters than asked: {'; '.join(diffs)}"
-                )
-            self.feature = make_feature(
-                {**t.feature, "patch_frames": wanted.patch_frames, "patch_hop": wanted.patch_hop}
-            )
-        self.unit, self.split, self.whole_file, self.versions, self.seed = (
-            unit,
-            split,
-            whole_file,
-            versions,
-            seed,
-        )
-        self.epoch = 0
+        self.feature = self._feature(feature)
+        self.unit, self.split, self.whole_file = unit, split, whole_file
+        self.versions, self.seed, self.epoch = versions, seed, 0
         self.target = target
         self.spec: TargetSpec | None = None
         if target is not None:
@@ -195,30 +179,49 @@ class StoreDataset(torch.utils.data.Dataset):
         self.file_patch_bounds = np.searchsorted(pf, np.arange(t.n_files + 1))
         self._all_patch_start = ps
         if unit == "work":
-            if self.file_work is None:
-                raise DatasetError(f"unit='work' needs a work-id target; {self.path} has none")
-            works, counts = np.unique(self.file_work[self.files], return_counts=True)
-            valid = works[(counts >= 2) & (works >= 0)]
-            self.left_out_works = [
-                t.targets[self.work_name].vocabulary[w] for w in works[(counts < 2) & (works >= 0)]
-            ]
-            self.works = valid
-            self.work_files = {int(w): self.files[self.file_work[self.files] == w] for w in valid}
+            self._index_works()
+        self._prepare_reading(pin_memory)
+
+    def _prepare_reading(self, pin_memory: bool) -> None:
+        """Where the mapped datasets are in the file, found once (workers map them without
+        h5py), and the per-file target as a tensor."""
         self.pin_memory = pin_memory
-        # where the mapped datasets are in the file, found once (workers map them without h5py)
-        self._locations = {
-            name: dataset_location(self.path, name)
-            for name in (
-                "features",
-                *([f"targets/{target}"] if self.spec and self.spec.frame_level else []),
-            )
-        }
+        spec, target = self.spec, self.target
+        frame = [f"targets/{target}"] if spec and spec.frame_level else []
+        self._locations = {name: dataset_location(self.path, name) for name in ("features", *frame)}
         self._file_target: torch.Tensor | None = (
             torch.from_numpy(np.ascontiguousarray(self.file_targets[target]))
-            if self.spec is not None and not self.spec.frame_level
+            if spec is not None and not spec.frame_level
             else None
         )
         self._maps: dict[str, Any] | None = None  # made on first use, never pickled
+
+    def _feature(self, wanted: dict | Feature | None) -> Feature:
+        """The store's feature; with the patch length and hop of ``wanted``, whose values must
+        be the store's."""
+        stored = self.tables.feature
+        if wanted is None:
+            return make_feature(stored)
+        wanted = wanted if isinstance(wanted, Feature) else make_feature(wanted)
+        diffs = feature_mismatch(stored, wanted.value_params())
+        if diffs:
+            raise DatasetError(
+                f"{self.path} was computed with other feature parameters than asked: {'; '.join(diffs)}"
+            )
+        return make_feature(
+            {**stored, "patch_frames": wanted.patch_frames, "patch_hop": wanted.patch_hop}
+        )
+
+    def _index_works(self) -> None:
+        """The works of the split with at least two versions, and their files."""
+        if self.file_work is None:
+            raise DatasetError(f"unit='work' needs a work-id target; {self.path} has none")
+        works, counts = np.unique(self.file_work[self.files], return_counts=True)
+        valid = works[(counts >= 2) & (works >= 0)]
+        vocab = self.tables.targets[self.work_name].vocabulary
+        self.left_out_works = [vocab[w] for w in works[(counts < 2) & (works >= 0)]]
+        self.works = valid
+        self.work_files = {int(w): self.files[self.file_work[self.files] == w] for w in valid}
 
     def _labelled(self) -> np.ndarray:
         """Files that carry a label for the target (all files when there is no target)."""

@@ -2,7 +2,8 @@
 
 ``torchrun --nproc-per-node N -m train run --config X.yaml`` starts N processes with
 ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set; each reads the memory-mapped store itself.
-gloo on CPU, nccl on GPU. Without torchrun everything here is a no-op for one process.
+gloo for CPU tensors, and nccl too for CUDA tensors on GPUs. Without torchrun everything here
+is a no-op for one process.
 """
 
 from __future__ import annotations
@@ -83,5 +84,11 @@ def setup(device: torch.device) -> tuple[Ranks, torch.device]:
         torch.cuda.set_device(ranks.local_rank)
         device = torch.device("cuda", ranks.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend_for(device))
     return ranks, device
+
+
+def backend_for(device: torch.device) -> str:
+    """The process group's backends: gloo for CPU tensors always (the reductions of losses and
+    counts, the weight check), nccl for CUDA tensors when the device is a GPU."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"

@@ -30,6 +30,13 @@ SCHEMA = {
     "target": {
         "name": Field("str"),
         "task": Field("str", None, nullable=True, choices=[*TASKS, None]),
+        "pitch_unit": Field(
+            "str",
+            None,
+            nullable=True,
+            choices=["midi", "hz", None],
+            help="the unit the store must have read the target's pitches in",
+        ),
     },
     "patch": {
         "frames": Field("int", None, nullable=True),
@@ -64,6 +71,8 @@ SCHEMA = {
         "margin": Field("float", 0.3),
         "mining": Field("str", "semihard", choices=["random", "semihard", "hard"]),
         "works_per_batch": Field("int", 8),
+        # augmentation of training batches, on the device (see train/augment.py)
+        "augment": Field("list", [], item="dict"),
         "versions_per_work": Field("int", 2),
     },
 }

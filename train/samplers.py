@@ -94,8 +94,11 @@ class WorkBatchSampler(torch.utils.data.Sampler[list[int]]):
         versions_per_work: int,
         batches_per_epoch: int | None = None,
         seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ):
         self.P, self.K, self.seed, self.epoch = works_per_batch, versions_per_work, seed, 0
+        self.rank, self.world = rank, world
         self.patch_file = np.asarray(patch_file)
         work_of_patch = np.asarray(file_work)[self.patch_file]
         self.by_work: dict[int, dict[int, np.ndarray]] = {}
@@ -112,19 +115,27 @@ class WorkBatchSampler(torch.utils.data.Sampler[list[int]]):
                 f"need at least 2 works with 2+ files for metric learning, have {len(self.works)}"
             )
         self.P = min(self.P, len(self.works))
+        if world > self.P:
+            raise ValueError(f"{world} ranks need at least as many works per batch, have {self.P}")
         self.batches = batches_per_epoch or max(1, len(self.patch_file) // (self.P * self.K))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
+        """Every rank draws the same global batches and keeps its share of their works
+        (whole works: each anchor keeps its positives in its rank's batch)."""
         rng = np.random.default_rng([self.seed, self.epoch, 7])
+        edges = np.linspace(0, self.P, self.world + 1).round().astype(int)
         for _ in range(self.batches):
             batch = []
-            for w in rng.choice(self.works, size=self.P, replace=False):
+            works = rng.choice(self.works, size=self.P, replace=False)
+            for k, w in enumerate(works):
                 files = np.array(sorted(self.by_work[int(w)]))
                 chosen = rng.choice(files, size=self.K, replace=len(files) < self.K)
-                batch += [int(rng.choice(self.by_work[int(w)][int(f)])) for f in chosen]
+                picks = [int(rng.choice(self.by_work[int(w)][int(f)])) for f in chosen]
+                if edges[self.rank] <= k < edges[self.rank + 1]:
+                    batch += picks
             yield batch
 
     def __len__(self) -> int:

@@ -1,0 +1,460 @@
+"""Train one experiment into one run folder: set-up, epochs of steps, validation, checkpoints.
+
+    run = fit(load_experiment("configs/experiments/demo_genre.yaml"), "runs")
+
+``fit`` reads top to bottom: data, task, model, optimiser, run folder; then for each epoch the
+training steps (:func:`train_epoch`), a validation pass in eval mode, a checkpoint (``last.pt``,
+and ``best.pt`` at each improvement) and early stopping; at the end a test evaluation with the
+best weights and the plots. ``--resume`` continues from ``last.pt`` to the same weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.distributed.algorithms.join import Join
+
+from . import distributed
+from .augment import Augmentation, augment, make_augmentations
+from .checkpoints import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from .data import Prefetcher, StoreDataModule
+from .dataset import StoreDataset
+from .devices import TrainingError, amp_settings, model_input, pick_device
+from .evaluate import evaluate_patches, evaluate_run
+from .model_factory import build_model
+from .plots import plot_run
+from .tasks import Task, task_for
+
+METRIC_COLUMNS = [
+    "epoch", "step", "train_loss", "valid_loss", "valid_metric", "metric_name", "lr",
+    "epoch_s", "samples", "samples_per_s", "data_wait_share",
+]  # fmt: skip
+
+
+@dataclass
+class Run:
+    folder: Path
+    metrics: dict[str, Any]
+
+
+@dataclass
+class Training:
+    """Everything a training step touches, made once by :func:`fit`."""
+
+    cfg: dict
+    task: Task
+    augs: list[Augmentation]
+    model: torch.nn.Module  # DistributedDataParallel around ``core`` when several ranks run
+    core: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp: tuple
+    ranks: distributed.Ranks
+    store: Path
+    sync_every: int
+    start_epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    bad_epochs: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+def datamodule(cfg: dict, store=None, rank: int = 0, world: int = 1) -> StoreDataModule:
+    d, t = cfg["dataset"], cfg["train"]
+    return StoreDataModule(
+        store,
+        dataset=d["pyjama"],
+        feature=cfg["feature"],
+        stores=d["stores"],
+        audio_root=d["audio_root"],
+        unit="patch",
+        target=cfg["target"]["name"],
+        batch_size=t["batch_size"],
+        eval_batch_size=t["eval_batch_size"],
+        num_workers=t["num_workers"],
+        split_seed=d["split_seed"],
+        split_fractions=d["split_fractions"],
+        split_key=d["split_key"],
+        patch_frames=cfg["patch"]["frames"],
+        hop_frames=cfg["patch"]["hop"],
+        samples_per_epoch=t["samples_per_epoch"],
+        works_per_batch=t["works_per_batch"] if cfg["target"]["task"] == "work" else None,
+        versions_per_work=t["versions_per_work"],
+        seed=t["seed"],
+        rank=rank,
+        world=world,
+    )
+
+
+def data_notes(ds: StoreDataset) -> list[str]:
+    """What a user should know of the data the target leaves out."""
+    out = []
+    if ds.unlabelled:
+        out.append(
+            f"{ds.unlabelled} file(s) of the store have no '{ds.target}' label: left out of "
+            "every split"
+        )
+    off = (ds.tables.attrs.get("off_grid") or {}).get(ds.target)
+    if off and (off["below"] or off["above"]):
+        grid = ds.spec.pitch_midi
+        out.append(
+            f"{off['below']} notes below / {off['above']} above the grid of this feature "
+            f"(MIDI {grid[0]:.1f}-{grid[-1]:.1f}): no target, not scored"
+        )
+    return out
+
+
+def make_optimizer(model: torch.nn.Module, t: dict) -> torch.optim.Optimizer:
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"]
+        )
+    cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def make_scheduler(opt: torch.optim.Optimizer, t: dict):
+    if t["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t["epochs"])
+    if t["schedule"] == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=t["step_size"], gamma=t["gamma"])
+    return None
+
+
+def fit(
+    cfg: dict,
+    out: str | Path = "runs",
+    resume: str | Path | None = None,
+    stop_after_epochs: int | None = None,
+    progress: bool = True,
+    log=print,
+) -> Run:
+    """Train the experiment ``cfg`` (see :func:`train.experiment.load_experiment`) into a run
+    folder. ``resume``: a run folder whose ``last.pt`` to continue from. ``stop_after_epochs``:
+    end this invocation after that many epochs (a time-boxed job), leaving ``last.pt``."""
+    t = cfg["train"]
+    if t["sync_every"] is not None and t["sync_every"] < 1:
+        raise TrainingError(f"train.sync_every must be 1 or more, got {t['sync_every']}")
+    torch.manual_seed(t["seed"])
+    ranks, device = distributed.setup(pick_device(t["device"]))
+    if not ranks.main:  # one voice: rank 0 logs, shows progress and writes the run folder
+        log, progress = (lambda m: None), False
+    dm, state = set_up(cfg, ranks, device)
+    cfg = state.cfg
+    folder = open_run(state, resume, out, log)
+    log(f"run folder: {folder}")
+    log(
+        f"{state.task.name} on '{cfg['target']['name']}': {len(dm.train_ds)} train / "
+        f"{len(dm.valid_ds)} valid patches, {sum(p.numel() for p in state.core.parameters()):,} "
+        f"parameters, device {device}" + (f", {ranks.world} ranks" if ranks.enabled else "")
+    )
+    for line in data_notes(dm.train_ds):
+        log(line)
+    train_loader, valid_loader = dm.train_dataloader(), dm.val_dataloader()
+    tb = _tensorboard(folder) if ranks.main else None
+    epochs_run, finished = 0, True
+    for epoch in range(state.start_epoch, t["epochs"]):
+        dm.set_epoch(epoch)
+        row = train_epoch(state, train_loader, epoch, progress)
+        improved = validate(state, valid_loader, row)
+        log(_format_row(row) + (" *" if improved else ""))
+        checkpoint(state, folder, epoch, improved, row, tb)
+        epochs_run += 1
+        if state.bad_epochs >= t["patience"]:
+            log(f"early stop: {t['monitor']} has not improved for {t['patience']} epochs")
+            break
+        if t["max_steps"] and state.step >= t["max_steps"]:
+            break
+        if stop_after_epochs and epochs_run >= stop_after_epochs:
+            finished = epoch + 1 >= t["epochs"]
+            break
+    if tb:
+        tb.close()
+    return finish(state, folder, finished, epochs_run, log)
+
+
+def set_up(cfg: dict, ranks, device) -> tuple[StoreDataModule, Training]:
+    """Data (rank 0 finds the store, the others are told), task, model, optimiser."""
+    t = cfg["train"]
+    dm = datamodule(cfg, rank=ranks.rank, world=ranks.world)
+    store = ranks.broadcast(dm.prepare_data() if ranks.main else None)
+    dm.store = Path(store)
+    dm.setup()
+    spec = dm.train_ds.spec
+    task = task_for(cfg["target"]["task"], spec, t, cfg.get("source"))
+    want = cfg["target"]["pitch_unit"]
+    if want and spec.kind == "frame_pitch" and spec.unit != want:
+        raise TrainingError(
+            f"target.pitch_unit is {want!r}, but {store} read '{spec.name}' as {spec.unit}; "
+            f"rebuild it with: precompute run ... --pitch-unit {spec.name}={want}"
+        )
+    cfg = {**cfg, "target": {**cfg["target"], "task": task.name}}
+    core = build_model(cfg["model"], dm.train_ds.item_shape, n_out=task.n_out(dm.train_ds))
+    core = core.to(device)
+    model = core
+    if ranks.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            core, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    opt = make_optimizer(core, t)
+    amp = amp_settings(device, t["amp"])
+    state = Training(
+        cfg=cfg,
+        task=task,
+        augs=make_augmentations(t["augment"], dm.train_ds.feature, task, cfg.get("source")),
+        model=model,
+        core=core,
+        opt=opt,
+        sched=make_scheduler(opt, t),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp[2]),
+        device=device,
+        amp=amp,
+        ranks=ranks,
+        store=Path(store),
+        sync_every=t["sync_every"] or (1 if device.type == "cpu" else 20),
+    )
+    state.meta = {
+        "config": cfg,
+        "feature": dm.train_ds.feature.to_dict(),
+        "target": spec.to_attrs() | {"name": spec.name},
+        "item_shape": list(dm.train_ds.item_shape),
+        "n_out": task.n_out(dm.train_ds),
+        "store": str(store),
+    }
+    return dm, state
+
+
+def open_run(state: Training, resume, out, log) -> Path:
+    """The run folder: made new, or the one to resume with its training state restored."""
+    cfg = state.cfg
+    if resume is not None:
+        folder = Path(resume)
+        ck = load_checkpoint(folder / "last.pt")
+        load_weights(state.core, ck["model"], folder / "last.pt")
+        state.opt.load_state_dict(ck["optimizer"])
+        if state.sched is not None and ck.get("scheduler"):
+            state.sched.load_state_dict(ck["scheduler"])
+        state.scaler.load_state_dict(ck["scaler"])
+        state.step, state.best, state.bad_epochs = ck["step"], ck["best"], ck["bad_epochs"]
+        state.start_epoch = ck["epoch"] + 1
+        set_rng_state(ck["rng"])
+        log(f"resuming {folder} at epoch {ck['epoch'] + 1} (step {state.step})")
+        return folder
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = state.ranks.broadcast(Path(out) / f"{cfg['name']}-{stamp}")
+    if state.ranks.main:
+        folder.mkdir(parents=True, exist_ok=False)
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        with open(folder / "metrics.csv", "w", newline="") as f:
+            csv.writer(f).writerow(METRIC_COLUMNS)
+    return folder
+
+
+def train_epoch(state: Training, loader, epoch: int, progress: bool) -> dict[str, Any]:
+    """One epoch of training steps; the epoch's loss, throughput and time waiting for data."""
+    from tqdm import tqdm
+
+    s, t = state, state.cfg["train"]
+    s.model.train()
+    t0, data_s, seen, loss_sum = time.perf_counter(), 0.0, 0, 0.0
+    pending: list[tuple[torch.Tensor, int, int]] = []  # (loss, batch size, step) not read yet
+    # on a GPU the host is idle while the device computes: the next batch is made then; on
+    # the CPU the step already uses every core, and making it aside measured slower
+    prefetch = s.device.type != "cpu" and loader.num_workers == 0
+    it = Prefetcher(loader) if prefetch else iter(loader)
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not progress, leave=False)
+    # Join: with ranks holding unequal shares of the last batch, none waits forever
+    with Join([s.model]) if s.ranks.enabled else nullcontext():
+        while True:
+            t_wait = time.perf_counter()
+            batch = next(it, None)
+            data_s += time.perf_counter() - t_wait
+            if batch is None:
+                break
+            loss, n = train_step(s, batch, epoch)
+            # the loss is read back (a host-device sync) every sync_every steps: on a GPU the
+            # host meanwhile prepares the next batches; on CPU it costs nothing, so every step
+            pending.append((loss.detach(), n, s.step - 1))
+            if len(pending) >= s.sync_every:
+                loss_sum += read_losses(pending, epoch, t, s.store, bar)
+            seen += n
+            bar.update()
+            if t["max_steps"] and s.step >= t["max_steps"]:
+                break
+    if isinstance(it, Prefetcher):
+        it.close()
+    loss_sum += read_losses(pending, epoch, t, s.store, bar)
+    bar.close()
+    loss_sum, seen = s.ranks.sum(loss_sum, seen)  # over all ranks: the epoch's loss and samples
+    if s.device.type == "cuda":
+        torch.cuda.synchronize()
+    epoch_s = time.perf_counter() - t0
+    if s.sched is not None:
+        s.sched.step()
+    return {
+        "epoch": epoch,
+        "step": s.step,
+        "train_loss": loss_sum / max(1, seen),
+        "epoch_s": epoch_s,
+        "samples": int(seen),
+        "samples_per_s": seen / epoch_s,
+        "data_wait_share": data_s / epoch_s,
+    }
+
+
+def train_step(s: Training, batch: dict, epoch: int) -> tuple[torch.Tensor, int]:
+    """Forward, backward and update on one batch; its loss, not read back."""
+    t = s.cfg["train"]
+    x = model_input(batch["X"], s.device)
+    y = batch["y"].to(s.device, non_blocking=True)
+    x, y = augment(s.augs, x, y, t["seed"], epoch, s.step)
+    with torch.autocast(s.device.type, dtype=s.amp[1], enabled=s.amp[0]):
+        loss = s.task.loss(s.model(x), y)
+    s.opt.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    if t["grad_clip"]:
+        s.scaler.unscale_(s.opt)
+        torch.nn.utils.clip_grad_norm_(s.core.parameters(), t["grad_clip"])
+    s.scaler.step(s.opt)
+    s.scaler.update()
+    s.step += 1
+    return loss, len(x)
+
+
+def read_losses(pending: list, epoch: int, t: dict, store, bar) -> float:
+    """Read the pending losses back in one sync; their sum weighted by batch size.
+
+    A NaN or infinite loss stops the run, naming its epoch and step; the last checkpoint,
+    written at the end of the previous epoch, is left as it was.
+    """
+    if not pending:
+        return 0.0
+    values = torch.stack([loss for loss, _, _ in pending]).float().cpu().tolist()
+    total = 0.0
+    for v, (_, n, step) in zip(values, pending):
+        if not np.isfinite(v):
+            raise TrainingError(
+                f"loss is {v} at epoch {epoch}, step {step}: lower train.lr (now {t['lr']}), "
+                f"set train.grad_clip, or check the features with `precompute verify {store}`"
+            )
+        total += v * n
+    pending.clear()
+    bar.set_postfix(loss=f"{values[-1]:.4f}")
+    return total
+
+
+def validate(state: Training, loader, row: dict) -> bool:
+    """The validation loss and metrics into ``row``, in eval mode; whether it improved.
+    Every rank sees the whole split (rank 0's BatchNorm statistics), so all decide alike."""
+    t, s = state.cfg["train"], state
+    s.ranks.sync_buffers(s.core)
+    res = evaluate_patches(s.core, loader, s.task, s.device, s.amp)
+    row["valid_loss"] = res["loss"]
+    row |= {f"valid_{k}": v for k, v in s.task.patch_metrics(res, loader.dataset.spec).items()}
+    row["lr"] = s.opt.param_groups[0]["lr"]
+    value = row.get(t["monitor"])
+    if value is None:
+        raise TrainingError(
+            f"train.monitor {t['monitor']!r} is not a metric of this task; have: {', '.join(row)}"
+        )
+    mode = t["monitor_mode"] if t["monitor"] != "valid_loss" else "min"
+    improved = s.best is None or (value < s.best if mode == "min" else value > s.best)
+    s.best, s.bad_epochs = (value, 0) if improved else (s.best, s.bad_epochs + 1)
+    return improved
+
+
+def checkpoint(state: Training, folder: Path, epoch: int, improved: bool, row: dict, tb) -> None:
+    """``last.pt`` every epoch, ``best.pt`` at each improvement, the metrics row; rank 0 only."""
+    s = state
+    ck = dict(
+        model=s.core.state_dict(),
+        optimizer=s.opt.state_dict(),
+        scheduler=s.sched.state_dict() if s.sched else None,
+        scaler=s.scaler.state_dict(),
+        epoch=epoch,
+        step=s.step,
+        best=s.best,
+        bad_epochs=s.bad_epochs,
+        rng=rng_state(),
+        **s.meta,
+    )
+    if s.ranks.main:
+        _append_metrics(folder, row, tb)
+        if improved:
+            save_checkpoint(folder / "best.pt", **ck)
+        save_checkpoint(folder / "last.pt", **ck)
+    s.ranks.barrier()
+
+
+def finish(state: Training, folder: Path, finished: bool, epochs_run: int, log) -> Run:
+    """The test evaluation and the plots, once training is over (rank 0)."""
+    ranks = state.ranks
+    if ranks.enabled:
+        identical = ranks.same_weights(state.core)
+        if ranks.main:
+            (folder / "ranks.json").write_text(
+                json.dumps({"world": ranks.world, "identical_weights": identical})
+            )
+        ranks.barrier()
+        if not ranks.main:
+            ranks.close()
+            return Run(folder, {})
+    if not finished:
+        log(f"stopped after {epochs_run} epoch(s); continue with: train run --resume {folder}")
+        ranks.close()
+        return Run(folder, {})
+    metrics = evaluate_run(folder, split="test", device=state.device)
+    plot_run(folder)
+    headline = {k: round(v, 4) for k, v in metrics.items() if k in state.task.headline}
+    log(f"test: {json.dumps(headline)}")
+    log(f"run folder: {folder} (plots: {', '.join(p.name for p in sorted(folder.glob('*.png')))})")
+    ranks.close()
+    return Run(folder, metrics)
+
+
+def _append_metrics(folder: Path, row: dict, tb) -> None:
+    metric_name = next((k for k in row if k.startswith("valid_") and k != "valid_loss"), "")
+    values = {**row, "valid_metric": row.get(metric_name, ""), "metric_name": metric_name}
+    with open(folder / "metrics.csv", "a", newline="") as f:
+        csv.writer(f).writerow([values[c] for c in METRIC_COLUMNS])
+    if tb:
+        for k, v in row.items():
+            if k not in ("epoch", "step"):
+                tb.add_scalar(k, v, row["epoch"])
+
+
+def _format_row(row: dict) -> str:
+    parts = [
+        f"epoch {row['epoch']:3d}",
+        f"train_loss {row['train_loss']:.4f}",
+        f"valid_loss {row['valid_loss']:.4f}",
+    ]
+    parts += [
+        f"{k} {v:.4f}" for k, v in row.items() if k.startswith("valid_") and k != "valid_loss"
+    ]
+    parts += [
+        f"{row['samples_per_s']:.0f} patches/s",
+        f"data wait {100 * row['data_wait_share']:.1f}%",
+    ]
+    return "  ".join(parts)
+
+
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder / "tensorboard"))

@@ -1,0 +1,67 @@
+"""``train predict``: a run's best model on new audio files, the feature computed as precompute
+computed it (same parameters, same code)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.audio import load_audio
+from common.features import make_feature
+from common.store import TargetSpec
+
+from .checkpoints import load_run
+from .devices import amp_settings, pick_device
+from .evaluate import file_output
+from .tasks import task_for
+
+
+def output_stems(paths: list[str | Path]) -> list[str]:
+    """A name per input for the files written about it: the whole file name but its last
+    suffix (``bwv10.7.wav`` -> ``bwv10.7``), with as many parent folders as it takes to keep
+    two inputs apart (``a/x.wav``, ``b/x.wav`` -> ``a_x``, ``b_x``)."""
+    parts = [Path(p).absolute().with_suffix("").parts for p in paths]
+    depth = 1
+    while True:
+        names = ["_".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names) or depth >= max(len(p) for p in parts):
+            return names
+        depth += 1
+
+
+def predict_audio(
+    folder: str | Path,
+    audio: list[str | Path],
+    out_dir: str | Path | None = None,
+    device: torch.device | None = None,
+) -> list[dict[str, Any]]:
+    """Per-file results of a run's best model on audio files (``output``: the raw output)."""
+    device = device or pick_device("auto")
+    model, ck = load_run(folder, "best", device)
+    feature = make_feature(ck["feature"])
+    cfg = ck["config"]
+    spec = TargetSpec.from_attrs(ck["target"]["name"], ck["target"])
+    task = task_for(cfg["target"]["task"], spec, cfg["train"])
+    amp = amp_settings(device, cfg["train"]["amp"])
+    out_dir = Path(out_dir or Path(folder) / "predictions")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mpath = Path(folder) / "metrics_test.json"
+    settings = (
+        {k: v for k, v in json.loads(mpath.read_text()).items() if k == "threshold"}
+        if mpath.exists()
+        else {}
+    )
+    results = []
+    for path, stem in zip(audio, output_stems(audio)):
+        a = load_audio(path, sr=feature.sr)
+        block = feature.compute(a.y).transpose(2, 0, 1)
+        out = file_output(model, block, feature, task, device, amp)
+        r: dict[str, Any] = {"file": str(path), "duration_s": round(a.duration_s, 3)}
+        r |= task.prediction(out, spec, feature, out_dir / stem, settings)
+        r["output"] = np.asarray(out)
+        results.append(r)
+    return results
