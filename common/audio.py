@@ -1,5 +1,7 @@
 """Decode audio files to mono float32 at a given rate, with errors a person can act on.
 
+libsndfile (``soundfile``) reads WAV, FLAC, AIFF, Ogg (Vorbis, Opus) and MP3: the fast path.
+Everything else (m4a/AAC, ALAC, WMA, webm, mp4 audio) is decoded by FFmpeg through PyAV.
 Also what the planner needs before decoding anything: a file's content hash (streamed, never
 the whole file in memory) and its length at the feature's sample rate, from the header.
 """
@@ -17,6 +19,8 @@ import soundfile as sf
 HASH_CHUNK = 1 << 20
 # Formats whose header gives the exact sample count (libsndfile reads it, nothing is guessed).
 EXACT_LENGTH_FORMATS = {"WAV", "WAVEX", "RF64", "W64", "FLAC", "AIFF", "AU", "CAF", "OGG"}
+# What libsndfile does not read: decoded by FFmpeg (PyAV).
+FFMPEG_EXTENSIONS = {".m4a", ".mp4", ".m4b", ".aac", ".alac", ".wma", ".webm", ".mka", ".3gp"}
 
 
 class AudioError(Exception):
@@ -96,6 +100,11 @@ def probe_audio(path: str | os.PathLike) -> AudioInfo:
     """
     path = Path(path)
     _check_file(path)
+    if path.suffix.lower() in FFMPEG_EXTENSIONS:  # compressed: decoded once to count
+        y, sr = _read(path)
+        if len(y) == 0:
+            raise AudioError(path, "has a header but no samples")
+        return AudioInfo(len(y), sr, y.shape[1], "FFMPEG")
     try:
         info = sf.info(str(path))
     except sf.LibsndfileError as e:
@@ -111,6 +120,9 @@ def probe_audio(path: str | os.PathLike) -> AudioInfo:
 
 
 def _read(path: Path) -> tuple[np.ndarray, int]:
+    """Samples ``(n, channels)`` float32 and the sample rate."""
+    if path.suffix.lower() in FFMPEG_EXTENSIONS:
+        return _read_ffmpeg(path)
     try:
         y, orig_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
@@ -120,8 +132,40 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
     return y, int(orig_sr)
 
 
+def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream with FFmpeg (PyAV), as float32 at its own rate."""
+    try:
+        import av
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise AudioError(path, "cannot decode: this format needs PyAV (pip install av)") from None
+    try:
+        with av.open(str(path)) as container:
+            stream = next((s for s in container.streams if s.type == "audio"), None)
+            if stream is None:
+                raise AudioError(path, "holds no audio stream")
+            sr = stream.codec_context.sample_rate
+            # the container's length: drops the encoder's padding after the end
+            n = round(float(stream.duration * stream.time_base) * sr) if stream.duration else None
+            resampler = av.AudioResampler(format="flt", layout=stream.layout.name, rate=sr)
+            chunks = []
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1, len(stream.layout.channels)))
+            for out in resampler.resample(None):  # what the resampler still holds
+                chunks.append(out.to_ndarray().reshape(-1, len(stream.layout.channels)))
+    except av.error.FFmpegError as e:
+        raise AudioError(path, f"cannot decode (unsupported or corrupt audio: {e})") from None
+    if not chunks:
+        return np.zeros((0, 1), np.float32), int(sr)
+    y = np.concatenate(chunks).astype(np.float32, copy=False)
+    if n:
+        y = y[:n]
+    return y, int(sr)
+
+
 def load_audio(path: str | os.PathLike, sr: int | None = None) -> Audio:
-    """Decode ``path`` with soundfile, fold to mono and resample to ``sr`` (soxr).
+    """Decode ``path`` (libsndfile, or FFmpeg for what it does not read), fold to mono and
+    resample to ``sr`` (soxr).
 
     Raises :class:`AudioError` for a missing, empty or undecodable file, one without
     samples, and for NaN/Inf samples. Stereo and other rates are not errors.

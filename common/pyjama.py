@@ -41,7 +41,9 @@ CONTENTS = ("text", "numeric")
 CONSTRAINTS = ("free", "filepath", "value_in_dictionary")
 ATOM_FIELDS = ("value", "time", "duration", "confidence", "comment", "start_freq", "end_freq")
 FILEPATH = "filepath"
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".aif", ".aiff", ".m4a")
+AUDIO_EXTENSIONS = (
+    ".wav", ".flac", ".mp3", ".ogg", ".opus", ".aif", ".aiff", ".m4a", ".mp4", ".aac", ".wma", ".webm",
+)  # fmt: skip
 
 # Older files spell keys and some values in camelCase.
 _KEY_ALIASES = {

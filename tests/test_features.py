@@ -172,3 +172,61 @@ def test_bad_audio_is_named_with_reason(tmp_path, make, reason):
     with pytest.raises(AudioError) as err:
         load_audio(p, sr=SR)
     assert reason in str(err.value) and str(p) in str(err.value)
+
+
+def encode_with_pyav(path, y, sr, codec, rate=None):
+    """Encode mono ``y`` to ``path`` with FFmpeg's encoders, as a user's files were made."""
+    av = pytest.importorskip("av")
+    rate = rate or sr
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(y[None].astype(np.float32), format="flt", layout="mono")
+        frame.sample_rate, frame.pts = sr, 0
+        ctx = stream.codec_context
+        resampler = av.AudioResampler(
+            format=ctx.format.name, layout="mono", rate=rate, frame_size=ctx.frame_size or None
+        )
+        for f in resampler.resample(frame) + resampler.resample(None):
+            out.mux(stream.encode(f))
+        out.mux(stream.encode(None))
+
+
+@pytest.mark.parametrize(
+    "name,codec,rate",
+    [
+        ("clip.m4a", "aac", None),  # FFmpeg (PyAV) path
+        ("clip.mp3", "libmp3lame", None),  # libsndfile
+        ("clip.opus", "libopus", 48000),  # libsndfile (Ogg Opus)
+        ("clip.flac", "flac", None),
+    ],
+)
+def test_compressed_formats_decode_to_the_wav_features(tmp_path, name, codec, rate):
+    from common.audio import probe_audio
+
+    rng = np.random.default_rng(3)
+    y = np.zeros(3 * SR, np.float32)
+    y[SR:] = tone(57, 2.0) + 0.5 * tone(64, 2.0)  # an onset at 1 s: alignment is checked
+    y += 0.003 * rng.standard_normal(len(y)).astype(np.float32)
+    sf.write(tmp_path / "clip.wav", y, SR)
+    encode_with_pyav(tmp_path / name, y, SR, codec, rate)
+
+    a = load_audio(tmp_path / name, sr=SR)
+    assert abs(len(a.y) - len(y)) <= 0.01 * SR  # no encoder padding or priming left over
+    assert probe_audio(tmp_path / name).n_samples(SR) == len(a.y)  # the plan's layout holds
+    feat = make_feature({"kind": "cqt", "sr": SR})
+    ref = feat.compute(y)[0]
+    got = feat.compute(a.y)[0]
+    n = min(ref.shape[-1], got.shape[-1])
+    diff = np.abs(got[:, :n] - ref[:, :n]) / ref.max()
+    assert diff.mean() < 0.005 and np.percentile(diff, 99) < 0.05, (diff.mean(), diff.max())
+    onset = [int(np.argmax(x.sum(0) > 0.5 * x.sum(0).max())) for x in (ref, got)]
+    assert onset[0] == onset[1]  # the same frame: targets stay aligned
+
+
+def test_a_corrupt_m4a_is_named_with_reason(tmp_path):
+    p = tmp_path / "bad.m4a"
+    p.write_bytes(np.random.default_rng(1).bytes(5000))
+    with pytest.raises(AudioError) as err:
+        load_audio(p, sr=SR)
+    assert "cannot decode" in str(err.value) and str(p) in str(err.value)
