@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .errors import UserError
+
 HASH_CHUNK = 1 << 20
 # Formats whose header gives the exact sample count (libsndfile reads it, nothing is guessed).
 EXACT_LENGTH_FORMATS = {"WAV", "WAVEX", "RF64", "W64", "FLAC", "AIFF", "AU", "CAF", "OGG"}
@@ -23,7 +25,7 @@ EXACT_LENGTH_FORMATS = {"WAV", "WAVEX", "RF64", "W64", "FLAC", "AIFF", "AU", "CA
 FFMPEG_EXTENSIONS = {".m4a", ".mp4", ".m4b", ".aac", ".alac", ".wma", ".webm", ".mka", ".3gp"}
 
 
-class AudioError(Exception):
+class AudioError(UserError):
     """An audio file that cannot be used, with the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

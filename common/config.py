@@ -17,10 +17,12 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
+
 REQUIRED = object()
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem located by file and key path."""
 
     def __init__(self, file: str | os.PathLike | None, key: str | None, reason: str):

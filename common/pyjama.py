@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .errors import UserError
+
 SCHEMA_VERSION = 1.4
 EXTENTS = (
     "global",
@@ -87,7 +89,7 @@ class Problem:
         return ": ".join([*where, self.reason])
 
 
-class PyjamaError(ValueError):
+class PyjamaError(UserError, ValueError):
     """A pyjama file that cannot be used; ``problems`` lists every fault found."""
 
     def __init__(self, problems: Sequence[Problem]):

@@ -42,6 +42,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .errors import UserError
+
 FORMAT_VERSION = 2
 ERROR_BYTES = 256
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
@@ -51,7 +53,7 @@ STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 FRAME_KINDS = ("frame_class", "frame_events", "frame_pitch", "frame_value")
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A store that cannot be used as it is; the message says what to do."""
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from common.errors import UserError
+
 LOCAL_BACKENDS = ("loky", "multiprocessing", "threading", "sequential")
 BACKENDS = (*LOCAL_BACKENDS, "dask", "ray")
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """A backend that cannot be used here, with what to install or set."""
 
 

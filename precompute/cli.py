@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
+from common.cli import Group, debugging
 from common.config import ConfigError
 from common.pyjama import PyjamaError, write_pyjama
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Precompute audio features and targets into HDF5 stores reused across experiments."""
 
@@ -208,17 +209,13 @@ def run_cmd(
             wait=wait,
         )
     except (ConfigError, PyjamaError, BackendError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        _fail(f"error: {e}", 2)
     except (StrictStop, PlanError) as e:
-        click.echo(f"stopped (--strict): {e}; finished files are kept, a rerun continues", err=True)
-        sys.exit(2)
+        _fail(f"stopped (--strict): {e}; finished files are kept, a rerun continues", 2)
     except LockedError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(3)
+        _fail(f"error: {e}", 3)
     except DiskFullError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(4)
+        _fail(f"error: {e}", 4)
     for w in summary.warnings:
         click.echo(f"warning: {w}", err=True)
     for p in summary.changed:
@@ -315,3 +312,11 @@ def show_cmd(store: str, name: str, out: str, channel: int | None) -> None:
         click.echo(show(store, name, out, channel))
     except KeyError as e:
         raise click.ClickException(str(e.args[0])) from None
+
+
+def _fail(line: str, code: int) -> None:
+    """One line and an exit code; with ``--debug`` the traceback of the error being handled."""
+    if debugging():
+        raise
+    click.echo(line, err=True)
+    sys.exit(code)

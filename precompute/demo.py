@@ -6,6 +6,7 @@ with additive synthesis. Each tune is one work, rendered in three versions
 
 - ``genre``: the dance type (reel, jig, hornpipe, strathspey), global text;
 - ``tag``: several global labels (timbre, ``bass``, ``fast`` / ``slow``);
+- ``instrument``: the timbre alone, one label per clip (fiddle, flute, clarinet, organ, pluck);
 - ``pitchmidi``: every sounding note as a segment with its MIDI pitch;
 - ``f0multi``: a breakpoint track of 2 rows (melody, bass), 10 ms grid, 0 = silent;
 - ``work-id``: the tune's number.
@@ -187,6 +188,7 @@ def make_demo(out: str | os.PathLike, per_class: int = 13, clip_s: float = 7.5) 
                     {
                         "genre": [Atom(value=dance)],
                         "tag": [Atom(value=t) for t in tags],
+                        "instrument": [Atom(value=timbre)],
                         "pitchmidi": [
                             Atom(value=n.midi, time=n.onset_s, duration=n.duration_s)
                             for n in sorted(notes, key=lambda n: (n.onset_s, n.midi))
@@ -202,6 +204,7 @@ def make_demo(out: str | os.PathLike, per_class: int = 13, clip_s: float = 7.5) 
         "tag": Definition(
             "text", "global", "value_in_dictionary", [*TIMBRES, "bass", "fast", "moderate", "slow"]
         ),
+        "instrument": Definition("text", "global", "value_in_dictionary", list(TIMBRES)),
         "pitchmidi": Definition("numeric", "segment", "free", [0, 127]),
         "f0multi": Definition("numeric", "breakpoint", "free", row_name=["melody", "bass"]),
         "work-id": Definition("numeric", "global", "free"),

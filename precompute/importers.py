@@ -11,10 +11,11 @@ import os
 import re
 from pathlib import Path
 
+from common.errors import UserError
 from common.pyjama import AUDIO_EXTENSIONS, Atom, Collection, Definition, make_collection
 
 
-class ImportError_(ValueError):
+class ImportError_(UserError, ValueError):
     """A file the importer cannot read, named with its line."""
 
 

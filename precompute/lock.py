@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common.errors import UserError
 
-class LockedError(RuntimeError):
+
+class LockedError(UserError, RuntimeError):
     """Another process is building the same store."""
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from common.audio import AudioError, load_audio
 from common.catalogue import Catalogue, StoreRecord
 from common.features import make_feature
+from common.progress import progress as progress_bar
 from common.pyjama import PyjamaError
 from common.store import (
     STATUS_FAILED,
@@ -399,7 +400,6 @@ class Build:
         self, jobs: int, backend: str, scheduler: str | None, strict: bool, progress: bool
     ) -> None:
         from joblib import Parallel, delayed
-        from tqdm import tqdm
 
         tasks = self.tasks(jobs)
         if not tasks:
@@ -408,13 +408,7 @@ class Build:
         params, dtype = feat.to_dict(), self.layout.dtype.str
         store = str(self.plan.partial_path.absolute())
         cache = filter_cache_dir(self.plan.stores)
-        bar = tqdm(
-            total=sum(len(t) for t in tasks),
-            unit="file",
-            disable=not progress,
-            desc=feat.kind,
-            file=sys.stderr,
-        )
+        bar = progress_bar(sum(len(t) for t in tasks), feat.kind, "file", enabled=progress)
         try:
             with joblib_backend(backend, jobs, scheduler):
                 results = Parallel(return_as="generator_unordered")(

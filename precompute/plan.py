@@ -23,6 +23,7 @@ import numpy as np
 
 from common.audio import AudioError, AudioInfo, content_hash, probe_audio
 from common.catalogue import Catalogue
+from common.errors import UserError
 from common.features import Feature, make_feature, params_hash
 from common.pyjama import Collection, Entry, collection_to_json, read_pyjama
 from common.store import FORMAT_VERSION, TargetSpec, store_path
@@ -30,7 +31,7 @@ from common.store import FORMAT_VERSION, TargetSpec, store_path
 from .targets import annotation_warnings, pitch_unit, pitches_off_grid, plan_targets
 
 
-class PlanError(RuntimeError):
+class PlanError(UserError, RuntimeError):
     """--strict: a file that cannot be used stops the plan."""
 
 

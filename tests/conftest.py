@@ -21,6 +21,25 @@ def demo_small(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_medium(tmp_path_factory) -> Path:
+    """Enough tunes to score a held-out split: 5 tunes per dance x 3 versions = 60 clips of 4 s."""
+    from precompute.demo import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("demo-medium"), per_class=5, clip_s=4.0)
+
+
+@pytest.fixture(scope="session")
+def medium_stores(demo_medium, tmp_path_factory) -> Path:
+    """lms and cqt stores of ``demo_medium``."""
+    from precompute.pipeline import run
+
+    root = tmp_path_factory.mktemp("medium-stores")
+    for f in ("lms", "cqt"):
+        run(demo_medium, f, root, jobs=2)
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_stores(demo_small, tmp_path_factory) -> Path:
     """lms and cqt stores of ``demo_small``, under one stores folder."""
     from precompute.pipeline import run

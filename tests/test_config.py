@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from common.config import ConfigError, Field, apply_overrides, load_config, load_yaml, validate
@@ -106,3 +108,17 @@ def test_override_syntax():
         apply_overrides({}, ["train.lr"])
     with pytest.raises(ConfigError, match=r"train: is 3, not a mapping"):
         apply_overrides({"train": 3}, ["train.lr=1"])
+
+
+def test_every_shipped_experiment_and_template_loads_and_maps_covers_the_piano():
+    from train.experiment import load_experiment
+
+    root = Path(__file__).parent.parent / "configs" / "experiments"
+    for p in sorted(root.rglob("*.yaml")):
+        cfg = load_experiment(p)  # paths to fill in are not opened here; keys and values are
+        assert cfg["feature"]["kind"] and cfg["model"]["name"], p
+    from common.features import make_feature
+
+    maps = load_experiment(root / "templates" / "maps.yaml")
+    midi = make_feature(maps["feature"]).pitch_midi()
+    assert midi.min() <= 21 and midi.max() >= 108  # A0 to C8: every piano key has its bins

@@ -25,9 +25,9 @@ from train.samplers import EpochSampler, WorkBatchSampler
 
 
 @pytest.fixture(scope="session")
-def stores(demo_small, tmp_path_factory):
-    root = tmp_path_factory.mktemp("stores")
-    return {f: run(demo_small, f, root, jobs=1).store_path for f in ("lms", "cqt")}
+def stores(tiny_stores):
+    """The lms and cqt stores of ``demo_small`` that the trainer's tests use too (built once)."""
+    return {f: next(tiny_stores.rglob(f"{f}-*.h5")) for f in ("lms", "cqt")}
 
 
 def direct(store, name="features"):

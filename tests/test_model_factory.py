@@ -211,9 +211,20 @@ def test_custom_layers_against_hand_computation():
             p.zero_()
     z = torch.randn(1, 3, 5, 5)
     torch.testing.assert_close(res(z), torch.relu(z))
-    # depthwise-separable = depthwise conv then 1x1
+    # depthwise-separable, by hand: each channel convolved with its own 3x3 kernel ('same'
+    # zero padding), then output o = bias_o + sum_c w[o, c] * depthwise_c
     ds = L.Conv2dDS(3, 2, 3)
-    torch.testing.assert_close(ds(z), ds.pointwise(ds.depthwise(z)))
+    assert ds.depthwise.weight.shape == (3, 1, 3, 3) and ds.pointwise.weight.shape == (2, 3, 1, 1)
+    zp = torch.nn.functional.pad(z, (1, 1, 1, 1))
+    dw = torch.zeros(1, 3, 5, 5)
+    for c in range(3):
+        for i in range(5):
+            for j in range(5):
+                patch = zp[0, c, i : i + 3, j : j + 3]
+                dw[0, c, i, j] = (patch * ds.depthwise.weight[c, 0]).sum() + ds.depthwise.bias[c]
+    w, b = ds.pointwise.weight[:, :, 0, 0], ds.pointwise.bias
+    by_hand = torch.einsum("oc,bcij->boij", w, dw) + b[None, :, None, None]
+    torch.testing.assert_close(ds(z), by_hand.detach(), rtol=1e-5, atol=1e-5)
     nxt = L.Conv2dNext(3)
     with torch.no_grad():
         nxt.pw2.weight.zero_(), nxt.pw2.bias.zero_()

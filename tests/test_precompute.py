@@ -232,6 +232,7 @@ def _cli(ds, stores, *extra):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_and_a_rerun_continues_to_the_identical_store(tmp_path):
     ds = _many(tmp_path)
     ref = run(ds, "hcqt", tmp_path / "ref")
@@ -527,3 +528,34 @@ def test_pitch_units_and_pitches_off_the_grid_are_reported(tmp_path):
         main, ["run", "--dataset", str(ds), "--feature", "cqt", "--pitch-unit", "f0=cents"]
     )
     assert bad.exit_code == 2 and "expected NAME=hz or NAME=midi" in bad.output
+
+
+def test_progress_in_a_log_is_whole_lines(notes_dataset, tmp_path):
+    """Not a terminal (CliRunner, CI, nohup): lines with counts, never carriage returns."""
+    from precompute.cli import main
+
+    args = ["run", "--dataset", str(notes_dataset), "--feature", "cqt"]
+    res = CliRunner().invoke(main, [*args, "--stores", str(tmp_path / "s"), "--jobs", "1"])
+    assert res.exit_code == 0, res.output
+    assert "\r" not in res.output
+    assert "cqt: 2/2 files (100%)" in res.output
+
+
+def test_line_progress_prints_every_tenth():
+    import io
+
+    from common.progress import progress
+
+    out = io.StringIO()
+    bar = progress(100, "lms", "file", file=out)
+    for _ in range(100):
+        bar.update()
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10 and lines[0].startswith("lms: 10/100 files (10%)")
+    assert lines[-1].startswith("lms: 100/100 files (100%)")
+    quiet = io.StringIO()
+    bar = progress(100, "epoch 0", "batch", leave=False, file=quiet)
+    bar.update(100)
+    bar.close()
+    assert quiet.getvalue() == ""  # an epoch's bar: its summary line is printed by the trainer

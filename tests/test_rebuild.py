@@ -57,6 +57,7 @@ def _features(store: Path) -> np.ndarray:
     return np.asarray(memmap_dataset(store, "features"))
 
 
+@pytest.mark.slow
 def test_rebuilds_compute_only_what_changed_and_equal_a_fresh_build(tmp_path):
     ds = _dataset(tmp_path)
     stores = tmp_path / "stores"
@@ -126,6 +127,7 @@ def _build_then_die(ds, stores, delay_s):
     return child.exitcode
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_gives_the_identical_store(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "MARKER_EVERY_S", 0.05)  # many markers: resume from each point
     ds = _dataset(tmp_path, n=10)

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from .test_precompute import _assert_same_store, _many
 distributed = pytest.importorskip("distributed")
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_gives_the_loky_store(tmp_path):
     ds = _many(tmp_path, n=8, seconds=1.5)
     ref = run(ds, "cqt", tmp_path / "loky", jobs=2)
@@ -26,6 +28,7 @@ def test_dask_local_cluster_gives_the_loky_store(tmp_path):
     _assert_same_store(got.store_path, ref.store_path)
 
 
+@pytest.mark.slow
 def test_a_killed_dask_worker_still_yields_the_complete_identical_store(tmp_path):
     ds = _many(tmp_path, n=16, seconds=2.0)
     ref = run(ds, "hcqt", tmp_path / "loky", jobs=2)
@@ -81,6 +84,7 @@ def test_sharded_sampler_covers_every_index_once_and_matches_global_batches():
             assert got[1][k * G // 2 : (k + 1) * G // 2].tolist() == batch[G // 2 :].tolist()
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
     tmp_path, demo_small, tiny_stores
 ):
@@ -188,3 +192,70 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
     c = load_checkpoint(run_part / "last.pt")["model"]
     for k in b:
         assert torch.equal(b[k], c[k]), k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unit", ["patch", "work"])
+def test_two_gloo_ranks_see_disjoint_batches(tmp_path, demo_small, tiny_stores, unit):
+    """Each rank's batches, as ``train run`` sets them up under torchrun: no patch twice in a
+    step, the same number of steps, and (work batches) no work split across ranks."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from common.store import memmap_dataset
+
+    from .test_trainer import TINY_EMBED, experiment
+
+    over = {"train": {"batch_size": 8, "samples_per_epoch": 64}}
+    if unit == "work":
+        over = {
+            "target": {"name": "work-id", "task": "work"},
+            "feature": str(Path(__file__).parent.parent / "configs/features/cqt.yaml"),
+            "model": TINY_EMBED,
+            "train": {"batch_size": 8, "works_per_batch": 4, "versions_per_work": 2},
+        }
+    cfg = experiment(tmp_path, demo_small, tiny_stores, **over)
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {k: v for k, v in cfg.items() if k not in ("source", "feature_file", "model_file")}
+        )
+    )
+    out = tmp_path / "batches"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += [str(Path(__file__).parent / "ddp_batches.py"), str(cfg_path), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = [json.loads(Path(f"{out}.rank{k}.json").read_text()) for k in (0, 1)]
+    assert got[0]["world"] == 2 and got[0]["backend"] == "gloo"
+    store = next(tiny_stores.rglob(("cqt" if unit == "work" else "lms") + "-*.h5"))
+    for e0, e1 in zip(got[0]["epochs"], got[1]["epochs"]):
+        assert len(e0) == len(e1) > 0  # the same number of steps: no rank waits on the other
+        for b0, b1 in zip(e0, e1):
+            assert b0 and b1 and not set(b0) & set(b1)
+        if unit == "work":  # whole works on each rank: every anchor's positive is at hand
+            from train.loop import datamodule
+
+            dm = datamodule(cfg)
+            dm.setup()
+            ds = dm.train_ds
+            works = ds.file_work[ds.patch_file]
+            for b0, b1 in zip(e0, e1):
+                assert not set(works[b0].tolist()) & set(works[b1].tolist())
+    assert got[0]["epochs"][0] != got[0]["epochs"][1]  # reshuffled per epoch
+    assert memmap_dataset(store, "features").shape[0] > 0
+
+
+def test_the_process_group_has_a_cpu_backend_on_gpus():
+    import torch
+
+    from train.distributed import backend_for
+
+    # losses, counts and the weight check are reduced as CPU tensors: nccl alone rejects them
+    assert "cpu:gloo" in backend_for(torch.device("cuda")).split(",")
+    assert "cuda:nccl" in backend_for(torch.device("cuda")).split(",")
+    assert backend_for(torch.device("cpu")) == "gloo"

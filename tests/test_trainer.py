@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from common.store import memmap_dataset
 from train import metrics as M
 from train.checkpoints import load_checkpoint
 from train.devices import TrainingError, pick_device
@@ -122,10 +121,13 @@ def losses(run_folder):
 CQT = str(Path(__file__).parent.parent / "configs/features/cqt.yaml")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "task,over,metric,chance",
     [
-        ("multiclass", {}, "accuracy", 0.25),
+        # the instrument: a class that carries over to tunes never heard (the dance type
+        # needs more tunes than a test can afford)
+        ("multiclass", {"target": {"name": "instrument"}}, "accuracy", None),
         ("multilabel", {"target": {"name": "tag"}, "model": None}, "roc_auc_macro", 0.5),
         (
             "multipitch",
@@ -156,30 +158,41 @@ CQT = str(Path(__file__).parent.parent / "configs/features/cqt.yaml")
         ),
     ],
 )
-def test_each_task_learns(tmp_path, demo_small, tiny_stores, task, over, metric, chance):
+def test_each_task_learns(tmp_path, demo_medium, medium_stores, task, over, metric, chance):
+    """Scored on the test split: works (all versions of a tune) never seen in training."""
     if over.get("model", 1) is None:
         over["model"] = yaml.safe_load(
             (Path(__file__).parent.parent / "configs/models/lms_classifier.yaml").read_text()
         )["model"]
-    cfg = experiment(tmp_path, demo_small, tiny_stores, **over)
+    over["dataset"] = {"split_fractions": [0.6, 0.2, 0.2]}
+    cfg = experiment(tmp_path, demo_medium, medium_stores, **over)
     run = fit(cfg, tmp_path / "runs", progress=False, log=lambda m: None)
     ls = losses(run.folder)
     assert ls[-1] < ls[0], ls
     assert load_checkpoint(run.folder / "best.pt")["config"]["target"]["task"] == task
-    m = evaluate_run(run.folder, split="train", device=torch.device("cpu"))
-    if task == "work":
-        works = len(
-            set(memmap_dataset(next(tiny_stores.rglob("cqt-*.h5")), "targets/work-id")[:].tolist())
+    m = evaluate_run(run.folder, split="test", device=torch.device("cpu"))
+    print("HELDOUT", task, {k: v for k, v in m.items() if not isinstance(v, list)})
+    if task == "multiclass":  # the majority class of the test split
+        chance = max(np.sum(m["file_confusion"], 1)) / m["files"]
+    if task == "work":  # a random ranking of the same test files
+        from train.loop import datamodule
+
+        dm = datamodule(load_checkpoint(run.folder / "best.pt")["config"])
+        dm.setup()
+        works = dm.test_ds.file_work[dm.test_ds.files]
+        rng = np.random.default_rng(0)
+        chance = np.mean(
+            [
+                M.retrieval_metrics(rng.standard_normal((len(works), 8)), works)["MAP"]
+                for _ in range(50)
+            ]
         )
-        chance = (
-            1 / works
-        )  # MAP of a random ranking with one other version among ~works files, roughly
-    assert m[metric] > chance + 0.2, m
-    for png in ("curves.png",):
-        assert (run.folder / png).is_file()
+    assert m[metric] > chance + 0.1, (chance, m)
+    assert (run.folder / "curves.png").is_file()
     assert json.loads((run.folder / "metrics_test.json").read_text())["split"] == "test"
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, demo_small, tiny_stores):
     cfg = experiment(tmp_path, demo_small, tiny_stores, train={"epochs": 3})
     straight = fit(cfg, tmp_path / "a", progress=False, log=lambda m: None)
@@ -278,13 +291,19 @@ def test_reading_the_loss_back_less_often_changes_no_result(
         fit(cfg, tmp_path / "runs0", progress=False, log=lambda m: None)
 
 
-def test_devices():
-    assert pick_device("auto").type in ("cpu", "cuda", "mps")
-    if not torch.cuda.is_available():
-        with pytest.raises(
-            TrainingError, match=r"train.device is 'cuda' but no CUDA device is available"
-        ):
-            pick_device("cuda")
+def test_devices(monkeypatch):
+    # "auto" is the first of cuda, mps, cpu that the machine has: each answer forced in turn
+    from train import devices
+
+    for cuda, mps, want in [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]:
+        monkeypatch.setattr(devices.torch.cuda, "is_available", lambda c=cuda: c)
+        monkeypatch.setattr(devices.torch.backends.mps, "is_available", lambda m=mps: m)
+        assert pick_device("auto").type == want
+    assert pick_device("cpu").type == "cpu"
+    with pytest.raises(TrainingError, match=r"train.device is 'cuda' but no CUDA device"):
+        pick_device("cuda")  # is_available is False here, as on a machine without one
+    with pytest.raises(TrainingError, match=r"train.device is 'mps' but"):
+        pick_device("mps")
 
 
 def test_experiment_errors_name_file_and_key(tmp_path, demo_small, tiny_stores):
@@ -381,3 +400,115 @@ def test_multipitch_metrics_perfect_and_silent():
     assert m["precision"] == m["recall"] == m["accuracy"] == 1.0
     m = M.multipitch_metrics([np.zeros((360, 50), np.float32)], [truth], grid, 512 / 22050, 0.5)
     assert m["recall"] == 0.0
+
+
+@pytest.mark.slow
+def test_retrieval_of_20000_embeddings_stays_within_1_gb():
+    """Distances in chunks: memory grows with N, not N² (the (N, N, D) tensor would be 10 GB)."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, numpy as np, torch
+from train.metrics import retrieval_metrics
+n, d = 20000, 64
+works = np.arange(n) // 4
+rng = np.random.default_rng(0)
+centres = rng.standard_normal((n // 4, d)).astype(np.float32)
+emb = centres[works] + 0.01 * rng.standard_normal((n, d)).astype(np.float32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m = retrieval_metrics(emb, works)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(m["MAP"], m["queries"], (peak - base) / 1024)
+"""
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    map_, queries, grown_mb = r.stdout.split()
+    assert float(map_) == 1.0 and int(queries) == 20000  # each work's versions rank first
+    assert float(grown_mb) < 1024, f"retrieval of 20,000 embeddings took {grown_mb} MB more"
+
+
+# -- what a user sees: names of outputs, one-line errors --------------------------------------------
+
+
+def test_output_names_keep_the_whole_stem_and_never_collide(tmp_path):
+    from train.predict import output_stems
+
+    assert output_stems(["bwv10.7.wav", "bwv10.8.wav"]) == ["bwv10.7", "bwv10.8"]
+    assert output_stems(["01. Intro.wav"]) == ["01. Intro"]
+    assert output_stems([tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav"]) == ["a_x", "b_x"]
+    assert output_stems(["x.flac", "y/x.wav"])[0] != output_stems(["x.flac", "y/x.wav"])[1]
+
+
+def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, demo_small, tiny_stores):
+    from click.testing import CliRunner
+
+    from train.cli import main
+
+    cfg = experiment(tmp_path, demo_small, tiny_stores, train={"epochs": 1})
+    good = {k: v for k, v in cfg.items() if k not in ("source", "feature_file", "model_file")}
+    runner = CliRunner()
+
+    def run_with(name, **change):
+        doc = json.loads(json.dumps(good))
+        for key, value in change.items():
+            section, _, field = key.partition("__")
+            if field:
+                doc[section][field] = value
+            else:
+                doc[section] = value
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(doc))
+        return runner.invoke(main, ["run", "--config", str(p), "--out", str(tmp_path / "r")])
+
+    cases = {
+        "pyjama": (dict(dataset__pyjama=str(tmp_path / "none.pyjama")), "none.pyjama"),
+        "stores": (dict(dataset__stores=str(tmp_path / "empty")), "precompute run --dataset"),
+        "feature": (dict(feature=str(tmp_path / "none-feature.yaml")), "none-feature.yaml"),
+        "model": (dict(model=str(tmp_path / "none-model.yaml")), "none-model.yaml"),
+    }
+    for name, (change, named) in cases.items():
+        r = run_with(name, **change)
+        assert r.exit_code == 2, (name, r.output)
+        assert r.output.startswith("error: ") and named in r.output, (name, r.output)
+        assert "Traceback" not in r.output and r.output.count("\n") <= 2, (name, r.output)
+    p = tmp_path / "pyjama.yaml"
+    r = runner.invoke(main, ["--debug", "run", "--config", str(p), "--out", str(tmp_path / "r")])
+    assert r.exit_code != 0 and isinstance(r.exception, Exception)
+    assert "none.pyjama" in str(r.exception)  # the traceback goes through with --debug
+
+    # resuming from a checkpoint of another model: refused by name, in one line
+    cfg = experiment(tmp_path, demo_small, tiny_stores, train={"epochs": 2})
+    run = fit(cfg, tmp_path / "runs", stop_after_epochs=1, progress=False, log=lambda m: None)
+    saved = yaml.safe_load((run.folder / "config.yaml").read_text())
+    saved["model"] = yaml.safe_load(
+        (Path(__file__).parent.parent / "configs/models/lms_classifier.yaml").read_text()
+    )["model"]
+    (run.folder / "config.yaml").write_text(yaml.safe_dump(saved))
+    r = runner.invoke(main, ["run", "--resume", str(run.folder)])
+    assert r.exit_code == 2 and "saved from another model" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_predict_goes_on_past_an_unreadable_file(tmp_path, demo_small, tiny_stores):
+    from click.testing import CliRunner
+
+    from train.cli import main
+
+    cfg = experiment(tmp_path, demo_small, tiny_stores, train={"epochs": 1})
+    run = fit(cfg, tmp_path / "runs", progress=False, log=lambda m: None)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    good = next((demo_small.parent / "audio").glob("*.wav"))
+    r = CliRunner().invoke(main, ["predict", str(run.folder), str(bad), str(good)])
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert any(line.startswith("error: ") and str(bad) in line for line in lines)
+    assert any(json.loads(line)["file"] == str(good) for line in lines if line.startswith("{"))
+    assert "Traceback" not in r.output

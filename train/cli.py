@@ -6,10 +6,11 @@ import sys
 
 import click
 
+from common.cli import Group
 from common.config import ConfigError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Train YAML-described models on patches read from precomputed stores."""
 
@@ -78,11 +79,8 @@ def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet) -> None:
 
     import yaml
 
-    from .dataset import DatasetError
-    from .devices import TrainingError
     from .experiment import load_experiment, reload_resolved
     from .loop import fit
-    from .model_factory import ModelConfigError
 
     try:
         if resume:
@@ -103,9 +101,6 @@ def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet) -> None:
             progress=not quiet,
             log=lambda m: click.echo(m),
         )
-    except (ConfigError, DatasetError, ModelConfigError, TrainingError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         click.echo(
             "interrupted; the last finished epoch is in last.pt: continue with train run --resume RUN_DIR",
@@ -140,15 +135,16 @@ def predict_cmd(run_dir: str, audio: tuple[str, ...], out: str | None) -> None:
     """Per-file results on audio files, the feature computed with the run's saved parameters."""
     import json
 
-    from common.audio import AudioError
-
     from .predict import predict_audio
 
-    try:
-        results = predict_audio(run_dir, list(audio), out)
-    except AudioError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    results = predict_audio(run_dir, list(audio), out)
+    failed = [r for r in results if "error" in r]
     for r in results:
-        r.pop("output")
-        click.echo(json.dumps(r))
+        if "error" in r:
+            click.echo(f"error: {r['error']}", err=True)
+        else:
+            r.pop("output")
+            click.echo(json.dumps(r))
+    if failed:
+        click.echo(f"{len(failed)} of {len(results)} file(s) could not be read", err=True)
+        sys.exit(2)

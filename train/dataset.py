@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.errors import UserError
 from common.features import Feature, make_feature
 from common.store import (
     StoreError,
@@ -46,7 +47,7 @@ _SPLIT_ALIASES = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A Dataset asked for something the store cannot give; the message names both."""
 
 

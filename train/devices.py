@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from common.errors import UserError
 
-class TrainingError(RuntimeError):
+
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (a NaN loss, a missing device); the message says why and what to do."""
 
 

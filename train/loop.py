@@ -23,6 +23,8 @@ import torch
 import yaml
 from torch.distributed.algorithms.join import Join
 
+from common.progress import progress as progress_bar
+
 from . import distributed
 from .augment import Augmentation, augment, make_augmentations
 from .checkpoints import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
@@ -265,8 +267,6 @@ def open_run(state: Training, resume, out, log) -> Path:
 
 def train_epoch(state: Training, loader, epoch: int, progress: bool) -> dict[str, Any]:
     """One epoch of training steps; the epoch's loss, throughput and time waiting for data."""
-    from tqdm import tqdm
-
     s, t = state, state.cfg["train"]
     s.model.train()
     t0, data_s, seen, loss_sum = time.perf_counter(), 0.0, 0, 0.0
@@ -275,7 +275,7 @@ def train_epoch(state: Training, loader, epoch: int, progress: bool) -> dict[str
     # the CPU the step already uses every core, and making it aside measured slower
     prefetch = s.device.type != "cpu" and loader.num_workers == 0
     it = Prefetcher(loader) if prefetch else iter(loader)
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not progress, leave=False)
+    bar = progress_bar(len(loader), f"epoch {epoch}", "batch", enabled=progress, leave=False)
     # Join: with ranks holding unequal shares of the last batch, none waits forever
     with Join([s.model]) if s.ranks.enabled else nullcontext():
         while True:

@@ -104,30 +104,43 @@ def retrieval_metrics(emb: np.ndarray, works: np.ndarray, chunk: int = 256) -> d
     """Each file queries all others by Euclidean distance; relevant = same work.
 
     MAP (mean average precision), MRR and mean rank of the first relevant item, precision
-    at 1 and at 10. Queries without another version are left out. Distances are computed
-    ``chunk`` queries at a time (``torch.cdist``), so memory grows with N, not N².
+    at 1 and at 10. Queries without another version are left out; ties rank by file order.
+    Distances are computed ``chunk`` queries at a time (``torch.cdist``), and nothing is
+    sorted: the rank of each relevant file is the number of files nearer the query. Memory
+    grows with N, not N², and time with N² times the versions per work, not N² log N.
     """
     emb_t = torch.as_tensor(np.asarray(emb, dtype=np.float32))
     works_t = torch.as_tensor(np.asarray(works, dtype=np.int64))
     n = len(works_t)
+    idx = torch.arange(n)
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("ap", "rr", "rank", "p1", "p10")}
     for lo in range(0, n, chunk):
         q = torch.arange(lo, min(n, lo + chunk))
-        d = torch.cdist(emb_t[q], emb_t)
-        d[torch.arange(len(q)), q] = float("inf")  # the query itself comes last
         rel = works_t[None, :] == works_t[q][:, None]
         rel[torch.arange(len(q)), q] = False
         has = rel.any(1)
-        order = torch.argsort(d[has], dim=1, stable=True)[:, : n - 1]
-        hits = torch.gather(rel[has], 1, order).double()
-        positions = torch.arange(1, n, dtype=torch.float64)
-        cum = hits.cumsum(1)
-        out["ap"].append((hits * cum / positions).sum(1) / hits.sum(1))
-        first = hits.argmax(1).double() + 1
-        out["rr"].append(1.0 / first)
-        out["rank"].append(first)
-        out["p1"].append(hits[:, 0])
-        out["p10"].append(hits[:, :10].mean(1))
+        q, rel = q[has], rel[has]
+        if not len(q):
+            continue
+        d = torch.cdist(emb_t[q], emb_t)
+        d[torch.arange(len(q)), q] = float("inf")  # the query itself comes last
+        n_rel = rel.sum(1)
+        # the relevant files of each query, nearest first (padded with +inf past n_rel)
+        rd, ri = torch.topk(torch.where(rel, d, torch.inf), int(n_rel.max()), 1, largest=False)
+        ranks = torch.empty(rd.shape, dtype=torch.float64)
+        for j in range(rd.shape[1]):
+            dj, ij = rd[:, j : j + 1], ri[:, j : j + 1]
+            before = (d < dj) | ((d == dj) & (idx[None, :] < ij))
+            ranks[:, j] = before.sum(1).double() + 1
+        valid = torch.arange(rd.shape[1])[None, :] < n_rel[:, None]
+        # equal distances may come out of topk in any order: the ranks, ascending
+        ranks = torch.where(valid, ranks, torch.inf).sort(1).values
+        hits_at = torch.arange(1, rd.shape[1] + 1, dtype=torch.float64)[None, :]
+        out["ap"].append(torch.where(valid, hits_at / ranks, 0).sum(1) / n_rel)
+        out["rr"].append(1.0 / ranks[:, 0])
+        out["rank"].append(ranks[:, 0])
+        out["p1"].append((ranks[:, 0] == 1).double())
+        out["p10"].append(((ranks <= 10) & valid).sum(1).double() / min(10, n - 1))
     v = {k: torch.cat(x) for k, x in out.items()}
     return {
         "MAP": float(v["ap"].mean()),

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from common.config import close_names, load_yaml
+from common.errors import UserError
 
 from . import layers as L
 
@@ -115,7 +116,7 @@ SIZE_DIMS: dict[str, int | str] = {
 RECURRENT = (nn.LSTM, nn.GRU)
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError, ValueError):
     """A model YAML that cannot be built, with the YAML path of the culprit."""
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.audio import load_audio
+from common.audio import AudioError, load_audio
 from common.features import make_feature
 from common.store import TargetSpec
 
@@ -39,7 +39,8 @@ def predict_audio(
     out_dir: str | Path | None = None,
     device: torch.device | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-file results of a run's best model on audio files (``output``: the raw output)."""
+    """Per-file results of a run's best model on audio files (``output``: the raw output);
+    a file that cannot be decoded gets ``error`` (the reason, naming it) instead."""
     device = device or pick_device("auto")
     model, ck = load_run(folder, "best", device)
     feature = make_feature(ck["feature"])
@@ -57,7 +58,11 @@ def predict_audio(
     )
     results = []
     for path, stem in zip(audio, output_stems(audio)):
-        a = load_audio(path, sr=feature.sr)
+        try:
+            a = load_audio(path, sr=feature.sr)
+        except AudioError as e:  # one unreadable file does not cost the others
+            results.append({"file": str(path), "error": str(e)})
+            continue
         block = feature.compute(a.y).transpose(2, 0, 1)
         out = file_output(model, block, feature, task, device, amp)
         r: dict[str, Any] = {"file": str(path), "duration_s": round(a.duration_s, 3)}

@@ -1,0 +1,55 @@
+"""What both command-line tools share: one line per user error, tracebacks only with ``--debug``."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from .errors import UserError
+
+
+class Group(click.Group):
+    """A command group whose commands end a :class:`UserError` (or an OS error such as a missing
+    file or a full disk) with one ``error:`` line and exit 2. ``--debug`` (or
+    ``MIRPATCH_DEBUG=1``) lets the traceback through instead."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params.append(
+            click.Option(
+                ["--debug"],
+                is_flag=True,
+                expose_value=False,
+                is_eager=True,
+                callback=_set_debug,
+                help="show tracebacks instead of one-line errors",
+            )
+        )
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (UserError, OSError) as e:
+            if ctx.meta.get("mirpatch.debug") or debugging():
+                raise
+            click.echo(f"error: {_one_line(e)}", err=True)
+            ctx.exit(2)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    ctx.meta["mirpatch.debug"] = value
+
+
+def debugging() -> bool:
+    """Whether this invocation was given ``--debug`` (or ``MIRPATCH_DEBUG=1`` is set)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("mirpatch.debug"):
+        return True
+    return os.environ.get("MIRPATCH_DEBUG", "") not in ("", "0")
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
