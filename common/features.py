@@ -307,8 +307,9 @@ class HCQT(Feature):
     fmin 32.7 Hz (C1), 5 bins per semitone over 6 octaves (360 bins), hop 512.
 
     ``shared_octaves: true`` (default) computes harmonics an octave apart from one CQT that
-    spans all their octaves, each harmonic a slice of it (:func:`octave_groups`): 3 CQTs for
-    the default 6 harmonics. They differ from separate CQTs by librosa's per-octave resampling
+    spans all their octaves, each harmonic a slice of it (:func:`octave_groups`), where librosa
+    analyses their octaves at the same rates (:meth:`_cqts`): 4 CQTs for the default 6
+    harmonics ({0.5, 1, 2}, 3, 4, 5), not 6. They differ from separate CQTs by librosa's per-octave resampling
     (under 1 % of a file's peak). ``false`` gives one ``librosa.cqt`` per harmonic, bit for bit.
     """
 

@@ -107,7 +107,7 @@ def test_augmentation_trains_only_and_a_resumed_run_ends_on_the_same_weights(
         target={"name": "pitchmidi"},
         feature=CQT,
         model=TINY_PITCH,
-        train={"epochs": 3, "lr": 0.01, "augment": augment},
+        train={"epochs": 2, "samples_per_epoch": 96, "lr": 0.01, "augment": augment},
     )
     calls = []
     real = loop.augment

@@ -262,7 +262,7 @@ def test_dataset_pickles_without_its_mapping(stores):
 def test_mismatches_fail_at_construction_naming_both(stores, demo_small, tmp_path):
     with pytest.raises(
         DatasetError,
-        match=r"has no target 'chord'; it has: f0multi, genre, pitchmidi, tag, title, work-id",
+        match=r"has no target 'chord'; it has: f0multi, genre, instrument, pitchmidi, tag, title, work-id",
     ):
         StoreDataset(stores["lms"], target="chord")
     with pytest.raises(
