@@ -141,8 +141,8 @@ def retrieval_metrics(emb: np.ndarray, works: np.ndarray, chunk: int = 256) -> d
         out["rank"].append(ranks[:, 0])
         out["p1"].append((ranks[:, 0] == 1).double())
         out["p10"].append(((ranks <= 10) & valid).sum(1).double() / min(10, n - 1))
-    v = {k: torch.cat(x) for k, x in out.items()}
-    return {
+    v = {k: torch.cat(x) if x else torch.zeros(0, dtype=torch.float64) for k, x in out.items()}
+    return {  # no work with two versions: NaN, as the mean of nothing
         "MAP": float(v["ap"].mean()),
         "MRR": float(v["rr"].mean()),
         "P@1": float(v["p1"].mean()),
