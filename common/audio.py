@@ -9,6 +9,7 @@ the whole file in memory) and its length at the feature's sample rate, from the 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,12 +150,13 @@ def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
             # the container's length: drops the encoder's padding after the end
             n = round(float(stream.duration * stream.time_base) * sr) if stream.duration else None
             resampler = av.AudioResampler(format="flt", layout=stream.layout.name, rate=sr)
-            chunks = []
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1, len(stream.layout.channels)))
-            for out in resampler.resample(None):  # what the resampler still holds
-                chunks.append(out.to_ndarray().reshape(-1, len(stream.layout.channels)))
+            channels = len(stream.layout.channels)
+            chunks = [
+                out.to_ndarray().reshape(-1, channels)
+                # None at the end: what the resampler still holds
+                for frame in itertools.chain(container.decode(stream), [None])
+                for out in resampler.resample(frame)
+            ]
     except av.error.FFmpegError as e:
         raise AudioError(path, f"cannot decode (unsupported or corrupt audio: {e})") from None
     if not chunks:

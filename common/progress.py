@@ -17,7 +17,7 @@ class LineProgress:
 
     def __init__(self, total: int, desc: str, unit: str, file: TextIO, every: float = 10.0):
         self.total, self.desc, self.unit, self.file = total, desc, unit, file
-        self.n, self.t0, self.postfix = 0, time.perf_counter(), ""
+        self.n, self.t0, self.postfix, self.closed = 0, time.perf_counter(), "", False
         self.step = max(1, int(total * every / 100)) if total else 1
         self.next = self.step
 
@@ -26,9 +26,6 @@ class LineProgress:
         if self.n >= self.next and self.n < self.total:
             self._line()
             self.next = (self.n // self.step + 1) * self.step
-
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        self.postfix = text
 
     def set_postfix(self, **kw: Any) -> None:
         self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
@@ -44,14 +41,13 @@ class LineProgress:
         )
 
     def close(self) -> None:
-        if self.n and self.n >= self.total:
+        if not self.closed and self.n and self.n >= self.total:
             self._line()
-        self.n = -(10**18)  # a second close prints nothing
+        self.closed = True  # a second close prints nothing
 
 
 class _Off:
     def update(self, n: int = 1) -> None: ...
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None: ...
     def set_postfix(self, **kw: Any) -> None: ...
     def close(self) -> None: ...
 
