@@ -1,21 +1,36 @@
-"""The catalogue beside the stores: which feature rows exist already, and where.
+"""The catalogue beside the stores: a cache of what the segments and the views say.
 
 One SQLite file, ``STORES/catalogue.sqlite``, shared by every process that builds or reads
-stores under that folder (SQLite's own locking; WAL journal, so readers never block)::
+stores under that folder::
 
-    stores  one row per complete store: its request (dataset, pyjama and its sha1, audio
-            root, feature key and parameters), its size, and when it was created and last used
-    rows    content key -> (store, first frame, frame count): the features of one audio file
-            with one set of value parameters, wherever they were computed
-    audio   path -> (size, mtime, content hash, header): a file is rehashed only when its size
-            or mtime changed
+    segments       segment path -> feature key, frames, byte offset of its features, size
+    rows           content key -> (segment, first frame, frame count, checksum): the features of
+                   one audio file with one set of value parameters, wherever they were computed
+    views          one row per view: its request (dataset, pyjama and its sha1, audio root,
+                   feature key and parameters), its size, and when it was registered
+    view_segments  the segments each view needs (what ``precompute gc`` keeps)
+    dead           segments no view needs, and since when (gc's grace period)
+    audio          path -> (size, mtime, content hash, header): a file is rehashed only when its
+                   size or mtime changed
 
-Store paths are kept relative to the stores folder, so the folder can move as a whole.
-A store deleted by hand is forgotten the next time it is looked up; nothing fails.
+Paths are relative to the stores folder, so the folder can move as a whole. Nothing here is
+the only copy of anything: deleting the file loses nothing, the next process rebuilds it from
+the segments' tables and the views (and reads the audio hashes again). A segment sealed by a
+run that died before registering it is found by :meth:`Catalogue.sync_pool`; a view or segment
+deleted by hand is forgotten the next time it is looked up. When a view was last used is its
+file's modification time, set by whoever opens it.
+
+The journal: WAL on a local filesystem, so that readers never block. WAL needs memory shared
+between the processes of one host, which a network filesystem (NFS, Lustre, CIFS, GPFS, BeeGFS,
+CephFS, FUSE) cannot give, so there the rollback journal is used and every transaction also
+holds a POSIX lock on ``catalogue.lock``. The filesystem is read from ``/proc/self/mountinfo``;
+``MIRPATCH_CATALOGUE=local`` or ``network`` (or ``Catalogue(mode=...)``) sets it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -26,25 +41,57 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+from .store import (
+    StoreError,
+    read_segment,
+    relative_to,
+    segment_files,
+    view_files,
+    view_summary,
+)
+
 FILENAME = "catalogue.sqlite"
+LOCKNAME = "catalogue.lock"
+SCHEMA_VERSION = "3"
+MODES = ("auto", "local", "network")
+NETWORK_FILESYSTEMS = (
+    "nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "gpfs", "beegfs", "ceph", "glusterfs",
+    "9p", "afs", "panfs", "pvfs2", "orangefs", "wekafs", "fuse",
+)  # fmt: skip
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS stores (
-    path TEXT PRIMARY KEY, dataset TEXT, pyjama TEXT, pyjama_sha1 TEXT, audio_root TEXT,
-    feature_kind TEXT, feature_key TEXT, feature TEXT, files INTEGER, frames INTEGER,
-    audio_s REAL, bytes INTEGER, created REAL, last_used REAL
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
+CREATE TABLE IF NOT EXISTS segments (
+    path TEXT PRIMARY KEY, feature_key TEXT, frames INTEGER, features_at INTEGER, bytes INTEGER
 );
 CREATE TABLE IF NOT EXISTS rows (
-    key TEXT, store TEXT, offset INTEGER, n_frames INTEGER, PRIMARY KEY (key, store)
+    key TEXT, segment TEXT, first INTEGER, n_frames INTEGER, checksum TEXT,
+    PRIMARY KEY (key, segment)
 );
-CREATE INDEX IF NOT EXISTS rows_by_store ON rows (store);
+CREATE INDEX IF NOT EXISTS rows_by_segment ON rows (segment);
+CREATE TABLE IF NOT EXISTS views (
+    path TEXT PRIMARY KEY, dataset TEXT, pyjama TEXT, pyjama_sha1 TEXT, audio_root TEXT,
+    feature_kind TEXT, feature_key TEXT, feature TEXT, files INTEGER, frames INTEGER,
+    audio_s REAL, created REAL
+);
+CREATE TABLE IF NOT EXISTS view_segments (view TEXT, segment TEXT, PRIMARY KEY (view, segment));
+CREATE INDEX IF NOT EXISTS view_segments_by_segment ON view_segments (segment);
+CREATE TABLE IF NOT EXISTS dead (segment TEXT PRIMARY KEY, since REAL);
 CREATE TABLE IF NOT EXISTS audio (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, hash TEXT, info TEXT
 );
 """
+TABLES = ("meta", "segments", "rows", "views", "view_segments", "dead", "audio")
+
+
+class CatalogueError(UserError):
+    """A catalogue setting that cannot be used."""
 
 
 @dataclass
 class StoreRecord:
+    """A view as the catalogue knows it."""
+
     path: Path  # absolute
     dataset: str
     pyjama: str
@@ -56,55 +103,136 @@ class StoreRecord:
     files: int
     frames: int
     audio_s: float
-    bytes: int
     created: float
-    last_used: float
+
+    @property
+    def last_used(self) -> float:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return 0.0
 
 
 @dataclass
 class RowSource:
-    """Where the rows of one content key already are."""
+    """Where the rows of one content key are in the pool."""
 
-    store: Path
-    offset: int  # first frame in that store's features
+    segment: Path  # absolute
+    first: int  # first frame in that segment's features
     n_frames: int
+    checksum: str
+    features_at: int
+    frames: int  # of the whole segment
+
+
+def filesystem_type(path: str | os.PathLike) -> str:
+    """The type of the filesystem holding ``path`` (``ext4``, ``nfs4``, ...), '' if unknown."""
+    target = os.path.realpath(path)
+    while not os.path.exists(target):
+        target = os.path.dirname(target)
+    best, kind = "", ""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                point = left.split()[4].replace("\\040", " ")
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, kind = point, right.split()[0]
+    except OSError:
+        return ""
+    return kind
+
+
+def catalogue_mode(root: str | os.PathLike, mode: str | None = None) -> str:
+    """``local`` (WAL journal) or ``network`` (rollback journal under a POSIX lock)."""
+    mode = (mode or os.environ.get("MIRPATCH_CATALOGUE") or "auto").lower()
+    if mode not in MODES:
+        raise CatalogueError(f"MIRPATCH_CATALOGUE={mode!r}: expected one of {', '.join(MODES)}")
+    if mode != "auto":
+        return mode
+    kind = filesystem_type(root)
+    network = kind.split(".")[0] in NETWORK_FILESYSTEMS or kind.startswith("fuse")
+    return "network" if network else "local"
 
 
 class Catalogue:
-    """The catalogue of the stores folder ``root`` (created on first use)."""
+    """The catalogue of the stores folder ``root`` (created, or rebuilt, on first use)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, mode: str | None = None):
         self.root = Path(root)
         self.path = self.root / FILENAME
+        self.mode = catalogue_mode(self.root, mode)
 
+    # -- connection ------------------------------------------------------------------
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         self.root.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA busy_timeout=60000")
-            con.executescript(SCHEMA)
-            con.execute("BEGIN IMMEDIATE")
+        with self._network_lock():
+            con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             try:
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        finally:
-            con.close()
+                journal = "WAL" if self.mode == "local" else "DELETE"
+                con.execute(f"PRAGMA journal_mode={journal}")
+                con.execute("PRAGMA busy_timeout=60000")
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    self._ensure_schema(con)
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            finally:
+                con.close()
 
-    def _rel(self, store: str | os.PathLike) -> str:
-        p = Path(store).absolute()
+    @contextmanager
+    def _network_lock(self) -> Iterator[None]:
+        if self.mode != "network":
+            yield
+            return
+        fd = os.open(self.root / LOCKNAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            return str(p.relative_to(self.root.absolute()))
-        except ValueError:
-            return str(p)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _ensure_schema(self, con: sqlite3.Connection) -> None:
+        """Create the tables, and fill them from the files when the cache is new (or was made
+        by another version)."""
+        have = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" in have:
+            row = con.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
+            if row and row[0] == SCHEMA_VERSION:
+                return
+        for name in have:
+            con.execute(f"DROP TABLE IF EXISTS {name}")
+        for stmt in SCHEMA.strip().split(";"):
+            if stmt.strip():
+                con.execute(stmt)
+        self._scan(con)
+        con.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+
+    def _scan(self, con: sqlite3.Connection) -> None:
+        """Fill the cache from the segments' tables and the views on disk."""
+        for seg in segment_files(self.root):
+            try:
+                self._insert_segment(con, read_segment(seg))
+            except StoreError:
+                continue  # not a segment of this format: gc reports it
+        for view in view_files(self.root):
+            try:
+                summary = view_summary(view)
+            except (StoreError, OSError, KeyError):
+                continue  # an older format, or not a view: `precompute ls` says which
+            self._insert_view(con, view, summary, view.stat().st_mtime)
+
+    def _rel(self, path: str | os.PathLike) -> str:
+        return relative_to(self.root, path)
 
     def _abs(self, rel: str) -> Path:
         p = Path(rel)
-        return p if p.is_absolute() else self.root.absolute() / p
+        return p if p.is_absolute() else Path(os.path.abspath(self.root)) / p
 
     # -- audio: content hashes cached by size and mtime ---------------------------
     def audio(self, paths: Iterable[str]) -> dict[str, tuple[int, int, str, dict]]:
@@ -126,11 +254,58 @@ class Catalogue:
                 [(p, s, m, h, json.dumps(i)) for p, s, m, h, i in rows],
             )
 
-    # -- rows ---------------------------------------------------------------------------
-    def find_rows(self, keys: Iterable[str]) -> dict[str, RowSource]:
-        """Existing rows for each content key found (one source each, the newest store).
+    # -- segments and rows ------------------------------------------------------------
+    def _insert_segment(self, con: sqlite3.Connection, t) -> None:
+        rel = self._rel(t.path)
+        con.execute("DELETE FROM rows WHERE segment = ?", (rel,))
+        con.execute(
+            "INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?)",
+            (rel, t.feature_key, t.total_frames, t.features_at, t.path.stat().st_size),
+        )
+        con.executemany(
+            "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)",
+            [
+                (k, rel, int(f), int(n), c)
+                for k, f, n, s, c in zip(t.keys, t.first, t.n_frames, t.status, t.checksum)
+                if s == 1
+            ],
+        )
 
-        Rows of stores that no longer exist are dropped from the catalogue on the way.
+    def register_segment(self, path: str | os.PathLike) -> None:
+        """Record a sealed segment and its rows (again, harmlessly, if known)."""
+        t = read_segment(path)
+        with self._db() as con:
+            self._insert_segment(con, t)
+
+    def sync_pool(self, feature_key: str) -> None:
+        """Make the catalogue agree with the pool folder of one feature key: register sealed
+        segments it does not know, forget those that are gone."""
+        on_disk = {self._rel(p): p for p in segment_files(self.root, feature_key)}
+        with self._db() as con:
+            known = {
+                r[0]
+                for r in con.execute(
+                    "SELECT path FROM segments WHERE feature_key = ?", (feature_key,)
+                )
+            }
+        for rel in known - on_disk.keys():
+            self.forget_segment(self._abs(rel))
+        for rel in on_disk.keys() - known:
+            try:
+                self.register_segment(on_disk[rel])
+            except StoreError:
+                continue
+
+    def forget_segment(self, path: str | os.PathLike) -> None:
+        rel = self._rel(path)
+        with self._db() as con:
+            for table, col in (("rows", "segment"), ("segments", "path"), ("dead", "segment")):
+                con.execute(f"DELETE FROM {table} WHERE {col} = ?", (rel,))
+
+    def find_rows(self, keys: Iterable[str]) -> dict[str, RowSource]:
+        """Rows of each content key found in a segment that exists (the oldest such segment).
+
+        Segments that no longer exist are forgotten on the way.
         """
         keys = list(dict.fromkeys(keys))
         found: dict[str, RowSource] = {}
@@ -139,102 +314,139 @@ class Catalogue:
             for i in range(0, len(keys), 500):
                 part = keys[i : i + 500]
                 q = (
-                    "SELECT r.key, r.store, r.offset, r.n_frames FROM rows r "
-                    "LEFT JOIN stores s ON s.path = r.store "
-                    f"WHERE r.key IN ({','.join('?' * len(part))}) ORDER BY s.created"
+                    "SELECT r.key, r.segment, r.first, r.n_frames, r.checksum, s.features_at, "
+                    "s.frames FROM rows r JOIN segments s ON s.path = r.segment "
+                    f"WHERE r.key IN ({','.join('?' * len(part))}) ORDER BY s.rowid DESC"
                 )
-                for key, store, offset, n in con.execute(q, part):
-                    if store in gone:
+                for key, seg, first, n, checksum, at, frames in con.execute(q, part):
+                    if seg in gone:
                         continue
-                    path = self._abs(store)
+                    path = self._abs(seg)
                     if not path.is_file():
-                        gone.add(store)
+                        gone.add(seg)
                         continue
-                    found[key] = RowSource(path, int(offset), int(n))
-            for store in gone:
-                self._forget(con, store)
+                    found[key] = RowSource(path, int(first), int(n), checksum, int(at), int(frames))
+        for seg in gone:
+            self.forget_segment(self._abs(seg))
         return found
 
-    def register(self, record: StoreRecord, rows: Iterable[tuple[str, int, int]]) -> None:
-        """Record a complete store and its rows ``(content key, offset, n_frames)``."""
-        rel = self._rel(record.path)
+    def segments(self, feature_key: str | None = None) -> list[dict[str, Any]]:
+        """Every segment known: path (absolute), feature key, frames, bytes, and the frames of
+        it that some view needs (``live``)."""
+        q = "SELECT s.path, s.feature_key, s.frames, s.features_at, s.bytes FROM segments s" + (
+            " WHERE s.feature_key = ?" if feature_key else ""
+        )
         with self._db() as con:
-            self._forget(con, rel)
-            con.execute(
-                "INSERT INTO stores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rel,
-                    record.dataset,
-                    record.pyjama,
-                    record.pyjama_sha1,
-                    record.audio_root,
-                    record.feature_kind,
-                    record.feature_key,
-                    json.dumps(record.feature, sort_keys=True),
-                    record.files,
-                    record.frames,
-                    record.audio_s,
-                    record.bytes,
-                    record.created,
-                    record.last_used,
-                ),
-            )
-            con.executemany(
-                "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)",
-                [(k, rel, int(o), int(n)) for k, o, n in rows],
-            )
+            rows = con.execute(q, (feature_key,) if feature_key else ()).fetchall()
+        return [
+            {"path": self._abs(p), "feature_key": k, "frames": n, "features_at": a, "bytes": b}
+            for p, k, n, a, b in rows
+        ]
 
-    def touch(self, stores: Iterable[str | os.PathLike], when: float | None = None) -> None:
-        """Mark stores as used now (``precompute gc`` removes the long unused)."""
-        when = time.time() if when is None else when
+    def segment_rows(self, segment: str | os.PathLike) -> list[tuple[str, int, int, str]]:
+        """``(key, first, n_frames, checksum)`` of every computed row of a segment."""
         with self._db() as con:
-            con.executemany(
-                "UPDATE stores SET last_used = ? WHERE path = ?",
-                [(when, self._rel(s)) for s in stores],
-            )
+            return con.execute(
+                "SELECT key, first, n_frames, checksum FROM rows WHERE segment = ? ORDER BY first",
+                (self._rel(segment),),
+            ).fetchall()
 
-    # -- stores ---------------------------------------------------------------------------
-    def stores(self) -> list[StoreRecord]:
-        """Every store recorded; those deleted by hand are forgotten here."""
-        out, gone = [], []
-        with self._db() as con:
-            for row in con.execute("SELECT * FROM stores ORDER BY dataset, feature_kind, created"):
-                rec = self._record(row)
-                (out if rec.path.is_file() else gone).append(rec)
-            for rec in gone:
-                self._forget(con, self._rel(rec.path))
-        return out
+    # -- views ------------------------------------------------------------------------
+    def _insert_view(
+        self, con: sqlite3.Connection, path: Path, s: dict[str, Any], created: float
+    ) -> None:
+        rel = self._rel(path)
+        con.execute(
+            "INSERT OR REPLACE INTO views VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rel, s["dataset"], s["pyjama"], s["pyjama_sha1"], s["audio_root"],
+                s["feature_kind"], s["feature_key"], json.dumps(s["feature"], sort_keys=True),
+                s["files"], s["frames"], s["audio_s"], created,
+            ),
+        )  # fmt: skip
+        con.execute("DELETE FROM view_segments WHERE view = ?", (rel,))
+        con.executemany(
+            "INSERT OR IGNORE INTO view_segments VALUES (?, ?)",
+            [(rel, self._rel(p)) for p in s["segments"]],
+        )
+        con.executemany(
+            "DELETE FROM dead WHERE segment = ?", [(self._rel(p),) for p in s["segments"]]
+        )
 
-    def record(self, store: str | os.PathLike) -> StoreRecord | None:
+    def register_view(self, path: str | os.PathLike) -> StoreRecord:
+        """Record a view (again, harmlessly, if known: its first registration time stays)."""
+        path = Path(path)
+        summary = view_summary(path)
+        rel = self._rel(path)
         with self._db() as con:
-            row = con.execute("SELECT * FROM stores WHERE path = ?", (self._rel(store),)).fetchone()
+            row = con.execute("SELECT created FROM views WHERE path = ?", (rel,)).fetchone()
+            self._insert_view(con, path, summary, row[0] if row else time.time())
+        return self.record(path)
+
+    def views(self) -> list[StoreRecord]:
+        """Every view recorded; those deleted by hand are forgotten here."""
+        with self._db() as con:
+            rows = con.execute(
+                "SELECT * FROM views ORDER BY dataset, feature_kind, created"
+            ).fetchall()
+        out = [self._record(r) for r in rows]
+        for rec in [r for r in out if not r.path.is_file()]:
+            self.forget(rec.path)
+        return [r for r in out if r.path.is_file()]
+
+    def record(self, view: str | os.PathLike) -> StoreRecord | None:
+        with self._db() as con:
+            row = con.execute("SELECT * FROM views WHERE path = ?", (self._rel(view),)).fetchone()
         return self._record(row) if row else None
 
     def find_store(
         self, pyjama: str | os.PathLike, feature_key: str, audio_root: str | None = None
     ) -> list[StoreRecord]:
-        """Stores built from this pyjama file with these feature values, newest first."""
+        """Views built from this pyjama file with these feature values, newest first."""
         with self._db() as con:
             rows = con.execute(
-                "SELECT * FROM stores WHERE pyjama = ? AND feature_key = ? "
+                "SELECT * FROM views WHERE pyjama = ? AND feature_key = ? "
                 "AND coalesce(audio_root, '') = ? ORDER BY created DESC",
                 (str(Path(pyjama).absolute()), feature_key, audio_root or ""),
             ).fetchall()
         return [r for r in map(self._record, rows) if r.path.is_file()]
 
-    def forget(self, store: str | os.PathLike) -> None:
+    def view_segments(self) -> dict[Path, set[Path]]:
+        """The segments each view needs."""
+        out: dict[Path, set[Path]] = {}
         with self._db() as con:
-            self._forget(con, self._rel(store))
+            for view, seg in con.execute("SELECT view, segment FROM view_segments"):
+                out.setdefault(self._abs(view), set()).add(self._abs(seg))
+        return out
 
-    @staticmethod
-    def _forget(con: sqlite3.Connection, rel: str) -> None:
-        con.execute("DELETE FROM rows WHERE store = ?", (rel,))
-        con.execute("DELETE FROM stores WHERE path = ?", (rel,))
+    def forget(self, view: str | os.PathLike) -> None:
+        rel = self._rel(view)
+        with self._db() as con:
+            con.execute("DELETE FROM views WHERE path = ?", (rel,))
+            con.execute("DELETE FROM view_segments WHERE view = ?", (rel,))
+
+    def dead_since(self, segments: Iterable[Path], now: float) -> dict[Path, float]:
+        """When each of these unreferenced segments was first seen unreferenced (now if never)."""
+        out = {}
+        with self._db() as con:
+            for seg in segments:
+                rel = self._rel(seg)
+                con.execute("INSERT OR IGNORE INTO dead VALUES (?, ?)", (rel, now))
+                out[seg] = con.execute(
+                    "SELECT since FROM dead WHERE segment = ?", (rel,)
+                ).fetchone()[0]
+        return out
 
     def _record(self, row: tuple) -> StoreRecord:
-        (path, dataset, pyjama, sha1, root, kind, key, feature, files, frames, audio_s, size,
-         created, used) = row  # fmt: skip
+        (path, dataset, pyjama, sha1, root, kind, key, feature, files, frames, audio_s,
+         created) = row  # fmt: skip
         return StoreRecord(
             self._abs(path), dataset, pyjama, sha1, root, kind, key, json.loads(feature),
-            files, frames, audio_s, size, created, used,
+            files, frames, audio_s, created,
         )  # fmt: skip
+
+
+def touch(view: str | os.PathLike) -> None:
+    """Mark a view as used now (its modification time; ``precompute gc`` reads it)."""
+    with contextlib.suppress(OSError):  # a read-only stores folder: it stays as old as it was
+        os.utime(view)

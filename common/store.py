@@ -1,40 +1,67 @@
-"""The on-disk format of a store: the one module that knows HDF5 paths.
+"""The on-disk format: the feature pool and the stores (views) over it. The one module that
+knows HDF5 paths.
 
-A store is one ``.h5`` file per (dataset annotations, feature values)::
+Features are written once, into the **pool**, and never copied for a new annotation version::
 
-    /features              float32 or float16 (total_frames, C, F): contiguous, uncompressed,
-                           time-major, every file's rows one after the other
-    /files/name            str   (n_files,)  the pyjama filepath
-    /files/entry           int32            index of the entry in the pyjama
-    /files/offset          int64            first frame of the file in /features
-    /files/n_frames        int64
-    /files/duration_s      float64
-    /files/orig_sr         int32            sample rate of the audio file
-    /files/content         str              blake2b of the audio file's bytes
-    /files/key             str              content key of the file's rows (feature values + content)
-    /files/status          uint8            1 computed, 2 failed (0: not yet, only while building)
-    /files/error           S256             why a file failed (utf-8), empty otherwise
-    /targets/<name>        one dataset per pyjama description (attrs: kind, vocabulary, ...)
-                           per file: (n_files, ...); frame level: (total_frames, ...) aligned with /features
-    /annotated/<name>      uint8 (n_files,): 1 where the entry carries the description (0: no
-                           label at all, which is not an empty one)
-    attrs                  format_version, dataset, pyjama, pyjama_sha1, audio_root, feature (JSON),
-                           feature_key, store_id, versions (JSON), skipped, failed, warnings,
-                           notes, off_grid (JSON)
+    STORES/pool/<feature key>/seg-<id>.h5     a sealed segment: the rows of many audio files
+        /features        float32 or float16 (frames, C, F): contiguous, uncompressed, time-major
+        /rows/key        str (n,)   content key of each file's rows (feature values + audio hash)
+        /rows/first      int64      first frame of the file's rows in /features
+        /rows/n_frames   int64
+        /rows/status     uint8      1 computed, 2 failed (its frames are dead space)
+        /rows/checksum   S32        blake2b-128 (hex) of the file's row bytes; empty when failed
+        attrs            format_version, role="segment", feature_key, feature (JSON), versions
 
-The file is laid out in full before any feature is computed (the frame count of every file is
-known from its header): tables and targets are written, the big datasets allocated. Feature rows
-are then written in place, at their offsets, by any process, and ``status`` last. Patches are
-not stored: their index is derived from the frame counts by whoever reads the store.
+A segment is laid out in full under ``seg-<id>.h5.partial`` (tables written, every row's disk
+space reserved), its rows are then written in place by any process, and it is sealed: status
+and checksums written in place, fsync, rename to its final name. It is never opened for writing
+again. A file's rows are one byte range of one segment.
+
+A **store** is a light view over the pool, one file per (annotations, feature values)::
+
+    STORES/<dataset>/<feature>-<id>.h5
+        /segments/path        str (n_segments,)  relative to the stores folder
+        /segments/features_at int64              byte offset of the segment's /features
+        /segments/frames      int64
+        /files/name           str (n_files,)     the pyjama filepath
+        /files/entry          int32              index of the entry in the pyjama
+        /files/segment        int32              row of /segments holding the file's rows
+        /files/first          int64              first frame of the file in that segment
+        /files/offset         int64              first frame of the file in this view's order
+                                                 (index of /features and of frame-level targets)
+        /files/n_frames       int64
+        /files/duration_s     float64
+        /files/orig_sr        int32
+        /files/content        str                blake2b of the audio file's bytes
+        /files/key            str                content key of the file's rows
+        /files/checksum       S32                as in the segment's table
+        /features             a virtual dataset over the segments (paths relative to this
+                              file, so the stores folder can move): plain h5py reads the view's
+                              features as one array; a missing segment reads as NaN
+        /targets/<name>       one dataset per pyjama description (attrs: kind, vocabulary, ...)
+                              per file: (n_files, ...); frame level: (total_frames, ...), in the
+                              view's order (``files/offset``)
+        /annotated/<name>     uint8 (n_files,): 1 where the entry carries the description
+        attrs                 format_version, role="view", dataset, pyjama, pyjama_sha1,
+                              audio_root, feature (JSON), feature_key, store_id, versions, skipped,
+                              failed, warnings, notes, off_grid
+
+Only files whose features were computed are in a view; the others are listed in its ``failed``
+attribute, with their reasons. Nothing in either file holds a clock, so the same build gives
+the same bytes. Without h5py, a file's rows are::
+
+    t = read_tables(view); i = ...  # a file of the view
+    rows = read_rows(t, i)          # (n_frames, C, F), by one pread of its byte range
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +71,13 @@ import numpy as np
 
 from .errors import UserError
 
-FORMAT_VERSION = 2
-ERROR_BYTES = 256
+FORMAT_VERSION = 3
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
+CHECKSUM_BYTES = 32  # hex of a 16-byte blake2b digest
+SEGMENT_MAX_BYTES = (
+    2 << 30
+)  # a build starts a new segment past this (compaction, copies stay cheap)
+POOL = "pool"
 
 # Target kinds with one row per feature frame (the others have one row per file:
 # class, multilabel, value, work).
@@ -61,11 +92,54 @@ class DiskFullError(StoreError):
     """No space left (or a file size limit) while writing under a stores folder."""
 
 
+class MissingSegmentsError(StoreError):
+    """A view whose segments were deleted: the message names the files whose rows are gone."""
+
+
+# ---------------------------------------------------------------------------
+# Where things are
+
+
 def store_path(
     stores: str | os.PathLike, dataset_name: str, feature_kind: str, identity: str
 ) -> Path:
-    """``STORES/<dataset>/<feature>-<identity>.h5``."""
+    """``STORES/<dataset>/<feature>-<identity>.h5`` (a view)."""
     return Path(stores) / dataset_name / f"{feature_kind}-{identity}.h5"
+
+
+def pool_dir(stores: str | os.PathLike, feature_key: str) -> Path:
+    """``STORES/pool/<feature key>/``: the segments of one feature's values."""
+    return Path(stores) / POOL / feature_key
+
+
+def segment_path(stores: str | os.PathLike, feature_key: str, segment_id: str) -> Path:
+    return pool_dir(stores, feature_key) / f"seg-{segment_id}.h5"
+
+
+def segment_files(stores: str | os.PathLike, feature_key: str | None = None) -> list[Path]:
+    """The sealed segments of the pool (of one feature key, or all)."""
+    root = Path(stores) / POOL
+    pattern = f"{feature_key}/seg-*.h5" if feature_key else "*/seg-*.h5"
+    return sorted(root.glob(pattern))
+
+
+def view_files(stores: str | os.PathLike) -> list[Path]:
+    """Every file of the stores folder that looks like a store (views, and older formats)."""
+    return sorted(p for p in Path(stores).glob("*/*.h5") if p.parent.name != POOL)
+
+
+def relative_to(root: str | os.PathLike, path: str | os.PathLike) -> str:
+    """``path`` relative to ``root`` (as text with '/'), or absolute when it is not under it."""
+    p = Path(os.path.abspath(path))
+    try:
+        return p.relative_to(Path(os.path.abspath(root))).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def stores_root_of(view: str | os.PathLike) -> Path:
+    """The stores folder of a view: ``STORES/<dataset>/<view>.h5``."""
+    return Path(os.path.abspath(view)).parent.parent
 
 
 @dataclass
@@ -91,6 +165,10 @@ class TargetSpec:
         width = len(self.pitch_midi) if self.kind == "frame_pitch" else max(1, len(self.vocabulary))
         return (width,), np.dtype("u1")
 
+    def frame_bytes(self) -> int:
+        shape, dtype = self.frame_layout()
+        return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
     def to_attrs(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -110,57 +188,17 @@ class TargetSpec:
         )
 
 
-@dataclass
-class FileLayout:
-    """One file of a store, as planned before its features exist."""
-
-    entry: int
-    name: str
-    n_frames: int
-    duration_s: float
-    orig_sr: int
-    content: str  # hash of the audio bytes
-    key: str  # content key of its feature rows
+def rows_checksum(rows: np.ndarray | bytes | memoryview) -> str:
+    """blake2b-128 of a file's row bytes, as stored in segment and view tables."""
+    return hashlib.blake2b(memoryview(rows).cast("B"), digest_size=16).hexdigest()
 
 
-@dataclass
-class Layout:
-    """Where things are in a laid-out store file: all a writer needs, no h5py."""
-
-    path: Path
-    offsets: np.ndarray  # first frame of each file
-    n_frames: np.ndarray
-    frame_shape: tuple[int, int]
-    dtype: np.dtype
-    features_at: int  # byte offset of /features in the file
-    status_at: int
-    error_at: int
-
-    @property
-    def frame_bytes(self) -> int:
-        return int(np.prod(self.frame_shape)) * self.dtype.itemsize
-
-    @property
-    def total_frames(self) -> int:
-        return int(self.n_frames.sum())
-
-    def rows_at(self, i: int) -> int:
-        """Byte offset of file ``i``'s first feature row."""
-        return self.features_at + int(self.offsets[i]) * self.frame_bytes
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "frame_shape": list(self.frame_shape),
-            "dtype": self.dtype.str,
-            "features_at": self.features_at,
-            "status_at": self.status_at,
-            "error_at": self.error_at,
-        }
-
-
-# ---------------------------------------------------------------------------
-# Writing: lay out, write rows in place, finish
+def _disk_error(e: Exception, path: Path) -> None:
+    """HDF5 reports a full disk as text ("... errno = 28 ..."): raise it as an OSError."""
+    found = re.search(r"errno = (\d+)", str(e))
+    code = int(found.group(1)) if found else getattr(e, "errno", None)
+    if code in (errno.ENOSPC, errno.EFBIG):
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def _create_contiguous(h: h5py.File, name: str, shape: tuple, dtype: np.dtype) -> h5py.Dataset:
@@ -178,106 +216,64 @@ def _create_contiguous(h: h5py.File, name: str, shape: tuple, dtype: np.dtype) -
     return h5py.Dataset(dsid)
 
 
-def lay_out(
-    path: str | os.PathLike,
-    files: list[FileLayout],
-    frame_shape: tuple[int, int],
-    dtype: np.dtype,
-    targets: list[TargetSpec],
-    file_targets: dict[str, np.ndarray],
-    frame_targets: Callable[[int], dict[str, np.ndarray]],
-    attrs: dict[str, Any],
-    annotated: dict[str, np.ndarray] | None = None,
-) -> Layout:
-    """Write the whole store file but its feature rows, and reserve their disk space.
-
-    ``frame_targets(i)`` gives file ``i``'s frame-level targets (computed one file at a time,
-    so memory does not grow with the dataset). The same arguments give the same bytes.
-    """
-    try:
-        return _lay_out(
-            path, files, frame_shape, dtype, targets, file_targets, frame_targets, attrs, annotated
-        )
-    except (OSError, RuntimeError) as e:
-        # HDF5 reports a full disk as text: "... errno = 28, error message = ..."
-        found = re.search(r"errno = (\d+)", str(e))
-        code = int(found.group(1)) if found else getattr(e, "errno", None)
-        if code in (errno.ENOSPC, errno.EFBIG):
-            raise OSError(code, os.strerror(code), str(path)) from None
-        raise
-
-
-def _lay_out(
-    path, files, frame_shape, dtype, targets, file_targets, frame_targets, attrs, annotated
-) -> Layout:
-    path = Path(path)
-    n_frames = np.array([f.n_frames for f in files], dtype=np.int64)
-    offsets = (
-        np.concatenate([[0], np.cumsum(n_frames)[:-1]]).astype(np.int64) if files else n_frames
+def _attrs_in(h: h5py.File, attrs: dict[str, Any]) -> None:
+    h.attrs.update(
+        {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in attrs.items()}
     )
-    total = int(n_frames.sum())
-    str_dt = h5py.string_dtype("utf-8")
-    dtype = np.dtype(dtype).newbyteorder("<")
-    with h5py.File(path, "w", libver="latest") as h:
-        feats = _create_contiguous(h, "features", (total, *frame_shape), dtype)
-        status = _create_contiguous(h, "files/status", (len(files),), np.dtype("u1"))
-        error = _create_contiguous(h, "files/error", (len(files),), np.dtype(f"S{ERROR_BYTES}"))
-        frame_ds = {}
-        for spec in targets:
-            if spec.frame_level:
-                row, dt = spec.frame_layout()
-                frame_ds[spec.name] = _create_contiguous(
-                    h, f"targets/{spec.name}", (total, *row), dt
-                )
-        for col, data in {
-            "name": [f.name for f in files],
-            "content": [f.content for f in files],
-            "key": [f.key for f in files],
-        }.items():
-            h.create_dataset(f"files/{col}", data=data, dtype=str_dt)
-        numeric = {
-            "entry": np.array([f.entry for f in files], dtype=np.int32),
-            "offset": offsets,
-            "n_frames": n_frames,
-            "duration_s": np.array([f.duration_s for f in files], dtype=np.float64),
-            "orig_sr": np.array([f.orig_sr for f in files], dtype=np.int32),
-        }
-        for col, data in numeric.items():
-            h.create_dataset(f"files/{col}", data=data)
-        for spec in targets:
-            if not spec.frame_level:
-                h.create_dataset(f"targets/{spec.name}", data=file_targets[spec.name])
-            h[f"targets/{spec.name}"].attrs.update(spec.to_attrs())
-        h.require_group("targets")
-        for name, mask in (annotated or {}).items():
-            h.create_dataset(f"annotated/{name}", data=np.asarray(mask, dtype=np.uint8))
-        for i, f in enumerate(files):
-            if f.n_frames:
-                for name, arr in frame_targets(i).items():
-                    frame_ds[name][offsets[i] : offsets[i] + f.n_frames] = arr
-        h.attrs.update(
-            {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in attrs.items()}
-        )
-        h.attrs["format_version"] = FORMAT_VERSION
-        layout = Layout(
-            path,
-            offsets,
-            n_frames,
-            tuple(frame_shape),
-            dtype,
-            feats.id.get_offset() or 0,
-            status.id.get_offset() or 0,
-            error.id.get_offset() or 0,
-        )
-    reserve(path)
-    return layout
+    h.attrs["format_version"] = FORMAT_VERSION
 
 
-def reserve(path: Path) -> None:
-    """Allocate the file's blocks now, so that writing rows later cannot run out of space."""
-    fd = os.open(path, os.O_RDWR)
+def pwrite_all(fd: int, data: bytes | memoryview | np.ndarray, at: int) -> None:
+    view = memoryview(data).cast("B")
+    while len(view):
+        n = os.pwrite(fd, view, at)
+        view, at = view[n:], at + n
+
+
+def pread_into(fd: int, buf: np.ndarray | memoryview, at: int) -> None:
+    """Fill ``buf`` with the bytes of ``fd`` from ``at`` (positioned reads, no seek)."""
+    view = memoryview(buf).cast("B")
+    while len(view):
+        n = os.preadv(fd, [view], at)
+        if n <= 0:
+            raise StoreError(f"short read at byte {at}: the file is shorter than its tables say")
+        view, at = view[n:], at + n
+
+
+def fsync_dir(folder: Path) -> None:
     try:
-        size = os.fstat(fd).st_size
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def claim(path: Path, size: int) -> None:
+    """Take ``size`` bytes of disk for a file about to be written by HDF5, and fail here (as an
+    OSError) if they are not there: a write that fails inside HDF5 leaves a file it cannot
+    close cleanly. HDF5 truncates the file and writes within that size, which stays free."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EFBIG):
+                    raise
+    finally:
+        os.close(fd)
+
+
+def reserve(path: Path, size: int | None = None) -> None:
+    """Allocate a file's blocks now, so that writing rows later cannot run out of space."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size if size is None else size
         if size and hasattr(os, "posix_fallocate"):
             try:
                 os.posix_fallocate(fd, 0, size)
@@ -289,123 +285,445 @@ def reserve(path: Path) -> None:
         os.close(fd)
 
 
-def open_layout(path: str | os.PathLike) -> Layout:
-    """The layout of a laid-out (possibly unfinished) store file."""
+# ---------------------------------------------------------------------------
+# The pool: segments
+
+
+@dataclass
+class SegmentLayout:
+    """Where things are in a laid-out (possibly unsealed) segment: all a writer needs."""
+
+    path: Path
+    keys: list[str]
+    first: np.ndarray
+    n_frames: np.ndarray
+    frame_shape: tuple[int, int]
+    dtype: np.dtype
+    features_at: int
+    status_at: int
+    checksum_at: int
+
+    @property
+    def frame_bytes(self) -> int:
+        return int(np.prod(self.frame_shape)) * self.dtype.itemsize
+
+    @property
+    def total_frames(self) -> int:
+        return int(self.n_frames.sum())
+
+    def rows_at(self, i: int) -> int:
+        """Byte offset of row ``i``'s first frame in the file."""
+        return self.features_at + int(self.first[i]) * self.frame_bytes
+
+
+def segment_bytes(n_frames: Iterable[int], frame_bytes: int) -> int:
+    """About what a segment of these files takes on disk (rows plus tables)."""
+    n = list(n_frames)
+    return sum(n) * frame_bytes + len(n) * 256 + (64 << 10)
+
+
+def lay_out_segment(
+    path: str | os.PathLike,
+    keys: list[str],
+    n_frames: Iterable[int],
+    frame_shape: tuple[int, int],
+    dtype: np.dtype,
+    attrs: dict[str, Any],
+) -> SegmentLayout:
+    """Write a segment file but its rows, status and checksums, with its disk space reserved."""
+    path = Path(path)
+    n = np.asarray(list(n_frames), dtype=np.int64)
+    first = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) if len(n) else n
+    dtype = np.dtype(dtype).newbyteorder("<")
+    try:
+        claim(path, segment_bytes(n, int(np.prod(frame_shape)) * dtype.itemsize))
+        with h5py.File(path, "w", libver="latest") as h:
+            feats = _create_contiguous(h, "features", (int(n.sum()), *frame_shape), dtype)
+            status = _create_contiguous(h, "rows/status", (len(n),), np.dtype("u1"))
+            sums = _create_contiguous(h, "rows/checksum", (len(n),), np.dtype(f"S{CHECKSUM_BYTES}"))
+            h.create_dataset("rows/key", data=keys, dtype=h5py.string_dtype("utf-8"))
+            h.create_dataset("rows/first", data=first)
+            h.create_dataset("rows/n_frames", data=n)
+            _attrs_in(h, {**attrs, "role": "segment"})
+            layout = SegmentLayout(
+                path,
+                list(keys),
+                first,
+                n,
+                tuple(frame_shape),
+                dtype,
+                feats.id.get_offset() or 0,
+                status.id.get_offset() or 0,
+                sums.id.get_offset() or 0,
+            )
+    except (OSError, RuntimeError) as e:
+        _disk_error(e, path)
+        raise
+    reserve(path)
+    return layout
+
+
+def open_segment_layout(path: str | os.PathLike) -> SegmentLayout:
+    """The layout of a laid-out segment (sealed or not)."""
     path = Path(path)
     with h5py.File(path, "r") as h:
         feats = h["features"]
-        return Layout(
+        r = h["rows"]
+        return SegmentLayout(
             path,
-            h["files/offset"][()],
-            h["files/n_frames"][()],
+            r["key"].asstr()[()].tolist(),
+            r["first"][()],
+            r["n_frames"][()],
             tuple(feats.shape[1:]),
             feats.dtype,
             feats.id.get_offset() or 0,
-            h["files/status"].id.get_offset() or 0,
-            h["files/error"].id.get_offset() or 0,
+            r["status"].id.get_offset() or 0,
+            r["checksum"].id.get_offset() or 0,
         )
 
 
-def pwrite_all(fd: int, data: bytes | memoryview, at: int) -> None:
-    view = memoryview(data).cast("B")
-    while len(view):
-        n = os.pwrite(fd, view, at)
-        view, at = view[n:], at + n
-
-
-def write_rows(fd: int, layout: Layout, i: int, rows: np.ndarray) -> None:
-    """File ``i``'s time-major feature rows ``(n_frames, C, F)``, at their place."""
+def write_rows(fd: int, layout: SegmentLayout, i: int, rows: np.ndarray) -> str:
+    """Row ``i``'s time-major feature rows ``(n_frames, C, F)``, at their place; returns their
+    checksum."""
     expected = (int(layout.n_frames[i]), *layout.frame_shape)
     if rows.shape != expected:
-        raise StoreError(f"{layout.path}: file {i} has rows {rows.shape}, the layout {expected}")
+        raise StoreError(f"{layout.path}: row {i} has shape {rows.shape}, the layout {expected}")
     data = np.ascontiguousarray(rows, dtype=layout.dtype)
     pwrite_all(fd, data, layout.rows_at(i))
+    return rows_checksum(data)
 
 
-def features_offset(path: str | os.PathLike) -> tuple[int, np.dtype, tuple[int, ...]]:
-    """Byte offset, dtype and frame shape of a store's contiguous features."""
-    with h5py.File(path, "r") as h:
-        ds = h["features"]
-        if ds.chunks is not None or ds.id.get_offset() is None and ds.shape[0]:
-            raise StoreError(f"{path}: features are not one contiguous array")
-        return ds.id.get_offset() or 0, ds.dtype, tuple(ds.shape[1:])
+def seal_segment(
+    layout: SegmentLayout, status: np.ndarray, checksums: list[str], final: str | os.PathLike
+) -> Path:
+    """Write status and checksums in place, flush, and give the segment its final name."""
+    final = Path(final)
+    fd = os.open(layout.path, os.O_RDWR)
+    try:
+        pwrite_all(fd, np.ascontiguousarray(status, dtype=np.uint8), layout.status_at)
+        raw = np.array([c.encode() for c in checksums], dtype=f"S{CHECKSUM_BYTES}")
+        pwrite_all(fd, raw, layout.checksum_at)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(layout.path, final)
+    fsync_dir(final.parent)
+    return final
 
 
-def copy_range(src: int, dst: int, src_off: int, dst_off: int, n: int) -> None:
-    """Copy ``n`` bytes between file descriptors at the given offsets (in the kernel when it can)."""
-    while n > 0:
-        try:
-            done = os.copy_file_range(src, dst, n, src_off, dst_off)
-        except (AttributeError, OSError) as e:
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG):
-                raise
-            data = os.pread(src, min(n, 1 << 26), src_off)
-            done = os.pwrite(dst, data, dst_off)
-        if done <= 0:
-            raise StoreError(f"short copy ({n} bytes left)")
-        src_off, dst_off, n = src_off + done, dst_off + done, n - done
+@dataclass
+class SegmentTable:
+    """The table of a sealed segment, as numpy."""
+
+    path: Path
+    feature_key: str
+    keys: np.ndarray
+    first: np.ndarray
+    n_frames: np.ndarray
+    status: np.ndarray
+    checksum: np.ndarray
+    features_at: int
+    frame_shape: tuple[int, int]
+    dtype: np.dtype
+    total_frames: int
+    attrs: dict[str, Any]
+
+    @property
+    def frame_bytes(self) -> int:
+        return int(np.prod(self.frame_shape)) * self.dtype.itemsize
 
 
-def finish(fd: int, layout: Layout, status: np.ndarray, errors: dict[int, str]) -> None:
-    """Write every file's status and error (fixed-size, in place), then flush the file."""
-    pwrite_all(fd, np.ascontiguousarray(status, dtype=np.uint8), layout.status_at)
-    for i, reason in errors.items():
-        raw = reason.encode("utf-8")[:ERROR_BYTES].decode("utf-8", "ignore").encode("utf-8")
-        pwrite_all(fd, raw.ljust(ERROR_BYTES, b"\0"), layout.error_at + i * ERROR_BYTES)
-    os.fsync(fd)
-
-
-def patch_index(
-    n_frames: np.ndarray, patch_frames: int, patch_hop: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """All patch starts of every file, vectorised: ``(file [int32], start frame [int64])``.
-
-    A file shorter than ``patch_frames`` has no patch.
-    """
-    n_frames = np.asarray(n_frames, dtype=np.int64)
-    per_file = np.where(n_frames >= patch_frames, (n_frames - patch_frames) // patch_hop + 1, 0)
-    file_idx = np.repeat(np.arange(len(n_frames), dtype=np.int32), per_file)
-    first = np.concatenate([[0], np.cumsum(per_file)[:-1]]) if len(per_file) else per_file
-    start = (
-        np.arange(int(per_file.sum()), dtype=np.int64) - np.repeat(first, per_file)
-    ) * patch_hop
-    return file_idx, start
+def read_segment(path: str | os.PathLike) -> SegmentTable:
+    path = Path(path)
+    try:
+        h = h5py.File(path, "r")
+    except OSError as e:
+        raise StoreError(f"{path}: not a readable segment ({e})") from None
+    with h:
+        attrs = {k: _decode(v) for k, v in h.attrs.items()}
+        if attrs.get("role") != "segment" or attrs.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{path}: not a segment of format {FORMAT_VERSION}")
+        feats, r = h["features"], h["rows"]
+        return SegmentTable(
+            path,
+            str(attrs.get("feature_key", "")),
+            r["key"].asstr()[()],
+            r["first"][()],
+            r["n_frames"][()],
+            r["status"][()],
+            r["checksum"][()].astype(str),
+            feats.id.get_offset() or 0,
+            tuple(feats.shape[1:]),
+            feats.dtype,
+            int(feats.shape[0]),
+            attrs,
+        )
 
 
 # ---------------------------------------------------------------------------
-# Reading
+# Views: writing
+
+
+@dataclass
+class SegmentRef:
+    """A segment as a view refers to it."""
+
+    path: Path  # absolute
+    features_at: int
+    frames: int
+
+
+@dataclass
+class ViewFiles:
+    """The files table of a view, one entry per file whose features exist, in view order."""
+
+    name: list[str]
+    entry: np.ndarray
+    segment: np.ndarray  # index into the view's segments
+    first: np.ndarray  # first frame in that segment
+    n_frames: np.ndarray
+    duration_s: np.ndarray
+    orig_sr: np.ndarray
+    content: list[str]
+    key: list[str]
+    checksum: list[str]
+
+    def __len__(self) -> int:
+        return len(self.name)
+
+    @property
+    def offset(self) -> np.ndarray:
+        n = np.asarray(self.n_frames, dtype=np.int64)
+        return np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) if len(n) else n
+
+
+def _virtual_features(
+    h: h5py.File,
+    view: Path,
+    files: ViewFiles,
+    segments: list[SegmentRef],
+    frame_shape: tuple[int, int],
+    dtype: np.dtype,
+) -> None:
+    """``/features`` as a virtual dataset: one mapping per run of files that are neighbours in
+    the same segment, sources named relative to the view's folder."""
+    total = int(np.sum(files.n_frames))
+    if total == 0:
+        h.create_dataset("features", shape=(0, *frame_shape), dtype=dtype)
+        return
+    layout = h5py.VirtualLayout(shape=(total, *frame_shape), dtype=dtype)
+    sources = [
+        h5py.VirtualSource(
+            os.path.relpath(s.path, view.parent), "features", shape=(s.frames, *frame_shape)
+        )
+        for s in segments
+    ]
+    at, i, n = 0, 0, len(files)
+    while i < n:
+        seg, lo = int(files.segment[i]), int(files.first[i])
+        hi = lo + int(files.n_frames[i])
+        j = i + 1
+        while j < n and int(files.segment[j]) == seg and int(files.first[j]) == hi:
+            hi += int(files.n_frames[j])
+            j += 1
+        if hi > lo:
+            layout[at : at + hi - lo] = sources[seg][lo:hi]
+        at, i = at + hi - lo, j
+    fill = np.nan if np.dtype(dtype).kind == "f" else 0
+    h.create_virtual_dataset("features", layout, fillvalue=fill)
+
+
+def _write_tables(h: h5py.File, root: Path, files: ViewFiles, segments: list[SegmentRef]) -> None:
+    str_dt = h5py.string_dtype("utf-8")
+    h.create_dataset(
+        "segments/path", data=[relative_to(root, s.path) for s in segments], dtype=str_dt
+    )
+    h.create_dataset(
+        "segments/features_at", data=np.array([s.features_at for s in segments], np.int64)
+    )
+    h.create_dataset("segments/frames", data=np.array([s.frames for s in segments], np.int64))
+    for col in ("name", "content", "key"):
+        h.create_dataset(f"files/{col}", data=list(getattr(files, col)), dtype=str_dt)
+    h.create_dataset(
+        "files/checksum", data=np.array([c.encode() for c in files.checksum], f"S{CHECKSUM_BYTES}")
+    )
+    numeric = {
+        "entry": np.asarray(files.entry, np.int32),
+        "segment": np.asarray(files.segment, np.int32),
+        "first": np.asarray(files.first, np.int64),
+        "offset": files.offset,
+        "n_frames": np.asarray(files.n_frames, np.int64),
+        "duration_s": np.asarray(files.duration_s, np.float64),
+        "orig_sr": np.asarray(files.orig_sr, np.int32),
+    }
+    for col, data in numeric.items():
+        h.create_dataset(f"files/{col}", data=data)
+
+
+def _commit(tmp: Path, path: Path) -> Path:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
+
+
+def write_view(
+    path: str | os.PathLike,
+    files: ViewFiles,
+    segments: list[SegmentRef],
+    frame_shape: tuple[int, int],
+    dtype: np.dtype,
+    targets: list[TargetSpec],
+    file_targets: dict[str, np.ndarray],
+    frame_targets: Callable[[int], dict[str, np.ndarray]],
+    attrs: dict[str, Any],
+    annotated: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write a view: under a temporary name, flushed, then renamed (never half visible).
+
+    ``file_targets`` have one row per file of ``files``; ``frame_targets(i)`` gives file ``i``'s
+    frame-level targets (one file at a time, so memory does not grow with the dataset).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    dtype = np.dtype(dtype).newbyteorder("<")
+    offsets, n_frames = files.offset, np.asarray(files.n_frames, np.int64)
+    total = int(n_frames.sum())
+    try:
+        per_frame = sum(s.frame_bytes() for s in targets if s.frame_level)
+        claim(tmp, total * per_frame + len(files) * 1024 + (1 << 20))
+        with h5py.File(tmp, "w", libver="latest") as h:
+            _write_tables(h, stores_root_of(path), files, segments)
+            h.require_group("targets")
+            frame_ds = {}
+            for spec in targets:
+                if spec.frame_level:
+                    row, dt = spec.frame_layout()
+                    frame_ds[spec.name] = _create_contiguous(
+                        h, f"targets/{spec.name}", (total, *row), dt
+                    )
+                else:
+                    h.create_dataset(f"targets/{spec.name}", data=file_targets[spec.name])
+                h[f"targets/{spec.name}"].attrs.update(spec.to_attrs())
+            for name, mask in (annotated or {}).items():
+                h.create_dataset(f"annotated/{name}", data=np.asarray(mask, dtype=np.uint8))
+            if frame_ds:
+                for i in range(len(files)):
+                    if n_frames[i]:
+                        o = int(offsets[i])
+                        for name, arr in frame_targets(i).items():
+                            frame_ds[name][o : o + int(n_frames[i])] = arr
+            _virtual_features(h, path, files, segments, frame_shape, dtype)
+            _attrs_in(h, {**attrs, "role": "view"})
+        return _commit(tmp, path)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        _disk_error(e, path)
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def repoint_view(
+    path: str | os.PathLike, segment: np.ndarray, first: np.ndarray, segments: list[SegmentRef]
+) -> Path:
+    """The same view with its files' rows found elsewhere in the pool (after compaction or a
+    repair): a new file, renamed over the old one, which keeps its last-used time."""
+    path = Path(path)
+    t = read_tables(path, missing_ok=True)
+    files = ViewFiles(
+        t.names.tolist(), t.entry, np.asarray(segment), np.asarray(first), t.n_frames,
+        t.duration_s, t.orig_sr, t.content.tolist(), t.keys.tolist(), t.checksum.tolist(),
+    )  # fmt: skip
+    st = path.stat()
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(path, "r") as old, h5py.File(tmp, "w", libver="latest") as h:
+            _write_tables(h, stores_root_of(path), files, segments)
+            for group in ("targets", "annotated"):
+                if group in old:
+                    old.copy(old[group], h, name=group)
+            _virtual_features(h, path, files, segments, t.frame_shape, t.dtype)
+            h.attrs.update(dict(old.attrs))
+        _commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Views: reading
 
 
 @dataclass
 class StoreTables:
-    """Everything of a store but its big arrays, as numpy, loaded once.
+    """Everything of a view but its big arrays, as numpy, loaded once.
 
-    The per-file arrays list the files whose features were computed; ``failed`` the others,
-    with their reasons. ``offset`` indexes the store's ``features`` (and frame targets).
+    The per-file arrays list the files whose features exist; ``failed`` the others, with
+    their reasons. ``offset`` indexes the view's order (frame-level targets, ``/features``);
+    ``segment`` and ``first`` say where each file's rows are in the pool.
     """
 
     path: Path
     attrs: dict[str, Any]
     feature: dict[str, Any]
-    rows: np.ndarray  # each file's row in the store's files table
+    rows: np.ndarray  # each file's row in the view's files table
     names: np.ndarray
     entry: np.ndarray
     offset: np.ndarray
     n_frames: np.ndarray
     duration_s: np.ndarray
+    orig_sr: np.ndarray
     content: np.ndarray
     keys: np.ndarray
+    checksum: np.ndarray
+    segment: np.ndarray
+    first: np.ndarray
+    segments: list[SegmentRef]
     targets: dict[str, TargetSpec]
     frame_shape: tuple[int, int]
     dtype: np.dtype
     total_frames: int
     failed: list[dict[str, Any]]
-    pending: int  # files neither computed nor failed: an unfinished store
     annotated: dict[str, np.ndarray]  # per target: 1 where the file carries its description
+    missing: np.ndarray  # files whose segment is gone
+    pending: int = 0
 
     @property
     def n_files(self) -> int:
         return len(self.names)
+
+    @property
+    def frame_bytes(self) -> int:
+        return int(np.prod(self.frame_shape)) * self.dtype.itemsize
+
+    def byte_range(
+        self, i: int, start: int = 0, n_frames: int | None = None
+    ) -> tuple[Path, int, int]:
+        """``(segment path, byte offset, nbytes)`` of frames ``[start, start + n)`` of file ``i``."""
+        seg = self.segments[int(self.segment[i])]
+        n = int(self.n_frames[i]) - start if n_frames is None else n_frames
+        fb = self.frame_bytes
+        return seg.path, seg.features_at + (int(self.first[i]) + start) * fb, n * fb
+
+    def missing_error(self) -> MissingSegmentsError:
+        names = [str(n) for n in self.names[self.missing]]
+        gone = sorted({relative_to(stores_root_of(self.path), self.segments[s].path)
+                       for s in self.segment[self.missing]})  # fmt: skip
+        head = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return MissingSegmentsError(
+            f"{self.path}: the rows of {len(names)} file(s) are gone ({head}): "
+            f"segment(s) {', '.join(gone)} were deleted; recompute them with: "
+            f"{_rebuild_hint(self.attrs)}"
+        )
 
 
 def _decode(v: Any) -> Any:
@@ -428,11 +746,24 @@ def _rebuild_hint(attrs: dict[str, Any]) -> str:
     return f"precompute run --dataset {dataset} --feature {kind}"
 
 
-def read_tables(path: str | os.PathLike, unfinished: bool = False) -> StoreTables:
-    """Open a store, check its format and load its tables (not its features).
+def _format_error(path: Path, attrs: dict[str, Any]) -> StoreError:
+    version = attrs.get("format_version")
+    if version == 2:
+        return StoreError(
+            f"{path}: a store of format 2, which copies its features; move them into the pool "
+            f"(no recomputation) with: precompute migrate {stores_root_of(path)}"
+        )
+    return StoreError(
+        f"{path}: store format {version}, this mirpatch reads format {FORMAT_VERSION}; "
+        f"delete it and rebuild with: {_rebuild_hint(attrs)}"
+    )
 
-    ``unfinished``: also read a store still being built (files not yet computed count as
-    ``pending``); otherwise such a file is refused.
+
+def read_tables(path: str | os.PathLike, missing_ok: bool = False) -> StoreTables:
+    """Open a view, check its format and load its tables (not its features).
+
+    Raises :class:`MissingSegmentsError` when segments it needs are gone, unless
+    ``missing_ok`` (then ``missing`` lists the files whose rows are gone).
     """
     path = Path(path)
     if not path.is_file():
@@ -443,67 +774,81 @@ def read_tables(path: str | os.PathLike, unfinished: bool = False) -> StoreTable
         raise StoreError(f"{path}: not a readable HDF5 store ({e}); re-run precompute") from None
     with h:
         attrs = {k: _decode(v) for k, v in h.attrs.items()}
-        version = attrs.get("format_version")
-        if version != FORMAT_VERSION:
-            raise StoreError(
-                f"{path}: store format {version}, this mirpatch reads format {FORMAT_VERSION}; "
-                f"delete it and rebuild with: {_rebuild_hint(attrs)}"
-            )
-        f = h["files"]
-        feats = h["features"]
-        status = f["status"][()]
-        ok = status == STATUS_OK
-        pending = int((status == STATUS_PENDING).sum())
-        if pending and not unfinished:
-            raise StoreError(f"{path}: {pending} file(s) were never computed; re-run precompute")
-        names = f["name"].asstr()[()]
-        errors = f["error"][()]
-        failed = [
-            {
-                "entry": int(e),
-                "name": str(n),
-                "reason": r.decode("utf-8", "ignore").rstrip("\0"),
-            }
-            for n, e, r in zip(
-                names[status == STATUS_FAILED],
-                f["entry"][()][status == STATUS_FAILED],
-                errors[status == STATUS_FAILED],
-            )
+        if attrs.get("format_version") != FORMAT_VERSION or attrs.get("role") != "view":
+            raise _format_error(path, attrs)
+        f, s = h["files"], h["segments"]
+        root = stores_root_of(path)
+        segments = [
+            SegmentRef(root / p if not os.path.isabs(p) else Path(p), int(a), int(n))
+            for p, a, n in zip(s["path"].asstr()[()], s["features_at"][()], s["frames"][()])
         ]
-        failed = sorted(list(attrs.get("failed") or []) + failed, key=lambda d: d["entry"])
         targets = {n: TargetSpec.from_attrs(n, ds.attrs) for n, ds in h["targets"].items()}
+        names = f["name"].asstr()[()]
         marks = h.get("annotated", {})
         annotated = {
-            n: marks[n][()][ok] if n in marks else np.ones(int(ok.sum()), np.uint8) for n in targets
+            n: marks[n][()] if n in marks else np.ones(len(names), np.uint8) for n in targets
         }
-        return StoreTables(
+        feature = attrs["feature"]
+        dtype = np.dtype(feature.get("dtype", "float32")).newbyteorder("<")
+        segment = f["segment"][()]
+        t = StoreTables(
             path=path,
             attrs=attrs,
-            feature=attrs["feature"],
-            rows=np.nonzero(ok)[0],
-            names=names[ok],
-            entry=f["entry"][()][ok],
-            offset=f["offset"][()][ok],
-            n_frames=f["n_frames"][()][ok],
-            duration_s=f["duration_s"][()][ok],
-            content=f["content"].asstr()[()][ok],
-            keys=f["key"].asstr()[()][ok],
+            feature=feature,
+            rows=np.arange(len(names)),
+            names=names,
+            entry=f["entry"][()],
+            offset=f["offset"][()],
+            n_frames=f["n_frames"][()],
+            duration_s=f["duration_s"][()],
+            orig_sr=f["orig_sr"][()],
+            content=f["content"].asstr()[()],
+            keys=f["key"].asstr()[()],
+            checksum=f["checksum"][()].astype(str),
+            segment=segment,
+            first=f["first"][()],
+            segments=segments,
             targets=targets,
-            frame_shape=tuple(feats.shape[1:]),
-            dtype=feats.dtype,
-            total_frames=int(feats.shape[0]),
-            failed=failed,
-            pending=pending,
+            frame_shape=tuple(h["features"].shape[1:]),
+            dtype=dtype,
+            total_frames=int(h["features"].shape[0]),
+            failed=sorted(list(attrs.get("failed") or []), key=lambda d: d["entry"]),
             annotated=annotated,
+            missing=np.zeros(0, np.int64),
         )
+    gone = np.array([not sg.path.is_file() for sg in segments], dtype=bool)
+    if gone.any():
+        t.missing = np.nonzero(gone[segment])[0]
+        if not missing_ok:
+            raise t.missing_error()
+    return t
+
+
+def read_rows(t: StoreTables, i: int, start: int = 0, n_frames: int | None = None) -> np.ndarray:
+    """Time-major rows ``(n, C, F)`` of file ``i`` of a view, read by one pread."""
+    path, at, nbytes = t.byte_range(i, start, n_frames)
+    out = np.empty((nbytes // t.frame_bytes, *t.frame_shape), dtype=t.dtype)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pread_into(fd, out, at)
+    finally:
+        os.close(fd)
+    return out
+
+
+def read_features(path: str | os.PathLike) -> np.ndarray:
+    """Every frame of a view, in its order ``(total_frames, C, F)`` (for tests and tools)."""
+    t = read_tables(path)
+    return (
+        np.concatenate([read_rows(t, i) for i in range(t.n_files)])
+        if t.n_files
+        else np.zeros((0, *t.frame_shape), t.dtype)
+    )
 
 
 def memmap_dataset(path: str | os.PathLike, name: str) -> np.memmap | np.ndarray:
-    """Map a contiguous dataset of the store read-only, without h5py on the read path.
-
-    Fails with a clear error when the dataset is chunked, compressed, or not
-    little-endian, since those cannot be mapped.
-    """
+    """Map a contiguous dataset of a view read-only (frame-level targets), without h5py on the
+    read path. The features are in the pool: see :func:`read_rows`."""
     path = Path(path)
     shape, dtype, offset = dataset_location(path, name)
     if int(np.prod(shape)) == 0:
@@ -512,12 +857,14 @@ def memmap_dataset(path: str | os.PathLike, name: str) -> np.memmap | np.ndarray
 
 
 def dataset_location(path: str | os.PathLike, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
-    """``(shape, dtype, byte offset)`` of a contiguous dataset, for mapping it."""
+    """``(shape, dtype, byte offset)`` of a contiguous dataset, for mapping or reading it."""
     path = Path(path)
     with h5py.File(path, "r") as h:
         if name not in h:
             raise StoreError(f"{path}: no dataset '{name}'")
         ds = h[name]
+        if ds.is_virtual:
+            raise StoreError(f"{path}: '{name}' is a view of the pool; read it with read_rows")
         if ds.chunks is not None or ds.compression is not None:
             raise StoreError(
                 f"{path}: '{name}' is chunked or compressed and cannot be memory-mapped; re-run precompute"
@@ -531,17 +878,22 @@ def dataset_location(path: str | os.PathLike, name: str) -> tuple[tuple[int, ...
 
 
 def read_file_targets(path: str | os.PathLike, names: Iterable[str]) -> dict[str, np.ndarray]:
-    """Per-file targets, one row per row of the store's files table (failed files included)."""
+    """Per-file targets, one row per file of the view."""
     with h5py.File(path, "r") as h:
         return {n: h[f"targets/{n}"][()] for n in names}
 
 
-def iter_feature_blocks(path: str | os.PathLike, block_frames: int = 65536) -> Iterator[np.ndarray]:
-    """The feature dataset in blocks of frames (for verification without loading it all)."""
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """The attributes of a view, a segment or an older store (for listing what a folder holds)."""
     with h5py.File(path, "r") as h:
-        ds = h["features"]
-        for s in range(0, ds.shape[0], block_frames):
-            yield ds[s : s + block_frames]
+        return {k: _decode(v) for k, v in h.attrs.items()}
+
+
+def view_segment_paths(path: str | os.PathLike) -> list[Path]:
+    """The segments a view refers to (absolute), read without checking they exist."""
+    root = stores_root_of(path)
+    with h5py.File(path, "r") as h:
+        return [root / p for p in h["segments/path"].asstr()[()]]
 
 
 def dataset_layouts(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -556,8 +908,119 @@ def dataset_layouts(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
                     "dtype": str(obj.dtype),
                     "chunks": obj.chunks,
                     "compression": obj.compression,
-                    "offset": obj.id.get_offset(),
+                    "virtual": obj.is_virtual,
                 }
 
         h.visititems(visit)
     return out
+
+
+def patch_index(
+    n_frames: np.ndarray, patch_frames: int, patch_hop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """All patch starts of every file, vectorised: ``(file [int32], start frame [int64])``.
+
+    A file shorter than ``patch_frames`` has no patch.
+    """
+    n_frames = np.asarray(n_frames, dtype=np.int64)
+    per_file = np.where(n_frames >= patch_frames, (n_frames - patch_frames) // patch_hop + 1, 0)
+    file_idx = np.repeat(np.arange(len(n_frames), dtype=np.int32), per_file)
+    first = np.concatenate([[0], np.cumsum(per_file)[:-1]]) if len(per_file) else per_file
+    start = (
+        np.arange(int(per_file.sum()), dtype=np.int64) - np.repeat(first, per_file)
+    ) * patch_hop
+    return file_idx, start
+
+
+# ---------------------------------------------------------------------------
+# Format 2 (one file holding its own copy of the features): read only, to migrate it
+
+
+@dataclass
+class Format2Store:
+    path: Path
+    attrs: dict[str, Any]
+    ok: np.ndarray  # rows of the files computed
+    names: np.ndarray
+    entry: np.ndarray
+    offset: np.ndarray
+    n_frames: np.ndarray
+    duration_s: np.ndarray
+    orig_sr: np.ndarray
+    content: np.ndarray
+    keys: np.ndarray
+    failed: list[dict[str, Any]]
+    features_at: int
+    frame_shape: tuple[int, int]
+    dtype: np.dtype
+
+    @property
+    def frame_bytes(self) -> int:
+        return int(np.prod(self.frame_shape)) * self.dtype.itemsize
+
+
+def read_format2(path: str | os.PathLike) -> Format2Store:
+    path = Path(path)
+    with h5py.File(path, "r") as h:
+        attrs = {k: _decode(v) for k, v in h.attrs.items()}
+        if attrs.get("format_version") != 2:
+            raise StoreError(f"{path}: not a store of format 2")
+        f, feats = h["files"], h["features"]
+        status = f["status"][()]
+        if (status == STATUS_PENDING).any():
+            raise StoreError(f"{path}: an unfinished format-2 store; delete it and run precompute")
+        ok = status == STATUS_OK
+        names = f["name"].asstr()[()]
+        errors = f["error"][()]
+        failed = list(attrs.get("failed") or []) + [
+            {"entry": int(e), "name": str(n), "reason": r.decode("utf-8", "ignore").rstrip("\0")}
+            for n, e, r in zip(names[~ok], f["entry"][()][~ok], errors[~ok])
+        ]
+        return Format2Store(
+            path, attrs, np.nonzero(ok)[0], names, f["entry"][()], f["offset"][()],
+            f["n_frames"][()], f["duration_s"][()], f["orig_sr"][()], f["content"].asstr()[()],
+            f["key"].asstr()[()], sorted(failed, key=lambda d: d["entry"]),
+            feats.id.get_offset() or 0, tuple(feats.shape[1:]), feats.dtype,
+        )  # fmt: skip
+
+
+def copy_view_parts(src: str | os.PathLike, files: np.ndarray) -> dict[str, Any]:
+    """Targets, annotation marks (rows of ``files``) and attributes of a store, to write them
+    into a view (frame-level targets are read per file by the returned ``frame_targets``)."""
+    with h5py.File(src, "r") as h:
+        specs = [TargetSpec.from_attrs(n, ds.attrs) for n, ds in h["targets"].items()]
+        per_file = {s.name: h[f"targets/{s.name}"][()][files] for s in specs if not s.frame_level}
+        marks = {n: ds[()][files] for n, ds in h.get("annotated", {}).items()}
+        offsets, counts = h["files/offset"][()][files], h["files/n_frames"][()][files]
+    frame_maps = {s.name: memmap_dataset(src, f"targets/{s.name}") for s in specs if s.frame_level}
+
+    def frame_targets(i: int) -> dict[str, np.ndarray]:
+        o, n = int(offsets[i]), int(counts[i])
+        return {name: np.asarray(m[o : o + n]) for name, m in frame_maps.items()}
+
+    return {"targets": specs, "file_targets": per_file, "annotated": marks,
+            "frame_targets": frame_targets}  # fmt: skip
+
+
+def view_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """What the catalogue keeps of a view: its request, sizes, and the segments it needs."""
+    path = Path(path)
+    with h5py.File(path, "r") as h:
+        attrs = {k: _decode(v) for k, v in h.attrs.items()}
+        if attrs.get("format_version") != FORMAT_VERSION or attrs.get("role") != "view":
+            raise _format_error(path, attrs)
+        root = stores_root_of(path)
+        feature = attrs.get("feature") or {}
+        return {
+            "dataset": str(attrs.get("dataset", "")),
+            "pyjama": str(attrs.get("pyjama", "")),
+            "pyjama_sha1": str(attrs.get("pyjama_sha1", "")),
+            "audio_root": str(attrs.get("audio_root") or "") or None,
+            "feature_kind": str(feature.get("kind", "")),
+            "feature_key": str(attrs.get("feature_key", "")),
+            "feature": feature,
+            "files": int(h["files/name"].shape[0]),
+            "frames": int(h["features"].shape[0]),
+            "audio_s": float(h["files/duration_s"][()].sum()),
+            "segments": [root / p for p in h["segments/path"].asstr()[()]],
+        }

@@ -173,8 +173,9 @@ def run_cmd(
 ) -> None:
     """Compute one feature store; prints a summary, then the store path as the last line.
 
-    Features of audio already computed with the same values, in any store of STORES, are
-    copied, not computed again; after an interruption a rerun continues where it stopped.
+    Features of audio already computed with the same values, by any run into STORES, are
+    reused from its feature pool, neither computed nor copied again; after an interruption a
+    rerun continues where it stopped.
 
     Exit status: 0 all files computed; 1 the store was written but some entries or files
     were bad (each is listed); 2 nothing was written (bad pyjama, config, or --strict stop);
@@ -198,6 +199,7 @@ def run_cmd(
             click.echo(f"note: {note}", err=True)
         for f in plan.failed:
             click.echo(f"error: {f['reason']}", err=True)
+        _note_old_stores(plan.stores)
         summary = execute(
             plan,
             jobs=jobs,
@@ -230,12 +232,25 @@ def run_cmd(
     else:
         click.echo(
             f"{summary.files} files done, {len(summary.failed)} failed, {len(summary.skipped)} skipped; "
-            f"{summary.computed} computed, {summary.copied} copied from existing stores"
+            f"{summary.computed} computed, {summary.reused} reused from the pool"
             + (f", {summary.resumed} from the interrupted run" if summary.resumed else "")
+            + (f", {summary.repaired} whose rows had been deleted" if summary.repaired else "")
             + f"; {summary.audio_s / 3600:.3f} h of audio in {summary.seconds:.1f} s"
         )
     click.echo(str(summary.store_path))
     sys.exit(0 if summary.ok else 1)
+
+
+def _note_old_stores(stores: Path) -> None:
+    from .migrate import format2_stores
+
+    old = format2_stores(stores)
+    if old:
+        click.echo(
+            f"note: {len(old)} store(s) of format 2 in {stores}: their features are reused once "
+            f"moved into the pool with: precompute migrate {stores}",
+            err=True,
+        )
 
 
 def _pitch_unit(text: str) -> tuple[str, str]:
@@ -261,16 +276,46 @@ def ls_cmd(stores: str) -> None:
 
 @main.command("gc")
 @click.argument("stores", default="stores", type=click.Path(file_okay=False))
+@click.option("--older-than", "days", type=float, help="remove stores unused for DAYS days")
 @click.option(
-    "--older-than", "days", type=float, required=True, help="remove stores unused for DAYS days"
+    "--compact", is_flag=True, help="rewrite segments less than half used, re-pointing the stores"
+)
+@click.option(
+    "--grace",
+    "grace_hours",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="keep a segment no store needs for this many hours after it became unneeded",
 )
 @click.option("--dry-run", is_flag=True, help="only say what would be removed")
-def gc_cmd(stores: str, days: float, dry_run: bool) -> None:
-    """Remove stores (and their catalogue rows) not used for DAYS days, and abandoned builds."""
+def gc_cmd(
+    stores: str, days: float | None, compact: bool, grace_hours: float, dry_run: bool
+) -> None:
+    """Remove stores not used for DAYS days, then the segments no store needs, and abandoned
+    builds; with --compact, rewrite mostly dead segments. Files a process reads are kept."""
+    from .compact import compact as compact_pool
     from .manage import collect_garbage
 
-    freed = collect_garbage(stores, days, dry_run, log=click.echo)
+    if days is None and not compact:
+        raise click.UsageError("give --older-than DAYS, --compact, or both")
+    freed = 0
+    if days is not None:
+        freed += collect_garbage(stores, days, dry_run, grace_hours, log=click.echo)
+    if compact:
+        freed += compact_pool(stores, dry_run, grace_hours, log=click.echo)
     click.echo(f"{'would free' if dry_run else 'freed'} {freed / 2**20:.1f} MB")
+
+
+@main.command("migrate")
+@click.argument("stores", default="stores", type=click.Path(file_okay=False))
+def migrate_cmd(stores: str) -> None:
+    """Move the features of format-2 stores into the pool (nothing is recomputed); each store
+    becomes a view under the same name."""
+    from .migrate import migrate
+
+    views = migrate(stores, log=click.echo)
+    click.echo(f"{len(views)} store(s) migrated")
 
 
 @main.command("info")
@@ -285,9 +330,10 @@ def info_cmd(store: str) -> None:
 
 
 @main.command("verify")
-@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.argument("store", type=click.Path(exists=True))
 def verify_cmd(store: str) -> None:
-    """Check offsets, counts, patch index, NaNs and the parameter hash; exit 1 on any fault."""
+    """Check a store (or every store and segment of a stores folder): tables, parameters, and
+    every file's rows against their checksum; exit 1 on any fault, each named by its file."""
     from .inspect import verify
 
     faults = verify(store)

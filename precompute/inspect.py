@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from common.features import make_feature
 from common.store import (
-    STATUS_FAILED,
     STATUS_OK,
+    StoreError,
     StoreTables,
     dataset_layouts,
-    iter_feature_blocks,
     memmap_dataset,
     patch_index,
+    pread_into,
+    read_rows,
+    read_segment,
     read_tables,
+    relative_to,
+    rows_checksum,
+    segment_files,
+    stores_root_of,
+    view_files,
 )
 
 
 def info(path: str | os.PathLike) -> dict[str, Any]:
-    t = read_tables(path)
+    t = read_tables(path, missing_ok=True)
     feature = make_feature(t.feature)
     pf, _ = patch_index(t.n_frames, feature.patch_frames, feature.patch_hop)
     return {
@@ -39,6 +46,9 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
         "dtype": str(t.dtype),
         "audio_hours": round(float(t.duration_s.sum()) / 3600, 4),
         "size_mb": round(Path(path).stat().st_size / 2**20, 2),
+        "feature_mb": round(t.total_frames * t.frame_bytes / 2**20, 2),
+        "segments": [relative_to(stores_root_of(path), s.path) for s in t.segments],
+        "files_missing": len(t.missing),
         "feature": t.feature,
         "targets": {
             n: {"kind": s.kind, "classes": len(s.vocabulary) or len(s.pitch_midi) or None}
@@ -51,44 +61,53 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def verify(path: str | os.PathLike) -> list[str]:
-    """Every fault found in the store (empty list: sound)."""
+    """Every fault found in a view, or in every segment and view of a stores folder (empty:
+    sound). Each file's rows are read and checked against their checksum, so a changed byte
+    anywhere is found and named by its audio file."""
+    path = Path(path)
+    if path.is_dir():
+        return verify_folder(path)
     faults: list[str] = []
     try:
-        t = read_tables(path)
+        t = read_tables(path, missing_ok=True)
     except Exception as e:  # noqa: BLE001 - report, don't crash
         return [str(e)]
-    layouts = dataset_layouts(path)
-    feats = layouts["features"]
-    if feats["chunks"] is not None or feats["compression"] is not None:
-        faults.append("features: chunked or compressed (cannot be memory-mapped)")
+    if len(t.missing):
+        faults.append(str(t.missing_error()))
+    faults += _check_tables(t)
+    for i in range(t.n_files):
+        if i in set(t.missing.tolist()):
+            continue
+        fault = check_rows(t, i)
+        if fault:
+            faults.append(f"{t.names[i]}: {fault}")
+    return faults
+
+
+def _check_tables(t) -> list[str]:
+    faults = []
+    layouts = dataset_layouts(t.path)
     feature = make_feature(t.feature)
-    if np.dtype(feats["dtype"]) != np.dtype(feature.store_dtype).newbyteorder("<"):
+    if t.dtype != np.dtype(feature.store_dtype).newbyteorder("<"):
+        faults.append(f"features: dtype {t.dtype}, the parameters give {feature.store_dtype}")
+    if tuple(t.frame_shape) != feature.frame_shape:
         faults.append(
-            f"features: dtype {feats['dtype']}, the parameters give {feature.store_dtype}"
-        )
-    if tuple(feats["shape"][1:]) != feature.frame_shape:
-        faults.append(
-            f"features: frame shape {feats['shape'][1:]}, the parameters give {feature.frame_shape}"
+            f"features: frame shape {t.frame_shape}, the parameters give {feature.frame_shape}"
         )
     if feature.key() != t.attrs.get("feature_key"):
         faults.append(
             "feature_key differs from the stored parameters and this machine's library versions"
         )
-    with h5py.File(path, "r") as h:
-        every_n = h["files/n_frames"][()]
-        every_offset = h["files/offset"][()]
-        status = h["files/status"][()]
-    expected_offset = np.concatenate([[0], np.cumsum(every_n)[:-1]]) if len(every_n) else every_n
-    if not np.array_equal(every_offset, expected_offset):
+    expected_offset = np.concatenate([[0], np.cumsum(t.n_frames)[:-1]]) if t.n_files else t.offset
+    if not np.array_equal(t.offset, expected_offset):
         faults.append("files: offsets are not the running sum of frame counts")
-    if int(every_n.sum()) != t.total_frames:
+    if int(t.n_frames.sum()) != t.total_frames:
         faults.append(
-            f"files: frame counts add to {int(every_n.sum())}, features hold {t.total_frames}"
+            f"files: frame counts add to {int(t.n_frames.sum())}, features hold {t.total_frames}"
         )
-    if (every_n < 0).any():
-        faults.append("files: negative frame count")
-    if not np.isin(status, (STATUS_OK, STATUS_FAILED)).all():
-        faults.append("files: some files were never computed (an unfinished store)")
+    for s, f, n, name in zip(t.segment, t.first, t.n_frames, t.names):
+        if f < 0 or n < 0 or f + n > t.segments[s].frames:
+            faults.append(f"{name}: frames {f}-{f + n} are outside its segment")
     expected_frames = np.array([feature.n_frames(int(round(d * feature.sr))) for d in t.duration_s])
     off = np.nonzero(np.abs(expected_frames - t.n_frames) > 1)[0]
     if len(off):
@@ -97,14 +116,92 @@ def verify(path: str | os.PathLike) -> list[str]:
         )
     for name, spec in t.targets.items():
         shape = layouts[f"targets/{name}"]["shape"]
-        rows = t.total_frames if spec.frame_level else len(every_n)
+        rows = t.total_frames if spec.frame_level else t.n_files
         if shape[0] != rows:
             faults.append(f"targets/{name}: {shape[0]} rows, expected {rows}")
+    return faults
+
+
+def check_rows(t, i: int, block_frames: int = 4096) -> str:
+    """What is wrong with file ``i``'s rows ('' if nothing): checksum, NaN or Inf."""
+    h = hashlib.blake2b(digest_size=16)
     bad = 0
-    for block in iter_feature_blocks(path):
+    n = int(t.n_frames[i])
+    for s in range(0, n, block_frames):
+        block = read_rows(t, i, s, min(block_frames, n - s))
+        h.update(memoryview(block).cast("B"))
         bad += int((~np.isfinite(block)).sum())
+    path, at, nbytes = t.byte_range(i)
+    where = f"{relative_to(stores_root_of(t.path), path)}, bytes {at}-{at + nbytes}"
+    faults = []
+    if h.hexdigest() != t.checksum[i]:
+        faults.append("its rows differ from their checksum: the segment changed on disk")
     if bad:
-        faults.append(f"features: {bad} NaN or Inf values")
+        faults.append(f"{bad} NaN or Inf values")
+    return f"{'; '.join(faults)} ({where})" if faults else ""
+
+
+def verify_folder(root: Path) -> list[str]:
+    """Every segment's rows against its table, then every view's tables."""
+    faults = []
+    names: dict[str, str] = {}
+    sums: dict[Path, dict[int, str]] = {}
+    views = view_files(root)
+    for v in views:
+        try:
+            t = read_tables(v, missing_ok=True)
+            names.update(zip(t.keys.tolist(), t.names.tolist()))
+        except StoreError:
+            continue
+    for p in segment_files(root):
+        try:
+            seg = read_segment(p)
+        except StoreError as e:
+            faults.append(str(e))
+            continue
+        faults += [f"{relative_to(root, p)}: {f}" for f in _check_segment(seg, names)]
+    for v in views:
+        try:
+            t = read_tables(v, missing_ok=True)
+        except StoreError as e:
+            faults.append(str(e))
+            continue
+        if len(t.missing):
+            faults.append(str(t.missing_error()))
+        faults += [f"{v}: {f}" for f in _check_tables(t)]
+        for i in range(t.n_files):
+            if i not in set(t.missing.tolist()) and t.checksum[i] != _segment_sum(t, i, sums):
+                faults.append(f"{v}: {t.names[i]}: its checksum differs from its segment's")
+    return faults
+
+
+def _segment_sum(t, i: int, sums: dict[Path, dict[int, str]]) -> str:
+    """The checksum a segment's table gives for file ``i``'s rows (``sums``: tables read)."""
+    path = t.segments[int(t.segment[i])].path
+    if path not in sums:
+        try:
+            seg = read_segment(path)
+            sums[path] = dict(zip(seg.first.tolist(), seg.checksum.tolist()))
+        except StoreError:
+            sums[path] = {}
+    return sums[path].get(int(t.first[i]), "")
+
+
+def _check_segment(seg, names: dict[str, str]) -> list[str]:
+    faults = []
+    fb = seg.frame_bytes
+    fd = os.open(seg.path, os.O_RDONLY)
+    try:
+        for k, f, n, st, c in zip(seg.keys, seg.first, seg.n_frames, seg.status, seg.checksum):
+            if st != STATUS_OK:
+                continue
+            data = np.empty(int(n) * fb, np.uint8)
+            pread_into(fd, data, seg.features_at + int(f) * fb)
+            if rows_checksum(data) != c:
+                who = names.get(str(k), f"content key {k}")
+                faults.append(f"{who}: its rows differ from their checksum (frames {f}-{f + n})")
+    finally:
+        os.close(fd)
     return faults
 
 
@@ -133,9 +230,8 @@ def show(
     t = read_tables(path)
     i = _file_index(t, name)
     feature = make_feature(t.feature)
-    feats = memmap_dataset(path, "features")
     off, n = int(t.offset[i]), int(t.n_frames[i])
-    block = feature.patch_view(np.asarray(feats[off : off + n]))  # (C, F, T) or (1, samples)
+    block = feature.patch_view(read_rows(t, i))  # (C, F, T) or (1, samples)
     times = feature.frame_times(n)
     frame_targets = [s for s in t.targets.values() if s.frame_level]
     fig, axes = plt.subplots(

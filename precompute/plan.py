@@ -2,9 +2,9 @@
 
 A file's feature rows are identified by its **content key**: the feature's value parameters,
 the library and code versions that change values (:meth:`Feature.key`), and the hash of the
-audio file's bytes. A **store** is identified by those keys plus the annotations: the same
-request finds the same store; a changed label, an added file or an overwritten recording makes
-another, whose unchanged rows are copied rather than computed (see :mod:`.pipeline`).
+audio file's bytes. A **store** (a view over the feature pool) is identified by those keys plus the annotations:
+the same request finds the same store; a changed label, an added file or an overwritten
+recording makes another view, which reuses the rows the pool holds (see :mod:`.pipeline`).
 
 Hashes are cached in the catalogue by path, size and mtime, so a rerun reads no audio unless a
 file changed; a file whose content changed since it was last seen is reported.
@@ -26,7 +26,7 @@ from common.catalogue import Catalogue
 from common.errors import UserError
 from common.features import Feature, make_feature, params_hash
 from common.pyjama import Collection, Entry, collection_to_json, read_pyjama
-from common.store import FORMAT_VERSION, TargetSpec, store_path
+from common.store import FORMAT_VERSION, TargetSpec, pool_dir, store_path
 
 from .targets import annotation_warnings, pitch_unit, pitches_off_grid, plan_targets
 
@@ -74,12 +74,9 @@ class Plan:
         return self.store_path.with_name(self.store_path.name + ".lock")
 
     @property
-    def partial_path(self) -> Path:
-        return self.store_path.with_name(self.store_path.name + ".partial")
-
-    @property
-    def parts_dir(self) -> Path:
-        return self.store_path.with_name(self.store_path.name + ".parts")
+    def pool(self) -> Path:
+        """Where the segments of this feature's values are."""
+        return pool_dir(self.stores, self.feature_key)
 
 
 def make_plan(

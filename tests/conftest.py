@@ -67,3 +67,23 @@ def write_wav(path: Path, y: np.ndarray, sr: int = SR) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, y, sr)
     return path
+
+
+def done_markers(stores: Path) -> list[Path]:
+    """The markers of finished files that a build into ``stores`` has flushed so far."""
+    return sorted(Path(stores).glob("pool/*/*.parts/done-*.json"))
+
+
+def partial_segments(stores: Path) -> list[Path]:
+    return sorted(Path(stores).glob("pool/*/*.partial"))
+
+
+def wait_for(event, proc=None, what: str = "the event"):
+    """Poll until ``event()`` is true (a file appeared, a line was printed); fail if ``proc``
+    ends first. No deadline: a busy machine only makes it take longer."""
+    import time
+
+    while not event():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}")
+        time.sleep(0.01)

@@ -18,13 +18,13 @@ from click.testing import CliRunner
 
 from common.audio import load_audio
 from common.features import make_feature
-from common.store import memmap_dataset, read_file_targets, read_tables
+from common.store import memmap_dataset, read_features, read_file_targets, read_tables
 from precompute.cli import main
 from precompute.inspect import verify
 from precompute.lock import LockedError, StoreLock
 from precompute.pipeline import make_plan, run
 
-from .conftest import SR, tone, write_json, write_wav
+from .conftest import SR, done_markers, partial_segments, tone, wait_for, write_json, write_wav
 
 GENRES = {
     "type_content": "text",
@@ -88,7 +88,7 @@ def test_targets_land_on_the_right_frames_and_bins(notes_dataset, tmp_path):
     s = run(notes_dataset, "cqt", tmp_path / "stores")
     assert s.ok and s.files == 2
     t = read_tables(s.store_path)
-    feats = memmap_dataset(s.store_path, "features")
+    feats = read_features(s.store_path)
     pitch = np.asarray(memmap_dataset(s.store_path, "targets/pitchmidi"))
     f0 = np.asarray(memmap_dataset(s.store_path, "targets/f0multi"))
     assert pitch.dtype == np.uint8 and pitch.shape == (t.total_frames, 360)
@@ -150,16 +150,23 @@ def test_store_layout_and_features_equal_direct_computation(notes_dataset, tmp_p
     s = run(notes_dataset, "hcqt", tmp_path / "stores", jobs=2)
     assert s.store_path.parent == tmp_path / "stores" / "notes"
     assert s.store_path.name.startswith("hcqt-") and s.store_path.suffix == ".h5"
+    t = read_tables(s.store_path)
+    # the view holds no feature bytes: its features are a virtual dataset over one segment,
+    # which is contiguous, uncompressed, time-major
+    (segment,) = t.segments
+    assert segment.path.parent.parent == tmp_path / "stores" / "pool"
     with h5py.File(s.store_path) as h:
+        assert h["features"].is_virtual and h["features"].shape == (t.total_frames, 6, 360)
+        attrs = dict(h.attrs)
+    with h5py.File(segment.path) as h:
         d = h["features"]
         assert d.chunks is None and d.compression is None and d.dtype == np.dtype("<f4")
-        assert d.shape[1:] == (6, 360)
-        attrs = dict(h.attrs)
-    assert json.loads(attrs["feature"])["kind"] == "hcqt" and attrs["format_version"] == 2
+        assert d.shape[1:] == (6, 360) and d.id.get_offset() == segment.features_at
+    assert s.store_path.stat().st_size < segment.path.stat().st_size / 5
+    assert json.loads(attrs["feature"])["kind"] == "hcqt" and attrs["format_version"] == 3
     assert "patch_hop" not in json.loads(attrs["feature"])  # patches belong to the Dataset
     assert {"librosa", "numpy", "h5py"} <= set(json.loads(attrs["versions"]))
-    t = read_tables(s.store_path)
-    feats = memmap_dataset(s.store_path, "features")
+    feats = read_features(s.store_path)
     f = make_feature("hcqt")
     coll_paths = [notes_dataset.parent / "audio" / n for n in ("a.wav", "b.wav")]
     for i, p in enumerate(coll_paths):
@@ -179,7 +186,7 @@ def test_hcqt_pitch_targets_line_up_with_every_harmonic_channel(notes_dataset, t
     # lower in channel 2, an octave higher in channel 0.5, whatever CQT each channel came from
     s = run(notes_dataset, "hcqt", tmp_path / "stores")
     t = read_tables(s.store_path)
-    feats = np.asarray(memmap_dataset(s.store_path, "features"))
+    feats = read_features(s.store_path)
     pitch = np.asarray(memmap_dataset(s.store_path, "targets/pitchmidi"))
     n = int(t.n_frames[0])
     frames, bins = np.nonzero(pitch[:n])
@@ -200,15 +207,22 @@ def _tables(path):
         return out
 
 
+# where a view finds its rows in the pool: another build history puts them elsewhere
+WHERE = ("segments/path", "segments/features_at", "segments/frames", "files/segment", "files/first")
+
+
 def _assert_same_store(a, b):
-    """Byte for byte; on a difference, name the first dataset that differs."""
+    """Byte for byte, or else the same arrays (features read through the view) wherever their
+    rows are in the pool; on a difference, name the first dataset that differs."""
     if Path(a).read_bytes() == Path(b).read_bytes():
         return
     ta, tb = _tables(a), _tables(b)
+    for k in WHERE:
+        ta.pop(k), tb.pop(k)
     assert ta.keys() == tb.keys()
     for k in ta:
         assert np.array_equal(ta[k], tb[k], equal_nan=ta[k].dtype.kind == "f"), k
-    raise AssertionError(f"{a} and {b} hold the same arrays but differ in bytes")
+    assert not np.isnan(ta["features"]).any(), "a segment is missing (read as NaN)"
 
 
 def _many(tmp_path, n=16, seconds=2.0):
@@ -241,20 +255,18 @@ def test_ctrl_c_stops_and_a_rerun_continues_to_the_identical_store(tmp_path):
     proc = subprocess.Popen(
         _cli(ds, stores, "-j", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(plan.parts_dir.glob("done-*.json")):
-        time.sleep(0.02)
+    wait_for(lambda: done_markers(stores), proc, "the first file was done")
     proc.send_signal(signal.SIGINT)
-    proc.wait(30)
-    assert list(plan.parts_dir.glob("done-*.json")) and plan.partial_path.exists()
+    proc.wait(60)
+    assert done_markers(stores) and partial_segments(stores)
     assert not plan.store_path.exists(), "the run was not interrupted mid-way"
     res = subprocess.run(_cli(ds, stores), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == str(plan.store_path)
     assert "from the interrupted run" in res.stdout
     _assert_same_store(plan.store_path, ref.store_path)
-    assert not plan.parts_dir.exists() and not plan.partial_path.exists()
-    assert not plan.lock_path.exists()
+    assert not done_markers(stores) and not partial_segments(stores)
+    assert not plan.lock_path.exists() and not list(plan.pool.glob("*.lock"))
 
 
 def test_a_second_run_refuses_or_waits_naming_the_holder(notes_dataset, tmp_path):
@@ -425,9 +437,11 @@ def test_verify_finds_a_damaged_store(notes_dataset, tmp_path):
     s = run(notes_dataset, "lms", tmp_path / "stores")
     with h5py.File(s.store_path, "r+") as h:
         h["files/offset"][1] += 3
-        h["features"][5, 0, 0] = np.nan
+        h["features"][5, 0, 0] = np.nan  # through the view, into its segment
     faults = verify(s.store_path)
-    assert any("offsets" in f for f in faults) and any("NaN" in f for f in faults)
+    assert any("offsets" in f for f in faults)
+    assert any(f.startswith("audio/a.wav: its rows differ from their checksum") and "1 NaN" in f
+               for f in faults), faults  # fmt: skip
     res = CliRunner().invoke(main, ["verify", str(s.store_path)])
     assert res.exit_code == 1
 

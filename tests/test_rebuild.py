@@ -21,14 +21,16 @@ from click.testing import CliRunner
 
 from common.catalogue import Catalogue
 from common.features import make_feature
-from common.store import StoreError, memmap_dataset, read_tables
-from precompute import pipeline
+from common.store import StoreError, read_features, read_segment, read_tables, segment_files
+from precompute import layout
 from precompute.cli import main
+from precompute.inspect import verify, verify_folder
+from precompute.lock import StoreLock
 from precompute.pipeline import make_plan, run
 from train.data import StoreDataModule
 from train.dataset import DatasetError, StoreDataset
 
-from .conftest import tone, write_json, write_wav
+from .conftest import done_markers, partial_segments, tone, wait_for, write_json, write_wav
 from .test_precompute import _assert_same_store
 
 
@@ -54,7 +56,11 @@ def _edit(ds: Path, fn) -> Path:
 
 
 def _features(store: Path) -> np.ndarray:
-    return np.asarray(memmap_dataset(store, "features"))
+    return read_features(store)
+
+
+def _pool_bytes(stores: Path) -> int:
+    return sum(p.stat().st_size for p in segment_files(stores))
 
 
 @pytest.mark.slow
@@ -62,15 +68,17 @@ def test_rebuilds_compute_only_what_changed_and_equal_a_fresh_build(tmp_path):
     ds = _dataset(tmp_path)
     stores = tmp_path / "stores"
     first = run(ds, "cqt", stores)
-    assert (first.computed, first.copied) == (8, 0)
+    assert (first.computed, first.reused) == (8, 0)
+    pool = _pool_bytes(stores)
 
     def fresh(label):  # the same request from scratch, in a stores folder of its own
         return run(ds, "cqt", tmp_path / f"fresh-{label}").store_path
 
-    # one label edited: nothing computed, targets follow the edit
+    # one label edited: nothing computed, no feature byte written, targets follow the edit
     _edit(ds, lambda e: e[3].update(genre=[{"value": "folk"}]))
     s = run(ds, "cqt", stores)
-    assert (s.computed, s.copied) == (0, 8) and s.store_path != first.store_path
+    assert (s.computed, s.reused) == (0, 8) and s.store_path != first.store_path
+    assert _pool_bytes(stores) == pool and len(segment_files(stores)) == 1
     assert np.array_equal(_features(s.store_path), _features(first.store_path))
     assert h5py.File(s.store_path)["targets/genre"][3] == 0
     _assert_same_store(s.store_path, fresh("label"))
@@ -79,9 +87,9 @@ def test_rebuilds_compute_only_what_changed_and_equal_a_fresh_build(tmp_path):
     shutil.copy(tmp_path / "audio/f02.wav", tmp_path / "audio/renamed.wav")
     _edit(ds, lambda e: e[2].update(filepath=[{"value": "audio/renamed.wav"}]))
     s = run(ds, "cqt", stores)
-    assert (s.computed, s.copied) == (0, 8)
+    assert (s.computed, s.reused) == (0, 8) and _pool_bytes(stores) == pool
 
-    # 10 % more files: only the new ones computed
+    # 10 % more files: only the new ones computed, into a segment holding only them
     write_wav(tmp_path / "audio/new.wav", tone(70, 1.3))
     _edit(
         ds,
@@ -90,21 +98,23 @@ def test_rebuilds_compute_only_what_changed_and_equal_a_fresh_build(tmp_path):
         ),
     )
     s = run(ds, "cqt", stores)
-    assert (s.computed, s.copied) == (1, 8)
+    assert (s.computed, s.reused) == (1, 8)
+    added = [p for p in segment_files(stores) if len(read_segment(p).keys) == 1]
+    assert len(segment_files(stores)) == 2 and len(added) == 1
     _assert_same_store(s.store_path, fresh("added"))
 
     # another patch hop: the same store, found at once
     other_hop = make_feature("cqt", {"patch_hop": 7})
     assert make_plan(ds, other_hop, stores).store_path == s.store_path
     again = run(ds, other_hop, stores)
-    assert again.existed and (again.computed, again.copied) == (0, 0)
+    assert again.existed and again.computed == 0
 
     # an audio file overwritten with other audio under the same name: that file only, reported
     before = read_tables(s.store_path)
     old_rows = _features(s.store_path)
     write_wav(tmp_path / "audio/f05.wav", tone(80, 1.5))
     s = run(ds, "cqt", stores)
-    assert (s.computed, s.copied) == (1, 8)
+    assert (s.computed, s.reused) == (1, 8)
     assert s.changed == [str((tmp_path / "audio/f05.wav").absolute())]
     after = read_tables(s.store_path)
     new_rows = _features(s.store_path)
@@ -113,40 +123,99 @@ def test_rebuilds_compute_only_what_changed_and_equal_a_fresh_build(tmp_path):
         b = old_rows[before.offset[i] : before.offset[i] + before.n_frames[i]]
         assert (a.shape == b.shape and np.array_equal(a, b)) == (i != 5), i
     _assert_same_store(s.store_path, fresh("overwritten"))
+    assert verify(stores) == []
 
 
-def _build_then_die(ds, stores, delay_s):
-    """A child process that builds and is killed ``delay_s`` seconds in (SIGKILL)."""
+def _die_at(monkeypatch, moment: str, k: int) -> None:
+    """In a forked child: SIGKILL this process at ``moment``, the ``k``-th time it comes."""
+    from common import catalogue, store
+    from precompute import seal
+
+    # os.replace as common.store calls it: first to seal the segment, then for the view
+    proxy = type("Os", (), {"__getattr__": lambda self, n: getattr(os, n)})()
+    proxy.replace = os.replace
+    monkeypatch.setattr(store, "os", proxy)
+    target, name, before = {
+        "file done": (layout.SegmentBuild, "record", False),  # rows written, marker maybe not
+        "marker flushed": (layout.SegmentBuild, "flush", False),
+        "sealing: before the rename": (seal, "seal_segment", True),  # no status, no checksums
+        "sealing: flushed, not renamed": (proxy, "replace", True),
+        "sealed, not registered": (catalogue.Catalogue, "register_segment", True),
+        "registering the segment": (
+            catalogue.Catalogue,
+            "_insert_segment",
+            False,
+        ),  # in the transaction
+        "writing the view": (store, "_commit", True),  # written, not flushed nor renamed
+        "view renamed, not registered": (proxy, "replace", False),
+        "registering the view": (catalogue.Catalogue, "_insert_view", False),
+    }[moment]
+    real, count = getattr(target, name), [0]
+
+    def wrapper(*a, **kw):
+        count[0] += 1
+        if before and count[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = real(*a, **kw)
+        if not before and count[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    monkeypatch.setattr(target, name, wrapper)
+
+
+def _build_then_die(ds, stores, moment, k):
+    """A forked child that builds and is killed (SIGKILL) at ``moment``."""
     ctx = multiprocessing.get_context("fork")
-    child = ctx.Process(target=run, args=(ds, "cqt", stores), kwargs={"jobs": 1})
-    child.start()
-    child.join(delay_s)
-    if child.is_alive():
-        os.kill(child.pid, signal.SIGKILL)
-    child.join()
-    return child.exitcode
+
+    def child():
+        mp = pytest.MonkeyPatch()
+        _die_at(mp, moment, k)
+        run(ds, "cqt", stores, jobs=1)
+
+    p = ctx.Process(target=child)
+    p.start()
+    p.join()
+    return p.exitcode
+
+
+def _assert_no_half_segment(stores: Path) -> None:
+    """Every segment under its final name, and every one the catalogue knows, is whole."""
+    known = {s["path"] for s in Catalogue(stores).segments()}
+    assert verify_folder(stores) == []
+    assert known <= {Path(os.path.abspath(p)) for p in segment_files(stores)}
+
+
+MOMENTS = [
+    ("file done", 2), ("file done", 7), ("marker flushed", 4),
+    ("sealing: before the rename", 1), ("sealing: flushed, not renamed", 1),
+    ("sealed, not registered", 1), ("registering the segment", 1),
+    ("writing the view", 1), ("view renamed, not registered", 2), ("registering the view", 1),
+]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_resume_gives_the_identical_store(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "MARKER_EVERY_S", 0.05)  # many markers: resume from each point
+def test_kill_9_at_10_moments_then_resume_gives_the_identical_store(tmp_path, monkeypatch):
+    monkeypatch.setattr(layout, "MARKER_EVERY_S", 0.0)  # a marker per file: resume from each
     ds = _dataset(tmp_path, n=10)
-    t0 = time.perf_counter()
     ref = run(ds, "cqt", tmp_path / "ref", jobs=1).store_path
-    took = time.perf_counter() - t0
-    rng = np.random.default_rng(0)
-    resumed_from_markers = 0
-    for trial in range(10):
+    resumed = 0
+    for trial, (moment, k) in enumerate(MOMENTS):
         stores = tmp_path / f"trial{trial}"
         plan = make_plan(ds, "cqt", stores)
-        code = _build_then_die(ds, stores, float(rng.uniform(0, 1.2 * took)))
-        if code == 0:
-            assert plan.store_path.exists()
+        code = _build_then_die(ds, stores, moment, k)
+        assert code == -signal.SIGKILL, (moment, code)
+        _assert_no_half_segment(stores)
         s = run(ds, "cqt", stores, jobs=1)
         _assert_same_store(s.store_path, ref)
-        resumed_from_markers += s.resumed > 0
-        assert not plan.partial_path.exists() and not plan.parts_dir.exists()
-    assert resumed_from_markers >= 2, "the kills never landed mid-computation"
+        assert s.computed + s.resumed + s.reused >= 10 or s.existed, moment
+        resumed += s.resumed > 0
+        assert verify(s.store_path) == [] and verify_folder(stores) == []
+        assert not partial_segments(stores) and not done_markers(stores)
+        with StoreLock(plan.lock_path):  # a lock file left by the kill is not held by anyone
+            pass
+        assert len(segment_files(stores)) == 1
+    assert resumed >= 3, "no kill landed mid-computation"
 
 
 def _limited(limit_bytes):
@@ -201,6 +270,13 @@ def test_a_store_that_cannot_fit_is_refused_before_computing(tmp_path):
     assert " are free" in line
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def test_two_concurrent_runs_one_builds_the_other_refuses_or_waits(tmp_path):
     ds = _dataset(tmp_path, n=12, seconds=2.0)
     stores = tmp_path / "stores"
@@ -208,10 +284,8 @@ def test_two_concurrent_runs_one_builds_the_other_refuses_or_waits(tmp_path):
     first = subprocess.Popen(
         _cli(ds, stores), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.time() + 60
-    while time.time() < deadline and not plan.lock_path.exists():
-        time.sleep(0.01)
-    time.sleep(0.3)  # the holder writes its name once it holds the lock
+    # the holder writes its name into the lock file once it holds it
+    wait_for(lambda: _text(plan.lock_path), first, "the lock was taken")
     second = subprocess.run(_cli(ds, stores), capture_output=True, text=True, timeout=120)
     waiter = subprocess.Popen(
         [*_cli(ds, stores), "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -224,15 +298,15 @@ def test_two_concurrent_runs_one_builds_the_other_refuses_or_waits(tmp_path):
     assert waiter.returncode == 0 and "waiting for pid" in w_err and "store exists" in w_out
 
 
-def test_the_catalogue_survives_a_deleted_store(tmp_path):
+def test_a_store_deleted_by_hand_is_forgotten_and_its_rows_stay_in_the_pool(tmp_path):
     ds = _dataset(tmp_path)
     stores = tmp_path / "stores"
     first = run(ds, "cqt", stores)
     first.store_path.unlink()
     _edit(ds, lambda e: e[0].update(genre=[{"value": "jazz"}]))
-    s = run(ds, "cqt", stores)  # its rows are gone: computed again, nothing fails
-    assert (s.computed, s.copied) == (8, 0)
-    recorded = [r.path for r in Catalogue(stores).stores()]
+    s = run(ds, "cqt", stores)  # the features were never in the view: nothing is computed
+    assert (s.computed, s.reused) == (0, 8)
+    recorded = [r.path for r in Catalogue(stores).views()]
     assert recorded == [s.store_path.absolute()]
     res = CliRunner().invoke(main, ["ls", str(stores)])
     assert res.exit_code == 0 and s.store_path.name in res.output
@@ -244,10 +318,14 @@ def test_ls_and_gc(tmp_path):
     old = run(ds, "cqt", stores).store_path
     _edit(ds, lambda e: e[1].update(genre=[{"value": "folk"}]))
     new = run(ds, "cqt", stores).store_path
-    Catalogue(stores).touch([old], when=time.time() - 10 * 86400)
+    long_ago = time.time() - 10 * 86400
+    os.utime(old, (long_ago, long_ago))  # when a store was last used is its file's mtime
     res = CliRunner().invoke(main, ["ls", str(stores)])
     assert res.exit_code == 0
-    header, *rows = res.output.splitlines()
+    header, *rows, pool = res.output.splitlines()
+    assert pool.startswith("pool: 1 segment(s), ") and pool.endswith(
+        "100% of their frames used by a store"
+    )
     assert header.split() == [
         "store",
         "dataset",
@@ -264,7 +342,8 @@ def test_ls_and_gc(tmp_path):
     assert res.exit_code == 0 and f"would remove {old}" in res.output and old.exists()
     res = CliRunner().invoke(main, ["gc", str(stores), "--older-than", "5"])
     assert res.exit_code == 0 and not old.exists() and new.exists()
-    assert [r.path for r in Catalogue(stores).stores()] == [new.absolute()]
+    assert [r.path for r in Catalogue(stores).views()] == [new.absolute()]
+    assert len(segment_files(stores)) == 1  # the store kept needs the one segment
     assert run(ds, "cqt", stores).existed  # the store in use is still found
 
 
@@ -276,7 +355,7 @@ def test_a_format_1_store_is_refused_with_the_command_that_rebuilds_it(tmp_path)
         h.create_dataset("features", data=np.zeros((4, 1, 8), np.float32))
     with pytest.raises(
         StoreError,
-        match=r"store format 1, this mirpatch reads format 2; delete it and rebuild with: precompute run --dataset demo.pyjama --feature lms",
+        match=r"store format 1, this mirpatch reads format 3; delete it and rebuild with: precompute run --dataset demo.pyjama --feature lms",
     ):
         read_tables(p)
     with pytest.raises(DatasetError, match="delete it and rebuild with"):

@@ -7,13 +7,13 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from precompute.pipeline import execute, make_plan, run
 
+from .conftest import done_markers, wait_for
 from .test_precompute import _assert_same_store, _many
 
 distributed = pytest.importorskip("distributed")
@@ -45,9 +45,7 @@ def test_a_killed_dask_worker_still_yields_the_complete_identical_store(tmp_path
             ),
         )
         worker.start()
-        deadline = time.time() + 60
-        while time.time() < deadline and not list(plan.parts_dir.glob("done-*.json")):
-            time.sleep(0.02)
+        wait_for(lambda: done_markers(plan.stores) or not worker.is_alive())
         pids = client.run(os.getpid)
         victim = sorted(pids.values())[0]
         os.kill(victim, signal.SIGKILL)

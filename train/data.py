@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from common.catalogue import Catalogue
+from common.catalogue import Catalogue, touch
 from common.features import Feature, make_feature
 from common.store import read_tables
 
@@ -48,7 +48,7 @@ def find_store(
     sha1 = hashlib.sha1(dataset.read_bytes()).hexdigest()
     for rec in found:
         if rec.pyjama_sha1 == sha1:
-            catalogue.touch([rec.path])
+            touch(rec.path)
             return rec.path
     if found:
         raise DatasetError(
@@ -56,7 +56,7 @@ def find_store(
             f"({found[0].path}); update it with:\n  {cmd}"
         )
     others = [
-        r for r in catalogue.stores() if r.pyjama == str(dataset) and r.feature_kind == feature.kind
+        r for r in catalogue.views() if r.pyjama == str(dataset) and r.feature_kind == feature.kind
     ]
     hint = (
         f" ({len(others)} {feature.kind} store(s) of it exist with other feature values or library versions)"

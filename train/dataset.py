@@ -1,11 +1,13 @@
-"""A ``torch.utils.data.Dataset`` over a precomputed store, read lazily and memory-mapped.
+"""A ``torch.utils.data.Dataset`` over a precomputed store (a view over the feature pool),
+read lazily.
 
-``idx`` addresses a patch, a file or a work (``unit``). The store's time-major
-feature dataset is mapped with ``numpy.memmap`` in each process that reads it
-(never an h5py handle carried across fork, never pickled), so a patch is one
-contiguous byte range and memory does not grow with the store. Index tables are
-loaded once as numpy arrays. Items are views of the map; batches are filled once,
-row by row (see :mod:`train.views`).
+``idx`` addresses a patch, a file or a work (``unit``). A patch is one contiguous byte range of
+one segment of the pool (:meth:`StoreDataset.byte_ranges` says which); each process opens the
+segments it needs once, lazily (never an h5py handle carried across fork, never pickled), so
+memory does not grow with the store, the number of files or of segments. Index tables are
+loaded once as numpy arrays. Batches are read with one ``pread`` per patch straight into the
+batch block (see :mod:`train.views`). While a StoreDataset lives, it holds a shared lock on its
+view and segments, so that ``precompute gc`` leaves them alone.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.catalogue import touch
 from common.errors import UserError
 from common.features import Feature, make_feature
+from common.holds import hold
 from common.store import (
     StoreError,
     TargetSpec,
     dataset_location,
-    memmap_dataset,
     patch_index,
     read_file_targets,
     read_tables,
@@ -184,18 +187,33 @@ class StoreDataset(torch.utils.data.Dataset):
         self._prepare_reading(pin_memory)
 
     def _prepare_reading(self, pin_memory: bool) -> None:
-        """Where the mapped datasets are in the file, found once (workers map them without
-        h5py), and the per-file target as a tensor."""
+        """Where the rows are, found once (workers read them without h5py), the shared locks
+        that keep gc away, and the per-file target as a tensor."""
         self.pin_memory = pin_memory
-        spec, target = self.spec, self.target
-        frame = [f"targets/{target}"] if spec and spec.frame_level else []
-        self._locations = {name: dataset_location(self.path, name) for name in ("features", *frame)}
+        t, spec, target = self.tables, self.spec, self.target
+        holds = [hold(self.path), *(hold(s.path) for s in t.segments)]
+        if any(h is None for h in holds):  # removed between reading the tables and now
+            raise DatasetError(f"{self.path}: the store or one of its segments was just removed; "
+                               "open it again")  # fmt: skip
+        self._holds = holds
+        touch(self.path)
+        parts = [(s.path, s.features_at, s.frames) for s in t.segments]
+        self.features = Rows(parts, t.frame_shape, t.dtype, self.feature.view_layout, pin_memory)
+        seg_start = self.features.starts[:-1]
+        # each file's first row as an address over all segments
+        self.file_row = (seg_start[t.segment] + t.first).astype(np.int64) if t.n_files else t.first
+        self.target_rows: Rows | None = None
+        if spec is not None and spec.frame_level:
+            shape, dtype, at = dataset_location(self.path, f"targets/{target}")
+            self.target_rows = Rows(
+                [(self.path, at, shape[0])], shape[1:], dtype, _target_layout(shape), pin_memory
+            )
         self._file_target: torch.Tensor | None = (
             torch.from_numpy(np.ascontiguousarray(self.file_targets[target]))
             if spec is not None and not spec.frame_level
             else None
         )
-        self._maps: dict[str, Any] | None = None  # made on first use, never pickled
+        self._file_target_list: list[torch.Tensor] | None = None
 
     def _feature(self, wanted: dict | Feature | None) -> Feature:
         """The store's feature; with the patch length and hop of ``wanted``, whose values must
@@ -269,27 +287,17 @@ class StoreDataset(torch.utils.data.Dataset):
             keys = [f"file:{n}" for n in t.names]
         return assign_splits(keys, fractions, seed)
 
-    # -- lazy, per-process mapping -------------------------------------------
-    def rows(self, name: str = "features") -> Rows:
-        """The map of ``features`` or of the target's frame rows, made on first use.
-
-        A private mapping, not an open h5py file: a forked DataLoader worker uses the one it
-        inherits; pickling (spawned workers) leaves it behind and the new process maps again.
-        """
-        if self._maps is None:
-            self._maps = {}
-            for key, (shape, dtype, offset) in self._locations.items():
-                array = (  # copy-on-write: a write to an item changes this process's copy only
-                    np.memmap(self.path, dtype=dtype, mode="c", offset=offset, shape=shape)
-                    if int(np.prod(shape))
-                    else np.zeros(shape, dtype=dtype)
-                )
-                layout = self.feature.view_layout if key == "features" else _target_layout(shape)
-                self._maps[key] = Rows(np.asarray(array), layout, self.pin_memory)
-        return self._maps[name]
+    # -- where the bytes are -----------------------------------------------------------
+    def byte_ranges(self, indices: Sequence[int]) -> list[tuple[Path, int, int]]:
+        """``(segment path, byte offset, nbytes)`` of the features of each patch ``indices``
+        (unit ``patch``): what a batch of them reads, for a prefetcher or a cache of one's own."""
+        idx = np.asarray(indices, dtype=np.int64)
+        addrs = self.file_row[self.patch_file[idx]] + self.patch_start[idx]
+        return [(Path(p), o, n) for p, o, n in self.features.byte_ranges(addrs, self.patch_frames)]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_maps": None}
+        # a spawned worker holds no locks: this process holds them for as long as it lives
+        return {**self.__dict__, "_holds": [], "_file_target_list": None}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -324,14 +332,13 @@ class StoreDataset(torch.utils.data.Dataset):
         return f"targets/{self.target}"
 
     def patches(self, files: np.ndarray, starts: np.ndarray) -> list[dict[str, Any]]:
-        """Patches ``(file, start)`` as items: views of the store, nothing copied."""
-        offsets = (self.tables.offset[files] + starts).tolist()
+        """Patches ``(file, start)`` as items: views of the store, nothing read yet."""
         L = self.patch_frames
-        X = self.rows().batch_items(offsets, L)
+        X = self.features.batch_items((self.file_row[files] + starts).tolist(), L)
         if self.spec is None:
             return [{"X": x} for x in X]
-        if self.spec.frame_level:
-            Y = self.rows(self._target_name()).batch_items(offsets, L)
+        if self.target_rows is not None:
+            Y = self.target_rows.batch_items((self.tables.offset[files] + starts).tolist(), L)
         else:
             per_file = self._file_target_rows()
             Y = [per_file[f] for f in files.tolist()]
@@ -339,30 +346,32 @@ class StoreDataset(torch.utils.data.Dataset):
 
     def _file_target_rows(self) -> list[torch.Tensor]:
         """One tensor per file of its per-file target (made once per process)."""
-        self.rows()
-        rows = self._maps.get("file target rows")
-        if rows is None:
-            rows = self._maps["file target rows"] = list(self._file_target.unbind(0))
-        return rows
+        if self._file_target_list is None:
+            self._file_target_list = list(self._file_target.unbind(0))
+        return self._file_target_list
 
     def batch(self, files: np.ndarray, starts: np.ndarray) -> dict[str, torch.Tensor]:
         """Patches ``(file, start)`` stacked: ``X (B, *item_shape)`` and ``y``, each one
         time-major block seen in the model's layout, as stacking their items would give."""
-        offsets = self.tables.offset[files] + starts
-        out = {"X": self.rows().batch(offsets, self.patch_frames)}
+        L = self.patch_frames
+        out = {"X": self.features.batch(self.file_row[files] + starts, L)}
         if self.spec is not None:
             out["y"] = (
-                self.rows(self._target_name()).batch(offsets, self.patch_frames)
-                if self.spec.frame_level
+                self.target_rows.batch(self.tables.offset[files] + starts, L)
+                if self.target_rows is not None
                 else torch.from_numpy(self.file_targets[self.target][files])
             )
         return out
 
     def file_rows(self, name: str, files: np.ndarray) -> list[np.ndarray]:
-        """Whole files' time-major rows of ``features`` or of a frame-level ``targets/<name>``."""
-        rows = self.rows().np if name == "features" else memmap_dataset(self.path, name)
+        """Whole files' time-major rows of ``features`` or of the target's ``targets/<name>``,
+        each read into an array of its own."""
         t = self.tables
-        return [np.asarray(rows[t.offset[f] : t.offset[f] + t.n_frames[f]]) for f in files]
+        if name == "features":
+            return [self.features.read(int(self.file_row[f]), int(t.n_frames[f])) for f in files]
+        if self.target_rows is None or name != self._target_name():
+            raise DatasetError(f"{self.path}: {name!r} is not this Dataset's frame-level target")
+        return [self.target_rows.read(int(t.offset[f]), int(t.n_frames[f])) for f in files]
 
     def __getitem__(self, idx: int | tuple[int, int]) -> dict[str, Any]:
         epoch = self.epoch
@@ -386,13 +395,13 @@ class StoreDataset(torch.utils.data.Dataset):
 
     def _file_item(self, f: int) -> dict[str, Any]:
         t = self.tables
-        o, n = int(t.offset[f]), int(t.n_frames[f])
+        a, o, n = int(self.file_row[f]), int(t.offset[f]), int(t.n_frames[f])
         if self.whole_file:
-            item = {"X": self.rows().view(o, n), "file": f, "n_frames": n}
+            item = {"X": self.features.view(a, n), "file": f, "n_frames": n}
             if self.spec is not None:
                 item["y"] = (
-                    self.rows(self._target_name()).view(o, n)
-                    if self.spec.frame_level
+                    self.target_rows.view(o, n)
+                    if self.target_rows is not None
                     else self._file_target[f]
                 )
             return item
@@ -400,14 +409,14 @@ class StoreDataset(torch.utils.data.Dataset):
         starts = self._all_patch_start[lo:hi]
         count, L, hop = len(starts), self.patch_frames, self.hop_frames
         item = {
-            "X": self.rows().strided(o, count, hop, L),
+            "X": self.features.strided(a, count, hop, L),
             "file": f,
             "start": torch.from_numpy(starts.copy()),
         }
         if self.spec is not None:
             item["y"] = (
-                self.rows(self._target_name()).strided(o, count, hop, L)
-                if self.spec.frame_level
+                self.target_rows.strided(o, count, hop, L)
+                if self.target_rows is not None
                 else self._file_target[f]
             )
         return item
@@ -423,7 +432,7 @@ class StoreDataset(torch.utils.data.Dataset):
         if self.split != "train":  # evaluation sees the centre of each version
             starts = np.maximum(0, (n - L) // 2)
         length = min(L, int(n.min()))
-        block = self.rows().batch(self.tables.offset[chosen] + starts, length)
+        block = self.features.batch(self.file_row[chosen] + starts, length)
         X = block.clone()  # its own memory: an item outlives the batch buffers
         if length < L:  # a version shorter than one excerpt: zero-padded, masked
             X = torch.nn.functional.pad(X, (0, L - length))
@@ -438,12 +447,17 @@ class StoreDataset(torch.utils.data.Dataset):
         }
 
 
-def _target_layout(shape: tuple[int, ...]):
-    """Frame-level target rows ``(T,)`` or ``(T, W)`` -> a patch ``(L,)`` or ``(W, L)``."""
-    if len(shape) == 1:
-        return lambda length: ((length,), (1,))
-    width = int(shape[1])
-    return lambda length: ((width, length), (1, width))
+class _target_layout:
+    """Frame-level target rows ``(T,)`` or ``(T, W)`` -> a patch ``(L,)`` or ``(W, L)``
+    (a class, not a closure: a spawned worker gets it pickled)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.width = int(shape[1]) if len(shape) > 1 else None
+
+    def __call__(self, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if self.width is None:
+            return (length,), (1,)
+        return (self.width, length), (1, self.width)
 
 
 class PatchBatch(Sequence):

@@ -1,11 +1,11 @@
-"""Patches as views of a memory-mapped store, and batches that move their bytes once.
+"""Patches as views of a store's rows, and batches that move their bytes once.
 
 An item's ``X`` (or frame-level ``y``) is a view of the store's time-major rows in the model's
-layout, e.g. ``(C, F, L)`` over ``L`` contiguous rows of ``(C, F)``: nothing is copied until
+layout, e.g. ``(C, F, L)`` over ``L`` contiguous rows of ``(C, F)``: nothing is read until
 items are stacked into a batch. Then, whoever stacks them (torch's ``default_collate``, or
-:meth:`Rows.batch` for a batch of offsets), the batch is one time-major block ``(B, L, C, F)``
-filled by one gather of row runs (memory-copy speed, no transpose) and handed out as that block
-seen as ``(B, C, F, L)``: a permuted view, which ``.to(device)`` keeps as it is and a model's
+:meth:`Rows.batch` for a batch of addresses), the batch is one time-major block ``(B, L, C, F)``
+filled by one positioned read per patch, straight from the file into the block (no transpose,
+no page mapped), and handed out as that block seen as ``(B, C, F, L)``: a permuted view, which ``.to(device)`` keeps as it is and a model's
 first operation reads in place or makes contiguous on its device.
 
 Where the block lives: in a DataLoader worker, in the shared memory torch allocates for the
@@ -17,107 +17,224 @@ held is alive, so a batch kept by the consumer is never overwritten.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+from common.store import pread_into
 
 RING_DEPTH = 4  # buffers per batch shape; beyond that, batches still held get fresh memory
 
 
 class Rows:
-    """One process's map of a contiguous ``(T, *row_shape)`` store dataset, as numpy and torch."""
+    """One process's access to a store's rows ``(T, *row_shape)`` spread over files ("parts"):
+    the features over the pool's segments, or a frame-level target in the view.
 
-    def __init__(self, array: np.ndarray, layout, pin_memory: bool = False):
-        self.np = array
-        with warnings.catch_warnings():  # an empty store's placeholder is not writable
-            warnings.simplefilter("ignore", UserWarning)
-            self.torch = torch.from_numpy(array)
-        self.row_shape = tuple(array.shape[1:])
+    A row is addressed by one number across all parts (part ``p``'s rows start at
+    ``starts[p]``); a run of rows never crosses a part, since a file's rows never span two
+    segments. Batches are read with ``pread`` straight into the batch block: exactly the bytes
+    of each patch, one system call each, with the kernel's read-ahead off (no read-around beyond
+    the patch, nothing mapped, nothing counted in this process's RSS). Items are views of a
+    private map of their part, which costs nothing until an item's values are touched. File
+    descriptors and maps are made on first use in each process and never pickled.
+    """
+
+    def __init__(
+        self,
+        parts: list[tuple[str, int, int]],
+        row_shape: tuple[int, ...],
+        dtype: np.dtype,
+        layout,
+        pin_memory: bool = False,
+    ):
+        self.parts = [(str(p), int(at), int(n)) for p, at, n in parts]  # (path, offset, rows)
+        counts = np.array([n for _, _, n in self.parts], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.part_at = np.array([at for _, at, _ in self.parts], dtype=np.int64)
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(row_shape)
         self.row_elems = int(np.prod(self.row_shape, dtype=np.int64))
+        self.row_bytes = self.row_elems * self.dtype.itemsize
         self.layout = layout  # length -> (view shape, view strides) over `length` rows
         self.pin_memory = pin_memory
         self._layouts: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-        self._windows: dict[tuple[str, int], torch.Tensor] = {}
+        self._fresh()
 
+    def _fresh(self) -> None:
+        self._fds: dict[int, int] = {}
+        self._maps: dict[int, torch.Tensor] = {}
+        self._windows: dict[tuple[int, int], torch.Tensor] = {}
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fds", "_maps", "_windows")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._fresh()
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    @property
+    def total(self) -> int:
+        return int(self.starts[-1])
+
+    # -- where rows are ----------------------------------------------------------------
+    def locate(self, addrs) -> tuple[np.ndarray, np.ndarray]:
+        """Part and byte offset of each row address."""
+        addrs = np.asarray(addrs, dtype=np.int64)
+        part = np.searchsorted(self.starts, addrs, side="right") - 1
+        return part, self.part_at[part] + (addrs - self.starts[part]) * self.row_bytes
+
+    def byte_ranges(self, addrs, length: int) -> list[tuple[str, int, int]]:
+        """``(path, offset, nbytes)`` of ``length`` rows from each address."""
+        part, at = self.locate(addrs)
+        n = length * self.row_bytes
+        return [(self.parts[p][0], int(o), n) for p, o in zip(part.tolist(), at.tolist())]
+
+    def fd(self, p: int) -> int:
+        fd = self._fds.get(p)
+        if fd is None:
+            fd = self._fds[p] = os.open(self.parts[p][0], os.O_RDONLY)
+            if hasattr(os, "posix_fadvise"):  # this descriptor reads what it is asked, no more
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        return fd
+
+    def _map(self, p: int) -> torch.Tensor:
+        """Part ``p`` mapped copy-on-write (writing to an item changes this process's copy)."""
+        m = self._maps.get(p)
+        if m is None:
+            path, at, n = self.parts[p]
+            shape = (n, *self.row_shape)
+            array = (
+                np.memmap(path, dtype=self.dtype, mode="c", offset=at, shape=shape)
+                if n and self.row_elems
+                else np.zeros(shape, dtype=self.dtype)
+            )
+            with warnings.catch_warnings():  # an empty placeholder is not writable
+                warnings.simplefilter("ignore", UserWarning)
+                m = self._maps[p] = torch.from_numpy(np.asarray(array))
+        return m
+
+    def _local(self, addr: int) -> tuple[torch.Tensor, int]:
+        p = int(np.searchsorted(self.starts, addr, side="right")) - 1
+        return self._map(p), int(addr - self.starts[p])
+
+    # -- views of the maps ------------------------------------------------------------
     def view_layout(self, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         found = self._layouts.get(length)
         if found is None:
             found = self._layouts[length] = self.layout(length)
         return found
 
-    def view(self, start: int, length: int) -> RowView:
-        """Rows ``[start, start + length)`` in the model's layout, without copying them."""
+    def view(self, addr: int, length: int) -> RowView:
+        """Rows ``[addr, addr + length)`` in the model's layout, without reading them."""
+        m, local = self._local(addr)
         shape, strides = self.view_layout(length)
-        v = torch.as_strided(self.torch, shape, strides, start * self.row_elems).as_subclass(
-            RowView
-        )
-        v._batch = (self, [start], length, (id(v),))
+        v = torch.as_strided(m, shape, strides, local * self.row_elems).as_subclass(RowView)
+        v._batch = (self, [int(addr)], length, (id(v),))
         return v
 
-    def batch_items(self, starts: list[int], length: int) -> list[torch.Tensor]:
+    def batch_items(self, addrs: list[int], length: int) -> list[torch.Tensor]:
         """Views of many row runs, to be stacked into a batch.
 
         The first is a :class:`RowView` that knows the whole batch, so that stacking them all
-        (as ``default_collate`` does) fills one block straight from the store; the others are
-        plain views of the map, the cheapest tensors torch makes (a batch makes one per patch).
+        (as ``default_collate`` does) reads one block straight from the files; the others are
+        plain views of the maps, the cheapest tensors torch makes (a batch makes one per patch).
         """
-        if not starts:
+        if not addrs:
             return []
-        windows = self._windows_in_model_layout(length)
-        items = [self.view(starts[0], length), *(windows[s] for s in starts[1:])]
-        items[0]._batch = (self, starts, length, tuple(map(id, items)))
+        part = np.searchsorted(self.starts, addrs, side="right") - 1
+        items = [self.view(addrs[0], length)]
+        for p, a in zip(part[1:].tolist(), addrs[1:]):
+            items.append(self._windows_of(p, length)[a - int(self.starts[p])])
+        items[0]._batch = (self, list(addrs), length, tuple(map(id, items)))
         return items
 
-    def _windows_in_model_layout(self, length: int) -> torch.Tensor:
-        """Every run of ``length`` rows seen in the model's layout ``(T - length + 1, *shape)``."""
-        w = self._windows.get(("model", length))
+    def _windows_of(self, p: int, length: int) -> torch.Tensor:
+        """Every run of ``length`` rows of part ``p`` in the model's layout, as one view."""
+        w = self._windows.get((p, length))
         if w is None:
+            m = self._map(p)
             shape, strides = self.view_layout(length)
-            n = max(0, self.np.shape[0] - length + 1)
-            w = torch.as_strided(self.torch, (n, *shape), (self.row_elems, *strides))
-            self._windows[("model", length)] = w
-        return w
-
-    def windows(self, length: int) -> torch.Tensor:
-        """Every run of ``length`` rows, ``(T - length + 1, length, *row_shape)``, as one view."""
-        w = self._windows.get(("rows", length))
-        if w is None:
-            n = max(0, self.np.shape[0] - length + 1)
-            w = torch.as_strided(
-                self.torch, (n, length, *self.row_shape), (self.row_elems, *self.torch.stride())
+            n = max(0, m.shape[0] - length + 1)
+            w = self._windows[(p, length)] = torch.as_strided(
+                m, (n, *shape), (self.row_elems, *strides)
             )
-            self._windows[("rows", length)] = w
         return w
 
-    def strided(self, start: int, count: int, hop: int, length: int) -> torch.Tensor:
-        """``count`` windows of ``length`` rows, ``hop`` rows apart, from ``start``: one view
+    def strided(self, addr: int, count: int, hop: int, length: int) -> torch.Tensor:
+        """``count`` windows of ``length`` rows, ``hop`` rows apart, from ``addr``: one view
         ``(count, *view shape)`` (overlapping windows share their bytes)."""
+        m, local = self._local(addr)
         shape, strides = self.view_layout(length)
         return torch.as_strided(
-            self.torch, (count, *shape), (hop * self.row_elems, *strides), start * self.row_elems
+            m, (count, *shape), (hop * self.row_elems, *strides), local * self.row_elems
         )
 
-    def batch(self, starts, length: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows of each start, one time-major block, seen in the model's layout ``(B, ...)``."""
-        n = len(starts)
-        block_shape = (n, length, *self.row_shape)
+    # -- reads ---------------------------------------------------------------------------
+    def read(self, addr: int, length: int) -> np.ndarray:
+        """Rows ``[addr, addr + length)`` as a new array ``(length, *row_shape)``."""
+        out = np.empty((length, *self.row_shape), dtype=self.dtype)
+        (p,), (at,) = self.locate([addr])
+        pread_into(self.fd(int(p)), out, int(at))
+        return out
+
+    def batch(self, addrs, length: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows of each address, one time-major block read from the files, seen in the model's
+        layout ``(B, ...)``."""
+        n = len(addrs)
         if out is None:
-            flat = _BUFFERS.take(block_shape, self.np.dtype, self.pin_memory)
+            flat = _BUFFERS.take((n, length, *self.row_shape), self.dtype, self.pin_memory)
         else:  # the caller's memory (shared memory in a DataLoader worker): just the bytes
             flat = out.view(-1)
-        if threading.current_thread() is threading.main_thread():
-            # one gather of contiguous row runs, spread over torch's threads
-            index = torch.as_tensor(starts, dtype=torch.int64)
-            torch.index_select(self.windows(length), 0, index, out=flat.view(block_shape))
-        else:  # a prefetching thread: no second team of torch threads beside the model's
-            block, src = flat.view(block_shape).numpy(), self.np
-            for i, s in enumerate(starts):
-                block[i] = src[s : s + length]
+        if n:
+            block = flat.numpy().view(np.uint8).reshape(n, length * self.row_bytes)
+            part, at = self.locate(addrs)
+            reads = [
+                (self.fd(p), block[i], o)
+                for i, (p, o) in enumerate(zip(part.tolist(), at.tolist()))
+            ]
+            read_all(reads)
         shape, strides = self.view_layout(length)
         return flat.as_strided((n, *shape), (length * self.row_elems, *strides), 0)
+
+
+READ_THREADS = int(os.environ.get("MIRPATCH_READ_THREADS", "4"))
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _reader_pool() -> ThreadPoolExecutor:
+    """This process's reading threads (made again in a forked child, which has none)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(READ_THREADS, thread_name_prefix="mirpatch-read"))
+    return _POOL[1]
+
+
+def read_all(reads: list[tuple[int, np.ndarray, int]]) -> None:
+    """``pread`` each ``(fd, buffer, offset)``: spread over :data:`READ_THREADS` threads, so that
+    the disk has several requests in flight (a read releases the GIL)."""
+    k = min(READ_THREADS, len(reads))
+    if k <= 1:
+        for fd, buf, at in reads:
+            pread_into(fd, buf, at)
+        return
+    groups = [reads[i::k] for i in range(k)]
+    for f in [_reader_pool().submit(_read_group, g) for g in groups]:
+        f.result()
+
+
+def _read_group(reads: list[tuple[int, np.ndarray, int]]) -> None:
+    for fd, buf, at in reads:
+        pread_into(fd, buf, at)
 
 
 class RowView(torch.Tensor):
