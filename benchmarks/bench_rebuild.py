@@ -7,10 +7,13 @@ included), into one stores folder:
 - 10 % more files (the demo's last 14);
 - another ``patch_hop`` (``--set patch_hop=16``);
 - one audio file overwritten with other audio under the same name.
-Each line gives the time, its fraction of T, and how many files were computed and copied; each
-store is then compared, byte for byte, with a fresh build of the same request in an empty stores
-folder (not timed). ``sync`` runs before every timed build, so that each starts with no dirty
-page cache left by the one before.
+Each line gives the time, its fraction of T, how many files were computed and reused from the
+pool, and the feature bytes written (the growth of the pool's segments; rows already there are
+never rewritten: their segments' inodes and sizes are checked). Each view's features and targets
+are then compared, byte for byte, with a fresh build of the same request in an empty stores
+folder (not timed). Last, the stores folder (the views left out) against the feature bytes of
+one fresh full build of the final dataset. ``sync`` runs before every timed build, so that each
+starts with no dirty page cache left by the one before.
 
     .venv/bin/python benchmarks/bench_rebuild.py [--feature hcqt] [--jobs 2]
 
@@ -20,12 +23,12 @@ Works in data/bench-rebuild/ (a copy of the demo audio, since one file gets over
 from __future__ import annotations
 
 import argparse
-import filecmp
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -45,8 +48,8 @@ def cli(pyjama: Path, feature: str, stores: Path, jobs: int, *extra: str) -> tup
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr}")
     out = res.stdout.strip().splitlines()
-    m = re.search(r"(\d+) computed, (\d+) copied", res.stdout)
-    counts = {"computed": int(m[1]), "copied": int(m[2])} if m else {"computed": 0, "copied": 0}
+    m = re.search(r"(\d+) computed, (\d+) reused", res.stdout)
+    counts = {"computed": int(m[1]), "reused": int(m[2])} if m else {"computed": 0, "reused": -1}
     return took, {**counts, "store": Path(out[-1])}
 
 
@@ -65,6 +68,9 @@ def main() -> None:
     args = ap.parse_args()
     if not (DEMO / "demo.pyjama").exists():
         raise SystemExit("make demo-data first")
+    # the project's bytecode, as a normal install has it (this machine sets
+    # PYTHONDONTWRITEBYTECODE, which would make every run compile its modules again)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "common", "precompute", "train"])
     shutil.rmtree(WORK, ignore_errors=True)
     shutil.copytree(DEMO / "audio", WORK / "audio")
     doc = json.loads((DEMO / "demo.pyjama").read_text())
@@ -81,14 +87,21 @@ def main() -> None:
     rows = []
 
     def case(label: str, pyjama: Path, *extra: str, check=None) -> None:
+        segs = segments(stores)
         took, r = run(pyjama, *extra)
+        after = segments(stores)
+        kept = all(after.get(p) == v for p, v in segs.items())  # no existing row rewritten
+        written = sum(v[1] for p, v in after.items() if p not in segs)
         fresh = WORK / f"fresh-{len(rows)}"
         _, f = cli(pyjama, args.feature, fresh, args.jobs, *extra)
-        same = filecmp.cmp(r["store"], f["store"], shallow=False)
+        same = same_view(r["store"], f["store"])
         note = check(r["store"]) if check else ""
-        rows.append((label, took, took / T, r["computed"], r["copied"], same, note))
+        rows.append((label, took, took / T, r["computed"], r["reused"], written, kept, same, note))
+        if label == "one audio file overwritten":
+            full["fresh"] = sum(v[1] for v in segments(fresh).values())
         shutil.rmtree(fresh)
 
+    full = {}
     edited = json.loads(json.dumps(entries[:n_base]))
     g = edited[3]["genre"][0]
     g["value"] = next(v for v in ("reel", "jig") if v != g["value"])
@@ -97,31 +110,62 @@ def main() -> None:
     case("another patch_hop", WORK / "dataset.pyjama", "--set", "patch_hop=16")
 
     victim = WORK / edited[5]["filepath"][0]["value"]
-    before = read_rows(rows_store(stores), victim.name)
+    before = file_rows(rows_store(stores), victim.name)
     y, sr = sf.read(WORK / edited[40]["filepath"][0]["value"], dtype="int16")
     sf.write(victim, y[::-1], sr)  # other audio: another tune, reversed (no such content exists)
     case(
         "one audio file overwritten",
         WORK / "dataset.pyjama",
         check=lambda store: (
-            "its rows changed: " + str(not rows_equal(before, read_rows(store, victim.name)))
+            "its rows changed: " + str(not rows_equal(before, file_rows(store, victim.name)))
         ),
     )
-    print(f"{'case':28s} {'s':>6s} {'of T':>6s} computed copied  identical to a fresh build")
-    for label, took, frac, comp, copied, same, note in rows:
-        print(f"{label:28s} {took:6.2f} {frac:6.3f} {comp:8d} {copied:6d}  {same}  {note}")
+    print(f"{'case':28s} {'s':>6s} {'of T':>6s} computed reused  feature MB written  "
+          "old rows untouched  identical to a fresh build")  # fmt: skip
+    for label, took, frac, comp, reused, written, kept, same, note in rows:
+        print(f"{label:28s} {took:6.2f} {frac:6.3f} {comp:8d} {reused:6d}  {written / 1e6:17.1f}  "
+              f"{str(kept):18s}  {same}  {note}")  # fmt: skip
+    views = sum(p.stat().st_size for p in stores.glob("dataset/*.h5"))
+    folder = sum(p.stat().st_size for p in stores.rglob("*") if p.is_file()) - views
+    print(
+        f"stores folder without its {len(list(stores.glob('dataset/*.h5')))} views: "
+        f"{folder / 1e6:.1f} MB for {full['fresh'] / 1e6:.1f} MB of features in one fresh full "
+        f"build ({folder / full['fresh']:.3f}x); the views: {views / 1e6:.1f} MB"
+    )
+
+
+def segments(stores: Path) -> dict[Path, tuple[int, int]]:
+    """Each segment of the pool: (inode, size)."""
+    return {p: (p.stat().st_ino, p.stat().st_size) for p in stores.glob("pool/*/seg-*.h5")}
+
+
+def same_view(a: Path, b: Path) -> bool:
+    """The same features (read through each view) and the same targets and tables."""
+    import h5py
+    import numpy as np
+
+    from common.store import read_features
+
+    if not np.array_equal(read_features(a), read_features(b)):
+        return False
+    where = {"segments/path", "segments/features_at", "segments/frames", "files/segment",
+             "files/first", "features"}  # fmt: skip
+    with h5py.File(a) as ha, h5py.File(b) as hb:
+        names = []
+        ha.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        return all(np.array_equal(ha[n][()], hb[n][()]) for n in names if n not in where)
 
 
 def rows_store(stores: Path) -> Path:
     return max((stores / "dataset").glob("*.h5"), key=lambda p: p.stat().st_mtime)
 
 
-def read_rows(store: Path, name: str):
-    from common.store import memmap_dataset, read_tables
+def file_rows(store: Path, name: str):
+    from common.store import read_rows, read_tables
 
     t = read_tables(store)
     i = [Path(n).name for n in t.names].index(name)
-    return memmap_dataset(store, "features")[t.offset[i] : t.offset[i] + t.n_frames[i]].copy()
+    return read_rows(t, i)
 
 
 def rows_equal(a, b) -> bool:

@@ -462,6 +462,16 @@ def _check_time(t: Any, what: str = "time") -> str | None:
 _NUMBER_OR_NONE = {int, float, type(None)}
 
 
+def _all_numbers(matrix: list[list]) -> bool:
+    """Every value a number or None (one array conversion when they are all numbers)."""
+    try:
+        if np.asarray(matrix).dtype.kind in "iuf":
+            return True
+    except ValueError:
+        pass
+    return {type(v) for row in matrix for v in row} <= _NUMBER_OR_NONE
+
+
 def _check_times(times: list) -> str | None:
     """Why a breakpoint's time list is invalid, or None (vectorised; a track has many points)."""
     if {type(t) for t in times} <= {int, float}:
@@ -499,7 +509,7 @@ def _check_atom(
         if isinstance(matrix, str):
             return matrix
         atom.value = matrix
-        if content == "numeric" and not {type(v) for row in matrix for v in row} <= _NUMBER_OR_NONE:
+        if content == "numeric" and not _all_numbers(matrix):
             return "breakpoint values must be numbers"
         return None
     else:  # global

@@ -533,24 +533,12 @@ def _virtual_features(
     h.create_virtual_dataset("features", layout, fillvalue=fill)
 
 
-def _write_tables(h: h5py.File, root: Path, files: ViewFiles, segments: list[SegmentRef]) -> None:
+def _write_file_columns(h: h5py.File, files: ViewFiles) -> None:
     str_dt = h5py.string_dtype("utf-8")
-    h.create_dataset(
-        "segments/path", data=[relative_to(root, s.path) for s in segments], dtype=str_dt
-    )
-    h.create_dataset(
-        "segments/features_at", data=np.array([s.features_at for s in segments], np.int64)
-    )
-    h.create_dataset("segments/frames", data=np.array([s.frames for s in segments], np.int64))
     for col in ("name", "content", "key"):
         h.create_dataset(f"files/{col}", data=list(getattr(files, col)), dtype=str_dt)
-    h.create_dataset(
-        "files/checksum", data=np.array([c.encode() for c in files.checksum], f"S{CHECKSUM_BYTES}")
-    )
     numeric = {
         "entry": np.asarray(files.entry, np.int32),
-        "segment": np.asarray(files.segment, np.int32),
-        "first": np.asarray(files.first, np.int64),
         "offset": files.offset,
         "n_frames": np.asarray(files.n_frames, np.int64),
         "duration_s": np.asarray(files.duration_s, np.float64),
@@ -558,6 +546,29 @@ def _write_tables(h: h5py.File, root: Path, files: ViewFiles, segments: list[Seg
     }
     for col, data in numeric.items():
         h.create_dataset(f"files/{col}", data=data)
+
+
+def _write_locations(
+    h: h5py.File, view: Path, files: ViewFiles, segments: list[SegmentRef], frame_shape, dtype
+) -> None:
+    """Where each file's rows are in the pool: the segments, each file's segment, first frame
+    and checksum, and the virtual ``/features``."""
+    root = stores_root_of(view)
+    h.create_dataset(
+        "segments/path",
+        data=[relative_to(root, s.path) for s in segments],
+        dtype=h5py.string_dtype("utf-8"),
+    )
+    h.create_dataset(
+        "segments/features_at", data=np.array([s.features_at for s in segments], np.int64)
+    )
+    h.create_dataset("segments/frames", data=np.array([s.frames for s in segments], np.int64))
+    h.create_dataset("files/segment", data=np.asarray(files.segment, np.int32))
+    h.create_dataset("files/first", data=np.asarray(files.first, np.int64))
+    h.create_dataset(
+        "files/checksum", data=np.array([c.encode() for c in files.checksum], f"S{CHECKSUM_BYTES}")
+    )
+    _virtual_features(h, view, files, segments, frame_shape, np.dtype(dtype).newbyteorder("<"))
 
 
 def _commit(tmp: Path, path: Path) -> Path:
@@ -571,19 +582,51 @@ def _commit(tmp: Path, path: Path) -> Path:
     return path
 
 
-def write_view(
+def _write_frame_targets(
+    frame_ds: dict[str, h5py.Dataset],
+    offsets: np.ndarray,
+    n_frames: np.ndarray,
+    frame_targets: Callable[[int], dict[str, np.ndarray]],
+    block_bytes: int = 32 << 20,
+) -> None:
+    """Each file's frame-level targets at its offset, written in blocks of neighbouring files
+    (one HDF5 write per block, memory bounded by ``block_bytes``)."""
+    pending: dict[str, list[np.ndarray]] = {name: [] for name in frame_ds}
+    start, size = 0, 0
+
+    def write() -> None:
+        nonlocal size
+        for name, parts in pending.items():
+            if parts:
+                block = np.concatenate(parts)
+                frame_ds[name][start : start + len(block)] = block
+                parts.clear()
+        size = 0
+
+    for i in range(len(n_frames)):
+        if not n_frames[i]:
+            continue
+        if size == 0:
+            start = int(offsets[i])
+        for name, arr in frame_targets(i).items():
+            pending[name].append(arr)
+            size += arr.nbytes
+        if size >= block_bytes:
+            write()
+    write()
+
+
+def draft_view(
     path: str | os.PathLike,
     files: ViewFiles,
-    segments: list[SegmentRef],
-    frame_shape: tuple[int, int],
-    dtype: np.dtype,
     targets: list[TargetSpec],
     file_targets: dict[str, np.ndarray],
     frame_targets: Callable[[int], dict[str, np.ndarray]],
     attrs: dict[str, Any],
     annotated: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write a view: under a temporary name, flushed, then renamed (never half visible).
+    """All of a view but where its rows are, under a temporary name (it can be written while
+    the features are still being computed); :func:`finish_view` completes it.
 
     ``file_targets`` have one row per file of ``files``; ``frame_targets(i)`` gives file ``i``'s
     frame-level targets (one file at a time, so memory does not grow with the dataset).
@@ -591,14 +634,13 @@ def write_view(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    dtype = np.dtype(dtype).newbyteorder("<")
     offsets, n_frames = files.offset, np.asarray(files.n_frames, np.int64)
     total = int(n_frames.sum())
     try:
         per_frame = sum(s.frame_bytes() for s in targets if s.frame_level)
         claim(tmp, total * per_frame + len(files) * 1024 + (1 << 20))
         with h5py.File(tmp, "w", libver="latest") as h:
-            _write_tables(h, stores_root_of(path), files, segments)
+            _write_file_columns(h, files)
             h.require_group("targets")
             frame_ds = {}
             for spec in targets:
@@ -613,21 +655,54 @@ def write_view(
             for name, mask in (annotated or {}).items():
                 h.create_dataset(f"annotated/{name}", data=np.asarray(mask, dtype=np.uint8))
             if frame_ds:
-                for i in range(len(files)):
-                    if n_frames[i]:
-                        o = int(offsets[i])
-                        for name, arr in frame_targets(i).items():
-                            frame_ds[name][o : o + int(n_frames[i])] = arr
-            _virtual_features(h, path, files, segments, frame_shape, dtype)
-            _attrs_in(h, {**attrs, "role": "view"})
-        return _commit(tmp, path)
-    except (OSError, RuntimeError) as e:
+                _write_frame_targets(frame_ds, offsets, n_frames, frame_targets)
+            _attrs_in(h, attrs)
+        return tmp
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        _disk_error(e, path)
+        if isinstance(e, (OSError, RuntimeError)):
+            _disk_error(e, path)
         raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+
+
+def finish_view(
+    draft: Path,
+    path: str | os.PathLike,
+    files: ViewFiles,
+    segments: list[SegmentRef],
+    frame_shape: tuple[int, int],
+    dtype: np.dtype,
+    attrs: dict[str, Any] | None = None,
+) -> Path:
+    """Add where the rows are to a :func:`draft_view`, flush it and give it its name."""
+    path = Path(path)
+    try:
+        with h5py.File(draft, "r+") as h:
+            _write_locations(h, path, files, segments, frame_shape, dtype)
+            _attrs_in(h, {**(attrs or {}), "role": "view"})
+        return _commit(draft, path)
+    except BaseException as e:
+        draft.unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):
+            _disk_error(e, path)
         raise
+
+
+def write_view(
+    path: str | os.PathLike,
+    files: ViewFiles,
+    segments: list[SegmentRef],
+    frame_shape: tuple[int, int],
+    dtype: np.dtype,
+    targets: list[TargetSpec],
+    file_targets: dict[str, np.ndarray],
+    frame_targets: Callable[[int], dict[str, np.ndarray]],
+    attrs: dict[str, Any],
+    annotated: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write a view: under a temporary name, flushed, then renamed (never half visible)."""
+    draft = draft_view(path, files, targets, file_targets, frame_targets, attrs, annotated)
+    return finish_view(draft, path, files, segments, frame_shape, dtype)
 
 
 def repoint_view(
@@ -645,11 +720,11 @@ def repoint_view(
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         with h5py.File(path, "r") as old, h5py.File(tmp, "w", libver="latest") as h:
-            _write_tables(h, stores_root_of(path), files, segments)
+            _write_file_columns(h, files)
+            _write_locations(h, path, files, segments, t.frame_shape, t.dtype)
             for group in ("targets", "annotated"):
                 if group in old:
                     old.copy(old[group], h, name=group)
-            _virtual_features(h, path, files, segments, t.frame_shape, t.dtype)
             h.attrs.update(dict(old.attrs))
         _commit(tmp, path)
     except BaseException:

@@ -9,13 +9,13 @@ is nothing to compute: no worker starts, and neither librosa nor joblib is impor
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import os
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from common.store import STATUS_FAILED, STATUS_OK, pwrite_all, rows_checksum
 from .backends import joblib_backend
 
 FILES_PER_WORKER = 8  # fewer files to compute than this per worker: fewer workers (each costs
-# an interpreter and librosa's import); one worker's worth runs in this process
+# an interpreter and librosa's import, about 2.5 s on 2 cores)
 
 
 @dataclass
@@ -131,10 +131,14 @@ def split_tasks(jobs: list[FileJob], workers: int) -> list[list[FileJob]]:
 
 
 def workers_for(n_files: int, jobs: int, backend: str) -> int:
-    """How many workers are worth starting for ``n_files`` (1: this process computes them)."""
+    """How many worker processes are worth starting for ``n_files``: 0 when this process
+    computes them (``--jobs 1``, or a backend that runs here), at least 1 otherwise, so that
+    librosa's import in the worker overlaps this process's work on the view."""
+    if backend in ("dask", "ray"):
+        return jobs if jobs > 0 else os.cpu_count() or 1
+    if jobs == 1 or backend in ("sequential", "threading") or not n_files:
+        return 0
     asked = jobs if jobs > 0 else os.cpu_count() or 1
-    if backend not in ("loky", "multiprocessing"):
-        return asked
     return max(1, min(asked, math.ceil(n_files / FILES_PER_WORKER)))
 
 
@@ -151,19 +155,22 @@ def compute(
     progress: bool,
     warm: threading.Thread | None = None,
 ) -> None:
-    """Run the tasks on ``workers`` (``on_result`` records each and returns its errors)."""
+    """Run the tasks on ``workers`` processes (0: here); ``on_result`` records each and returns
+    its errors."""
     from joblib import Parallel, delayed
 
-    tasks = split_tasks(jobs_, workers)
+    tasks = split_tasks(jobs_, max(1, workers))
     bar = progress_bar(len(jobs_), feature_params["kind"], "file", enabled=progress)
     if warm is not None:
         warm.join()
     try:
-        with joblib_backend(backend if workers > 1 or backend in ("dask", "ray") else "sequential",
-                            workers, scheduler):  # fmt: skip
-            results = Parallel(return_as="generator_unordered")(
-                delayed(run_task)(t, feature_params, dtype, cache) for t in tasks
-            )
+        with joblib_backend(backend if workers else "sequential", max(1, workers), scheduler):
+            if workers == 1 and backend in ("loky", "multiprocessing"):
+                results = _one_worker(tasks, feature_params, dtype, cache)
+            else:
+                results = Parallel(return_as="generator_unordered")(
+                    delayed(run_task)(t, feature_params, dtype, cache) for t in tasks
+                )
             for res in results:
                 errors = on_result(res)
                 bar.update(len(res.rows))
@@ -171,6 +178,27 @@ def compute(
                     raise StrictStop(errors[0])
     finally:
         bar.close()
+        if workers and backend == "loky":
+            _stop_workers()
+
+
+def _one_worker(tasks, feature_params: dict, dtype: str, cache: str):
+    """The tasks in one worker process (joblib runs ``n_jobs=1`` here, in this process)."""
+    from joblib.externals.loky import get_reusable_executor
+
+    ex = get_reusable_executor(max_workers=1)
+    for f in [ex.submit(run_task, t, feature_params, dtype, cache) for t in tasks]:
+        yield f.result()
+
+
+def _stop_workers() -> None:
+    """Stop the idle loky workers now: left to the interpreter's exit, waiting for them costs
+    a run about 0.6 s. (loky keeps the one executor that joblib and we use in this global.)"""
+    from joblib.externals.loky import reusable_executor
+
+    ex = getattr(reusable_executor, "_executor", None)
+    if ex is not None:
+        ex.shutdown(wait=False, kill_workers=True)
 
 
 def start_warm_up(feature_params: dict, workers: int, cache: str) -> threading.Thread:
@@ -184,6 +212,11 @@ def start_warm_up(feature_params: dict, workers: int, cache: str) -> threading.T
 def warm_up(feature_params: dict, jobs: int, cache: str | None = None) -> None:
     from joblib import Parallel, delayed
 
+    if jobs == 1:
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor(max_workers=1).submit(_warm_worker, feature_params, cache).result()
+        return
     with joblib_backend("loky", jobs):
         Parallel()(delayed(_warm_worker)(feature_params, cache) for _ in range(jobs))
 
@@ -213,7 +246,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
     out = {"python": sys.version.split()[0]}
     for name in ("mirpatch", "librosa", "numpy", "scipy", "soundfile", "soxr", "h5py"):
         try:

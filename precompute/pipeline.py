@@ -48,7 +48,7 @@ from .compute import (
 from .layout import RowPlan, SegmentBuild, check_space, find_rows
 from .lock import LockedError, StoreLock
 from .plan import Plan, PlanError, make_plan
-from .register import register_view, view_bytes
+from .register import draft, register_view, view_bytes
 from .seal import seal
 
 
@@ -147,6 +147,7 @@ def _usable(plan: Plan, catalogue: Catalogue, summary: Summary) -> bool:
 def _build(plan, catalogue, summary, jobs, backend, scheduler, strict, progress, log) -> None:
     rows = find_rows(plan, catalogue)
     summary.reused = len(rows.reused)
+    drafted = None
     with contextlib.ExitStack() as stack:
         for b in sorted(rows.builds, key=lambda b: b.id):  # one order: no two builds deadlock
             b.lock = stack.enter_context(StoreLock(b.lock_path, wait=True, log=log))
@@ -158,17 +159,20 @@ def _build(plan, catalogue, summary, jobs, backend, scheduler, strict, progress,
         check_space(plan, rows, view_bytes(plan))
         n_todo = sum(len(b.todo()) for b in todo)
         workers = workers_for(n_todo, jobs, backend)
-        warm = None
-        if n_todo and workers > 1 and backend == "loky":
-            warm = start_warm_up(plan.feature.to_dict(), workers, filter_cache_dir(plan.stores))
         feat = plan.feature
+        warm = None
+        if workers and backend == "loky":  # the workers start (librosa's import) meanwhile
+            warm = start_warm_up(feat.to_dict(), workers, filter_cache_dir(plan.stores))
+        if n_todo:
+            drafted = draft(plan)
+            stack.callback(drafted.unlink, missing_ok=True)
         attrs = {"feature_key": plan.feature_key, "feature": feat.value_params(),
                  "versions": library_versions()}  # fmt: skip
         for b in todo:
             b.prepare(feat.frame_shape, np.dtype(feat.store_dtype), attrs)
         jobs_ = _file_jobs(plan, rows, todo)
         if jobs_:
-            summary.workers = workers if workers > 1 or backend in ("dask", "ray") else 0
+            summary.workers = workers
             compute(
                 jobs_, feat.to_dict(), np.dtype(feat.store_dtype).newbyteorder("<").str,
                 filter_cache_dir(plan.stores), workers, backend, scheduler,
@@ -178,7 +182,7 @@ def _build(plan, catalogue, summary, jobs, backend, scheduler, strict, progress,
             held = seal(b, catalogue)
             if held is not None:
                 rows.holds.append(held)
-        register_view(plan, rows, catalogue)
+        register_view(plan, rows, catalogue, drafted)
 
 
 def _sealed_meanwhile(b: SegmentBuild, catalogue: Catalogue) -> bool:

@@ -25,7 +25,7 @@ from common.audio import AudioError, AudioInfo, content_hash, probe_audio
 from common.catalogue import Catalogue
 from common.errors import UserError
 from common.features import Feature, make_feature, params_hash
-from common.pyjama import Collection, Entry, collection_to_json, read_pyjama
+from common.pyjama import Collection, Entry, read_pyjama
 from common.store import FORMAT_VERSION, TargetSpec, pool_dir, store_path
 
 from .targets import annotation_warnings, pitch_unit, pitches_off_grid, plan_targets
@@ -130,13 +130,16 @@ def make_plan(
                     f"'{spec.name}': {below} pitch(es) below and {above} above the grid of this "
                     "feature, left out of the target"
                 )
-    entries = collection_to_json(collection)["collection"]["entry"]
+    # the annotations as written (hashing the parsed entries again costs more than all the
+    # rest of a plan with breakpoint tracks): a file saved with other formatting gets a new
+    # view, which costs no computation
+    sha1 = hashlib.sha1(dataset.read_bytes()).hexdigest()
     by_index = {f.entry.index: f.content for f in files}
     identity = params_hash(
         {
             "feature": feature_key,
             "format": FORMAT_VERSION,
-            "entries": params_hash(entries),
+            "pyjama": sha1,
             "audio": [by_index.get(e.index, "missing") for e in collection.entries],
             "targets": [(t.name, t.kind, t.unit) for t in targets],
         }
@@ -154,7 +157,7 @@ def make_plan(
         str(Path(audio_root).absolute()) if audio_root is not None else None,
         identity,
         store_path(stores, collection.name, feat.kind, identity),
-        hashlib.sha1(dataset.read_bytes()).hexdigest(),
+        sha1,
         notes,
         off_grid,
     )

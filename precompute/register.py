@@ -2,7 +2,9 @@
 
 The view is the only file a label edit, a renamed or removed file, or a new split writes: the
 files table (where each file's rows are in the pool), the targets, the vocabularies and the
-attributes. It is written under a temporary name, flushed and renamed.
+attributes. It is written under a temporary name, flushed and renamed. When rows must be
+computed, the view is drafted (all but where its rows are) while the workers start, and
+finished once the new segments are sealed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from common.catalogue import Catalogue
-from common.store import STATUS_OK, SegmentRef, ViewFiles, write_view
+from common.store import STATUS_OK, SegmentRef, ViewFiles, draft_view, finish_view
 
 from .compute import library_versions
 from .layout import RowPlan
@@ -60,36 +62,54 @@ def locate(plan: Plan, rows: RowPlan) -> tuple[list[int], list[SegmentRef], dict
     return ok, refs, where, sorted(failed, key=lambda d: d["entry"])
 
 
-def register_view(plan: Plan, rows: RowPlan, catalogue: Catalogue) -> list[dict]:
-    """Write the view of ``plan`` and record it; returns the files that failed."""
-    ok, refs, where, failed = locate(plan, rows)
+def _table(plan: Plan, ok: list[int], where: dict) -> ViewFiles:
     files = [plan.files[i] for i in ok]
-    entries = [f.entry for f in files]
-    table = ViewFiles(
+    return ViewFiles(
         name=[f.entry.filepath for f in files],
         entry=np.array([f.entry.index for f in files], np.int32),
-        segment=np.array([where[i][0] for i in ok], np.int32),
-        first=np.array([where[i][1] for i in ok], np.int64),
+        segment=np.array([where[i][0] for i in ok] if where else [0] * len(ok), np.int32),
+        first=np.array([where[i][1] for i in ok] if where else [0] * len(ok), np.int64),
         n_frames=np.array([f.n_frames for f in files], np.int64),
         duration_s=np.array([f.duration_s for f in files], np.float64),
         orig_sr=np.array([f.info.orig_sr for f in files], np.int32),
         content=[f.content for f in files],
         key=[f.key for f in files],
-        checksum=[where[i][2] for i in ok],
+        checksum=[where[i][2] for i in ok] if where else [""] * len(ok),
     )
+
+
+def draft(plan: Plan, ok: list[int] | None = None) -> Path:
+    """The view of ``plan`` but where its rows are (for every planned file, unless ``ok``):
+    written while the missing rows are computed."""
+    ok = list(range(len(plan.files))) if ok is None else ok
+    entries = [plan.files[i].entry for i in ok]
+    n_frames = [plan.files[i].n_frames for i in ok]
     feat = plan.feature
-    write_view(
+    return draft_view(
         plan.store_path,
-        table,
-        refs,
-        feat.frame_shape,
-        np.dtype(feat.store_dtype),
+        _table(plan, ok, {}),
         plan.targets,
         file_targets(entries, plan.targets),
-        lambda k: frame_targets(entries[k], plan.targets, feat, files[k].n_frames),
-        view_attrs(plan, failed),
+        lambda k: frame_targets(entries[k], plan.targets, feat, n_frames[k]),
+        view_attrs(plan, list(plan.failed)),
         annotated(entries, plan.targets),
     )
+
+
+def register_view(
+    plan: Plan, rows: RowPlan, catalogue: Catalogue, drafted: Path | None = None
+) -> list[dict]:
+    """Write the view of ``plan`` (finishing ``drafted``, when every planned file got its rows)
+    and record it; returns the files that failed."""
+    ok, refs, where, failed = locate(plan, rows)
+    if drafted is not None and len(ok) != len(plan.files):  # a file failed: drafted without it
+        drafted.unlink(missing_ok=True)
+        drafted = None
+    if drafted is None:
+        drafted = draft(plan, ok)
+    feat = plan.feature
+    finish_view(drafted, plan.store_path, _table(plan, ok, where), refs, feat.frame_shape,
+                np.dtype(feat.store_dtype), {"failed": failed})  # fmt: skip
     catalogue.register_view(plan.store_path)
     return failed
 

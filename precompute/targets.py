@@ -59,10 +59,30 @@ def pitch_unit(
         return ("midi" if m.group(1).lower() == "midi" else "hz"), "its definition"
     if re.search(r"(^|[_\W])hz($|[_\W])", name, re.IGNORECASE):
         return "hz", "its name"
-    flat = np.asarray([v for v in _flatten(values) if isinstance(v, (int, float))], dtype=float)
+    flat = _all_numbers(values)
     if flat.size and np.nanmax(np.where(flat > 0, flat, np.nan), initial=0) > _MIDI_TOP:
         return "hz", f"its values (up to {np.nanmax(flat):.0f}, above MIDI's range)"
     return "midi", "the pyjama default"
+
+
+def _all_numbers(values: list) -> np.ndarray:
+    """The numbers of many atoms' values, scalars converted at once, lists one by one."""
+    scalars = [v for v in values if isinstance(v, (int, float))]
+    lists = [_numbers(v) for v in values if not isinstance(v, (int, float))]
+    return np.concatenate([np.asarray(scalars, dtype=np.float64), *lists])
+
+
+def _numbers(value) -> np.ndarray:
+    """Every number of an atom's value (a number, or nested lists of them) as float64, other
+    values NaN: one array conversion for the rectangular lists breakpoints are."""
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged lists
+        arr = np.asarray(None)
+    if arr.dtype.kind in "biuf":
+        return arr.astype(np.float64).ravel()
+    flat = _flatten(value if isinstance(value, list) else [value])
+    return np.array([v if isinstance(v, (int, float)) else np.nan for v in flat], dtype=np.float64)
 
 
 def _flatten(values) -> list:
@@ -169,12 +189,7 @@ def pitches_off_grid(entry: Entry, spec: TargetSpec) -> tuple[int, int]:
         return 0, 0
     grid = np.asarray(spec.pitch_midi)
     half = (grid[1] - grid[0]) / 2 if len(grid) > 1 else 0.5
-    values = [
-        v for a in d.atoms for v in _flatten(a.value if isinstance(a.value, list) else [a.value])
-    ]
-    midi = midi_of(
-        np.asarray([v if isinstance(v, (int, float)) else np.nan for v in values], float), spec.unit
-    )
+    midi = midi_of(_all_numbers([a.value for a in d.atoms]), spec.unit)
     voiced = midi[np.isfinite(midi)]
     return int((voiced < grid[0] - half).sum()), int((voiced > grid[-1] + half).sum())
 
