@@ -378,7 +378,9 @@ class StoreDataset(torch.utils.data.Dataset):
         if isinstance(idx, tuple):  # (index, epoch) from an EpochSampler(with_epoch=True)
             idx, epoch = idx
         if self.unit == "patch":
-            return self.patches(self.patch_file[[idx]], self.patch_start[[idx]])[0]
+            f, s = self.patch_file[[idx]], self.patch_start[[idx]]
+            self.features.prefetch(int(self.file_row[f[0]] + s[0]), self.patch_frames)
+            return self.patches(f, s)[0]
         if self.unit == "file":
             return self._file_item(int(self.files[idx]))
         return self._work_item(idx, epoch)
@@ -397,6 +399,7 @@ class StoreDataset(torch.utils.data.Dataset):
         t = self.tables
         a, o, n = int(self.file_row[f]), int(t.offset[f]), int(t.n_frames[f])
         if self.whole_file:
+            self.features.prefetch(a, n)
             item = {"X": self.features.view(a, n), "file": f, "n_frames": n}
             if self.spec is not None:
                 item["y"] = (

@@ -134,6 +134,15 @@ class Rows:
             found = self._layouts[length] = self.layout(length)
         return found
 
+    def prefetch(self, addr: int, length: int) -> None:
+        """Ask the kernel for the bytes of ``length`` rows from ``addr`` now (in the background,
+        exactly those): an item touched later reads them from memory."""
+        (p,), (at,) = self.locate([addr])
+        if hasattr(os, "posix_fadvise") and length:
+            os.posix_fadvise(
+                self.fd(int(p)), int(at), length * self.row_bytes, os.POSIX_FADV_WILLNEED
+            )
+
     def view(self, addr: int, length: int) -> RowView:
         """Rows ``[addr, addr + length)`` in the model's layout, without reading them."""
         m, local = self._local(addr)
@@ -151,12 +160,27 @@ class Rows:
         """
         if not addrs:
             return []
-        part = np.searchsorted(self.starts, addrs, side="right") - 1
+        a = np.asarray(addrs, dtype=np.int64)
+        part = np.searchsorted(self.starts, a, side="right") - 1
+        local = (a - self.starts[part]).tolist()
         items = [self.view(addrs[0], length)]
-        for p, a in zip(part[1:].tolist(), addrs[1:]):
-            items.append(self._windows_of(p, length)[a - int(self.starts[p])])
+        if len(self.parts) == 1:
+            items += map(self._windows_of(0, length).__getitem__, local[1:])
+        else:
+            items += [self._windows_of(p, length)[i] for p, i in zip(part[1:].tolist(), local[1:])]
         items[0]._batch = (self, list(addrs), length, tuple(map(id, items)))
         return items
+
+    def _row_windows(self, length: int) -> torch.Tensor:
+        """Every run of ``length`` rows of a one-part store, ``(T - length + 1, length, ...)``."""
+        w = self._windows.get((-1, length))
+        if w is None:
+            m = self._map(0)
+            n = max(0, m.shape[0] - length + 1)
+            w = self._windows[(-1, length)] = torch.as_strided(
+                m, (n, length, *self.row_shape), (self.row_elems, *m.stride())
+            )
+        return w
 
     def _windows_of(self, p: int, length: int) -> torch.Tensor:
         """Every run of ``length`` rows of part ``p`` in the model's layout, as one view."""
@@ -175,6 +199,7 @@ class Rows:
         ``(count, *view shape)`` (overlapping windows share their bytes)."""
         m, local = self._local(addr)
         shape, strides = self.view_layout(length)
+        self.prefetch(addr, (count - 1) * hop + length if count else 0)
         return torch.as_strided(
             m, (count, *shape), (hop * self.row_elems, *strides), local * self.row_elems
         )
@@ -196,18 +221,27 @@ class Rows:
         else:  # the caller's memory (shared memory in a DataLoader worker): just the bytes
             flat = out.view(-1)
         if n:
-            block = flat.numpy().view(np.uint8).reshape(n, length * self.row_bytes)
             part, at = self.locate(addrs)
-            reads = [
-                (self.fd(p), block[i], o)
-                for i, (p, o) in enumerate(zip(part.tolist(), at.tolist()))
-            ]
-            read_all(reads)
+            if out is None and len(self.parts) == 1 and _all_cached(self.fd(0), at.tolist()):
+                # in this process, cached rows: one gather from the map over torch's threads
+                # (copying from mapped pages beats a read per patch from the page cache)
+                index = torch.from_numpy(np.asarray(addrs, dtype=np.int64) - self.starts[0])
+                torch.index_select(self._row_windows(length), 0, index,
+                                   out=flat.view(n, length, *self.row_shape))  # fmt: skip
+            else:
+                block = flat.numpy().view(np.uint8).reshape(n, length * self.row_bytes)
+                reads = [
+                    (self.fd(p), block[i], o)
+                    for i, (p, o) in enumerate(zip(part.tolist(), at.tolist()))
+                ]
+                read_all(reads)
         shape, strides = self.view_layout(length)
         return flat.as_strided((n, *shape), (length * self.row_elems, *strides), 0)
 
 
-READ_THREADS = int(os.environ.get("MIRPATCH_READ_THREADS", "4"))
+READ_THREADS = int(os.environ.get("MIRPATCH_READ_THREADS", "16"))
+BYTES_PER_THREAD = 4 << 20  # a batch of cached bytes is copied by one thread per this much
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
@@ -220,15 +254,61 @@ def _reader_pool() -> ThreadPoolExecutor:
 
 
 def read_all(reads: list[tuple[int, np.ndarray, int]]) -> None:
-    """``pread`` each ``(fd, buffer, offset)``: spread over :data:`READ_THREADS` threads, so that
-    the disk has several requests in flight (a read releases the GIL)."""
-    k = min(READ_THREADS, len(reads))
-    if k <= 1:
-        for fd, buf, at in reads:
-            pread_into(fd, buf, at)
+    """``pread`` each ``(fd, buffer, offset)``.
+
+    Bytes in the page cache are read first, by as many of torch's threads as they are worth
+    (one in a DataLoader worker, and one for a small batch, where a thread costs more than the
+    copy), with ``RWF_NOWAIT``, which reads only what needs no disk; what needs the disk is then
+    read by up to :data:`READ_THREADS` threads, so that the disk has that many requests in
+    flight (a read releases the GIL).
+    """
+    total = sum(buf.nbytes for _, buf, _ in reads)
+    k = min(torch.get_num_threads(), len(reads), max(1, total // BYTES_PER_THREAD))
+    if not _NOWAIT:
+        _in_threads(reads, min(READ_THREADS, len(reads)))
         return
-    groups = [reads[i::k] for i in range(k)]
-    for f in [_reader_pool().submit(_read_group, g) for g in groups]:
+    if k > 1:
+        groups = [_reader_pool().submit(_read_cached, reads[i::k]) for i in range(k)]
+        misses = [m for g in groups for m in g.result()]
+    else:
+        misses = _read_cached(reads)
+    _in_threads(misses, min(READ_THREADS, len(misses)))
+
+
+def _all_cached(fd: int, offsets: list[int]) -> bool:
+    """Whether the first byte of each read is in the page cache (``RWF_NOWAIT``)."""
+    if not _NOWAIT:
+        return False
+    one = bytearray(1)
+    try:
+        return all(os.preadv(fd, [one], at, _NOWAIT) == 1 for at in offsets)
+    except OSError:  # EAGAIN: on disk
+        return False
+
+
+def _read_cached(reads: list[tuple[int, np.ndarray, int]]) -> list[tuple[int, np.ndarray, int]]:
+    """Read what the page cache holds; return the rest of each read that needs the disk."""
+    global _NOWAIT
+    misses = []
+    for fd, buf, at in reads:
+        view = memoryview(buf).cast("B")
+        try:
+            n = os.preadv(fd, [view], at, _NOWAIT)
+        except BlockingIOError:
+            n = 0
+        except OSError:  # a kernel or filesystem without RWF_NOWAIT: read everything plainly
+            _NOWAIT = 0
+            n = 0
+        if n < len(view):
+            misses.append((fd, view[n:], at + n))
+    return misses
+
+
+def _in_threads(reads: list[tuple[int, np.ndarray, int]], k: int) -> None:
+    if k <= 1:
+        _read_group(reads)
+        return
+    for f in [_reader_pool().submit(_read_group, reads[i::k]) for i in range(k)]:
         f.result()
 
 
