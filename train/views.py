@@ -4,9 +4,16 @@ An item's ``X`` (or frame-level ``y``) is a view of the store's time-major rows 
 layout, e.g. ``(C, F, L)`` over ``L`` contiguous rows of ``(C, F)``: nothing is read until
 items are stacked into a batch. Then, whoever stacks them (torch's ``default_collate``, or
 :meth:`Rows.batch` for a batch of addresses), the batch is one time-major block ``(B, L, C, F)``
-filled by one positioned read per patch, straight from the file into the block (no transpose,
-no page mapped), and handed out as that block seen as ``(B, C, F, L)``: a permuted view, which ``.to(device)`` keeps as it is and a model's
+filled straight from the files, and handed out as that block seen as ``(B, C, F, L)``: a permuted view, which ``.to(device)`` keeps as it is and a model's
 first operation reads in place or makes contiguous on its device.
+
+How the block is filled (:meth:`Rows.batch`): with one ``pread`` per patch into its rows of the
+block, exactly the patch's bytes (no read-ahead around them); what the page cache holds is read
+first (``RWF_NOWAIT``), what needs the disk after, by up to 16 threads at once so the disk has
+that many requests in flight. In the main process, when every patch of a batch is in the page
+cache, one ``index_select`` from a map of the segment instead (copying mapped pages beats a
+read per patch there). Nothing is mapped in a DataLoader worker's reads, so its RSS does not
+grow with what it has read.
 
 Where the block lives: in a DataLoader worker, in the shared memory torch allocates for the
 handover (``default_collate``'s ``out``); in the main process, in a small ring of buffers reused
@@ -37,11 +44,10 @@ class Rows:
 
     A row is addressed by one number across all parts (part ``p``'s rows start at
     ``starts[p]``); a run of rows never crosses a part, since a file's rows never span two
-    segments. Batches are read with ``pread`` straight into the batch block: exactly the bytes
-    of each patch, one system call each, with the kernel's read-ahead off (no read-around beyond
-    the patch, nothing mapped, nothing counted in this process's RSS). Items are views of a
-    private map of their part, which costs nothing until an item's values are touched. File
-    descriptors and maps are made on first use in each process and never pickled.
+    segments. Batches are read straight into the batch block (see the module docstring). Items
+    are views of a private map of their part, which costs nothing until an item's values are
+    touched (and then reads what was prefetched for it). File descriptors and maps are made on
+    first use in each process and never pickled.
     """
 
     def __init__(
