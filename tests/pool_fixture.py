@@ -23,10 +23,13 @@ from common.store import (
 )
 
 
-def many_files_view(root: str, n_files: int, n_segments: int, frames: int = 4) -> Path:
-    """``n_files`` files of ``frames`` frames of an 8-band log-mel, spread over ``n_segments``."""
-    stores = Path(root) / f"many-{n_files}"
-    feat = make_feature("lms", {"n_mels": 8, "patch_frames": frames, "patch_hop": frames})
+def many_files_view(
+    root: str, n_files: int, n_segments: int, frames: int = 4, n_mels: int = 8
+) -> Path:
+    """``n_files`` files of ``frames`` frames of an ``n_mels``-band log-mel, spread over
+    ``n_segments``; patches of 4 frames."""
+    stores = Path(root) / f"many-{n_files}-{frames}-{n_mels}"
+    feat = make_feature("lms", {"n_mels": n_mels, "patch_frames": 4, "patch_hop": 4})
     key = feat.key()
     per = -(-n_files // n_segments)
     refs, seg_col, first_col, sums = [], [], [], []

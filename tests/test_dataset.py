@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import h5py
@@ -382,3 +383,123 @@ def test_files_without_a_label_are_in_no_split(demo_small, tmp_path):
             assert (ys >= 0).all()
     # without a target, every file is used
     assert len(StoreDataset(store).files) == len(coll.entries)
+
+
+@pytest.fixture(scope="session")
+def two_dtypes(demo_small, tmp_path_factory):
+    """The cqt view of ``demo_small`` in float32 and in float16."""
+    from common.features import make_feature
+
+    root = tmp_path_factory.mktemp("dtypes")
+    return {
+        "float32": run(demo_small, "cqt", root).store_path,
+        "float16": run(demo_small, make_feature("cqt", {"dtype": "float16"}), root).store_path,
+    }
+
+
+READ_PATHS = ["gather from the map", "reads from the page cache", "reads from the disk"]
+
+
+def _force(monkeypatch, path: str) -> None:
+    """Make the reader take one of its three ways to fill a batch."""
+    import train.views as views
+
+    if path != "gather from the map":
+        monkeypatch.setattr(views, "_all_cached", lambda fd, offsets: False)
+    if path == "reads from the disk":  # as if nothing were cached: every read a miss
+        monkeypatch.setattr(views, "_read_cached", lambda reads: list(reads))
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_every_read_path_gives_the_stores_bytes_for_every_unit(
+    two_dtypes, dtype, path, monkeypatch
+):
+    _force(monkeypatch, path)
+    store = two_dtypes[dtype]
+    feats = direct(store)
+    ds = StoreDataset(store, unit="patch", target="pitchmidi")
+    idx = np.random.default_rng(0).permutation(len(ds))[:40].tolist()
+    expected = _direct_patches(store, ds, idx)
+    for batch in (collate_patches(ds.__getitems__(idx)),
+                  torch.utils.data.default_collate(ds.__getitems__(idx))):  # fmt: skip
+        assert batch["X"].dtype == getattr(torch, dtype)
+        np.testing.assert_array_equal(batch["X"].numpy(), expected)
+    t = ds.tables
+    files = StoreDataset(store, unit="file")
+    for f in (0, len(files) - 1):
+        whole = files.file_rows("features", np.array([files.files[f]]))[0]
+        o = t.offset[files.files[f]]
+        np.testing.assert_array_equal(whole, feats[o : o + t.n_frames[files.files[f]]])
+    works = StoreDataset(store, unit="work", split=None, versions=2)
+    item = works[0]
+    for k, (f, s) in enumerate(zip(item["files"].tolist(), item["starts"].tolist())):
+        o = t.offset[f] + s
+        got = item["X"][k][..., : item["mask"][k].sum()]
+        np.testing.assert_array_equal(
+            got.numpy(), ds.feature.patch_view(feats[o : o + got.shape[-1]])
+        )
+
+
+def _rss_mb() -> float:
+    """This process's resident memory, anonymous plus file-backed (shared memory apart)."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            fields[k] = v
+    return (int(fields["RssAnon"].split()[0]) + int(fields["RssFile"].split()[0])) / 1024
+
+
+def _rss_collate(items):
+    batch = collate_patches(items)
+    batch["rss"] = torch.tensor([os.getpid(), _rss_mb()], dtype=torch.float64)
+    return batch
+
+
+def test_a_workers_memory_does_not_grow_over_an_epoch_of_the_store(tmp_path):
+    from .pool_fixture import many_files_view
+
+    # 240 MB of rows in 4 segments, each patch read once: more than twice the bound
+    store = many_files_view(str(tmp_path), 480, 1, frames=512, n_mels=256)
+    ds = StoreDataset(store, patch_frames=64, hop_frames=64)
+    assert len(ds) * ds.patch_frames * ds.tables.frame_bytes > 200 * 2**20
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=32, shuffle=True, num_workers=2, collate_fn=_rss_collate,
+        multiprocessing_context="fork", generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    first, last = {}, {}
+    for b in loader:
+        pid, rss = int(b["rss"][0]), float(b["rss"][1])
+        first.setdefault(pid, rss)
+        last[pid] = rss
+    assert len(first) == 2
+    for pid in first:
+        assert last[pid] - first[pid] < 100, (first, last)
+
+
+def test_shuffling_by_blocks_covers_every_patch_and_gives_ranks_whole_blocks(stores):
+    ds = StoreDataset(stores["cqt"], unit="patch")
+    blocks = ds.patch_blocks(block_mb=0.5)
+    assert 4 < len(np.unique(blocks)) < len(ds)
+    # a block is a stretch of one segment: its patches' bytes are neighbours
+    at = np.array([o for _, o, _ in ds.byte_ranges(np.arange(len(ds)))])
+    for b in np.unique(blocks):
+        assert np.ptp(at[blocks == b]) < 0.5 * 2**20
+    s = EpochSampler(len(ds), seed=3, blocks=blocks, blocks_per_draw=2)
+    for epoch in (0, 1):
+        s.set_epoch(epoch)
+        order = s.indices()
+        assert sorted(order.tolist()) == list(range(len(ds)))
+        # a draw of 2 blocks at a time: the first stretch holds at most 2 blocks
+        first = order[: np.bincount(blocks).min()]
+        assert len(np.unique(blocks[first])) <= 2
+    parts = [
+        EpochSampler(len(ds), seed=3, blocks=blocks, rank=r, world=2).indices() for r in (0, 1)
+    ]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(ds)))
+    assert not set(blocks[parts[0]]) & set(blocks[parts[1]])  # whole blocks per rank
+    dm = StoreDataModule(stores["cqt"], unit="patch", batch_size=16, shuffle_block_mb=0.5)
+    dm.setup()
+    seen = torch.cat([b["X"].flatten(1)[:, :3] for b in dm.train_dataloader()])
+    assert len(seen) == len(dm.train_ds) - len(dm.train_ds) % 16  # drop_last, as without blocks

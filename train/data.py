@@ -123,6 +123,8 @@ class StoreDataModule:
         multiprocessing_context: str | None = None,
         rank: int = 0,
         world: int = 1,
+        shuffle_block_mb: float = 0,
+        blocks_per_draw: int = 8,
     ):
         if store is None and (dataset is None or feature is None):
             raise DatasetError("give a store path, or a dataset (pyjama) and a feature")
@@ -151,6 +153,7 @@ class StoreDataModule:
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
         self.rank, self.world = rank, world  # distributed training: each rank loads its share
+        self.shuffle_block_mb, self.blocks_per_draw = shuffle_block_mb, blocks_per_draw
         self.train_ds = self.valid_ds = self.test_ds = None
         self._samplers: list[Any] = []
 
@@ -248,6 +251,11 @@ class StoreDataModule:
             )
             self._samplers = [sampler]
             return self._loader(ds, self.batch_size, True, batch_sampler=sampler)
+        blocks = (
+            ds.patch_blocks(self.shuffle_block_mb)
+            if self.shuffle_block_mb and self.unit == "patch"
+            else None
+        )
         sampler = EpochSampler(
             len(ds),
             shuffle=True,
@@ -257,8 +265,12 @@ class StoreDataModule:
             rank=self.rank,
             world=self.world,
             global_batch=self.batch_size,
+            blocks=blocks,
+            blocks_per_draw=self.blocks_per_draw,
         )
         self._samplers = [sampler]
+        if self.world > 1 and blocks is not None:  # whole blocks per rank: its own batches
+            return self._loader(ds, self.batch_size // self.world, True, sampler=sampler)
         if self.world > 1:  # batch_size is the global batch; every patch once per epoch, no drop
             return self._loader(
                 ds, self.batch_size // self.world, True, sampler=sampler, drop_last=False

@@ -295,6 +295,16 @@ class StoreDataset(torch.utils.data.Dataset):
         addrs = self.file_row[self.patch_file[idx]] + self.patch_start[idx]
         return [(Path(p), o, n) for p, o, n in self.features.byte_ranges(addrs, self.patch_frames)]
 
+    def patch_blocks(self, block_mb: float = 64) -> np.ndarray:
+        """A block id per patch: patches whose bytes lie in the same ``block_mb`` MB of the same
+        segment share one (the unit of shuffling by blocks, see :class:`EpochSampler`)."""
+        t = self.tables
+        seg = t.segment[self.patch_file].astype(np.int64)
+        row = t.first[self.patch_file] + self.patch_start
+        region = (row * t.frame_bytes) // max(1, int(block_mb * 2**20))
+        _, ids = np.unique(np.stack([seg, region]), axis=1, return_inverse=True)
+        return ids.ravel()
+
     def __getstate__(self) -> dict[str, Any]:
         # a spawned worker holds no locks: this process holds them for as long as it lives
         return {**self.__dict__, "_holds": [], "_file_target_list": None}

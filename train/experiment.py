@@ -65,6 +65,10 @@ SCHEMA = {
         "amp": Field("bool", False),
         "grad_clip": Field("float", None, nullable=True),
         "num_workers": Field("int", 0),
+        # shuffle by blocks of this many MB of the store (0: every patch apart), for stores
+        # read from disk; see train/samplers.py
+        "shuffle_block_mb": Field("float", 0.0),
+        "shuffle_blocks_per_draw": Field("int", 8),
         # steps between reading the loss back to the host (progress bar, NaN check); default
         # 1 on CPU, 20 on a GPU, whose queue a read-back would drain at every step
         "sync_every": Field("int", None, nullable=True),

@@ -96,6 +96,8 @@ def datamodule(cfg: dict, store=None, rank: int = 0, world: int = 1) -> StoreDat
         seed=t["seed"],
         rank=rank,
         world=world,
+        shuffle_block_mb=t["shuffle_block_mb"],
+        blocks_per_draw=t["shuffle_blocks_per_draw"],
     )
 
 

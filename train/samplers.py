@@ -14,6 +14,13 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     With ``num_samples`` larger than ``n`` the permutation repeats (each index as evenly as
     possible); smaller, an epoch is a prefix of it. The same seed and epoch give the same
     order in any process, so 0 or N DataLoader workers see the same batches.
+
+    ``blocks`` (a block id per index, e.g. :meth:`StoreDataset.patch_blocks`): shuffling by
+    blocks, for data read from disk. Each epoch the blocks are shuffled and taken
+    ``blocks_per_draw`` at a time, and the indices of the blocks of a draw are shuffled together:
+    a stretch of the epoch reads from a few regions of the store instead of all of it, and a
+    batch still mixes several. Under DDP each rank takes whole blocks (ranks then see unequal
+    shares; the trainer joins them).
     """
 
     def __init__(
@@ -26,11 +33,22 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         rank: int = 0,
         world: int = 1,
         global_batch: int | None = None,
+        blocks: np.ndarray | None = None,
+        blocks_per_draw: int = 8,
     ):
         self.n, self.shuffle, self.seed, self.with_epoch = n, shuffle, seed, with_epoch
+        self.blocks_per_draw = max(1, int(blocks_per_draw))
+        self._members: list[np.ndarray] | None = None
+        if blocks is not None:
+            blocks = np.asarray(blocks)
+            if len(blocks) != n:
+                raise ValueError(f"blocks gives {len(blocks)} block ids for {n} indices")
+            order = np.argsort(blocks, kind="stable")
+            edges = np.flatnonzero(np.diff(blocks[order])) + 1
+            self._members = np.split(order, edges) if n else []
         self.num_samples = n if num_samples is None else int(num_samples)
         self.epoch = 0
-        if world > 1 and (global_batch is None or global_batch % world):
+        if world > 1 and blocks is None and (global_batch is None or global_batch % world):
             raise ValueError(
                 f"the global batch ({global_batch}) must be a multiple of the {world} ranks"
             )
@@ -44,11 +62,27 @@ class EpochSampler(torch.utils.data.Sampler[int]):
             return np.zeros(0, dtype=np.int64)
         rng = np.random.default_rng([self.seed, self.epoch])
         reps = -(-self.num_samples // self.n)
+        if self._members is not None and self.shuffle:
+            if self.num_samples == self.n:  # every index once, this rank's blocks
+                return self._by_blocks(rng)
+            parts = [self._by_blocks(rng) for _ in range(reps + 1)]
+            return np.concatenate(parts)[: -(-self.num_samples // self.world)]
         parts = [
             rng.permutation(self.n) if self.shuffle else np.arange(self.n) for _ in range(reps)
         ]
         order = np.concatenate(parts)[: self.num_samples]
         return self.shard(order) if self.world > 1 else order
+
+    def _by_blocks(self, rng: np.random.Generator) -> np.ndarray:
+        """One pass over this rank's blocks: draws of a few blocks, shuffled within a draw."""
+        members = self._members
+        blocks = rng.permutation(len(members))[self.rank :: self.world]
+        k = self.blocks_per_draw
+        out = []
+        for s in range(0, len(blocks), k):
+            draw = np.concatenate([members[b] for b in blocks[s : s + k]])
+            out.append(rng.permutation(draw))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def shard(self, order: np.ndarray) -> np.ndarray:
         """This rank's slice of every global batch: rank r takes the r-th of ``world`` equal
