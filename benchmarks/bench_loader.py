@@ -9,7 +9,7 @@ the demo stores (``make features``), repeated and reported as medians:
 - StoreDataset over a float16 store of the same feature (0 workers);
 - StoreDataset through ``StoreDataModule``'s own collate (what the trainer uses);
 - the anonymous memory (RssAnon) of spawned workers, for a store and one 4x larger;
-- StoreDataset construction time for a store of 100,000 files.
+- StoreDataset construction time for a view of 100,000 files in 20 segments.
 
     .venv/bin/python benchmarks/bench_loader.py [--features lms hcqt] [--repeats 3]
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -27,17 +26,10 @@ import numpy as np
 import torch
 
 from common.features import make_feature
-from common.store import (
-    STATUS_OK,
-    FileLayout,
-    TargetSpec,
-    finish,
-    lay_out,
-    memmap_dataset,
-    write_rows,
-)
+from common.store import read_rows
 from precompute.demo import make_demo
 from precompute.pipeline import run
+from tests.pool_fixture import many_files_view
 from train.dataset import StoreDataset, collate_patches
 
 BATCH = 64
@@ -66,12 +58,10 @@ class NaiveH5Dataset(torch.utils.data.Dataset):
         self.path, self.L = path, src.patch_frames
         self.patches = list(zip(src.patch_file[:n].tolist(), src.patch_start[:n].tolist()))
         if not path.exists():
-            t, feats = src.tables, memmap_dataset(src.path, "features")
+            t = src.tables
             with h5py.File(path, "w") as h:
-                for i, (o, m) in enumerate(zip(t.offset, t.n_frames)):
-                    h.create_dataset(
-                        f"f{i}", data=np.asarray(feats[o : o + m]).transpose(1, 2, 0), chunks=True
-                    )
+                for i in range(t.n_files):
+                    h.create_dataset(f"f{i}", data=read_rows(t, i).transpose(1, 2, 0), chunks=True)
 
     def __len__(self):
         return len(self.patches)
@@ -134,39 +124,6 @@ def demo_store(per_class: int, feature: str, clip_s: float = 7.5) -> Path:
     if not (root / "demo.pyjama").exists():
         make_demo(root, per_class=per_class, clip_s=clip_s)
     return run(root / "demo.pyjama", feature, "stores", jobs=2).store_path
-
-
-def store_of_100k_files(path: Path, n_files: int = 100_000) -> Path:
-    """A store of many short files (4 mel bands, 100 frames each), written by the real writer."""
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    feature = make_feature({"kind": "lms", "n_mels": 4})
-    specs = [
-        TargetSpec("genre", "class", ["a", "b", "c"]),
-        TargetSpec("work-id", "work", [str(i) for i in range(n_files // 4)]),
-    ]
-    rng = np.random.default_rng(0)
-    files = [
-        FileLayout(i, f"audio/{i:06d}.wav", 100, 2.3, 22050, "0" * 32, f"{i:032d}")
-        for i in range(n_files)
-    ]
-    file_targets = {
-        "genre": (np.arange(n_files) % 3).astype(np.int32),
-        "work-id": (np.arange(n_files) // 4).astype(np.int32),
-    }
-    attrs = {"feature": feature.value_params(), "feature_key": feature.key()}
-    layout = lay_out(
-        path, files, feature.frame_shape, np.float32, specs, file_targets, lambda i: {}, attrs
-    )
-    fd = os.open(path, os.O_RDWR)
-    try:
-        for i in range(n_files):
-            write_rows(fd, layout, i, rng.random((100, 1, 4), dtype=np.float32))
-        finish(fd, layout, np.full(n_files, STATUS_OK, np.uint8), {})
-    finally:
-        os.close(fd)
-    return path
 
 
 def measure_feature(feature: str, repeats: int) -> dict:
@@ -233,9 +190,10 @@ def main() -> None:
     for feature in args.features:
         results[feature] = measure_feature(feature, args.repeats)
         print(feature, json.dumps(results[feature], indent=1), flush=True)
-    many = store_of_100k_files(Path("data") / "bench-loader-stores" / "many-100k.h5")
+    # 100,000 files of 100 frames in 20 segments, written with the store format's own writer
+    many = many_files_view("data/bench-loader-stores", 100_000, 20, frames=100, n_mels=4)
     t = time.perf_counter()
-    ds = StoreDataset(many, target="genre", split="train")
+    ds = StoreDataset(many, split="train", patch_frames=64, hop_frames=32)
     results["construction_s_100k_files"] = round(time.perf_counter() - t, 2)
     results["construction_patches"] = len(ds)
     print(json.dumps({k: v for k, v in results.items() if k.startswith("construction")}))

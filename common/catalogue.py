@@ -8,7 +8,6 @@ stores under that folder::
                    one audio file with one set of value parameters, wherever they were computed
     views          one row per view: its request (dataset, pyjama and its sha1, audio root,
                    feature key and parameters), its size, and when it was registered
-    view_segments  the segments each view needs (what ``precompute gc`` keeps)
     dead           segments no view needs, and since when (gc's grace period)
     audio          path -> (size, mtime, content hash, header): a file is rehashed only when its
                    size or mtime changed
@@ -74,14 +73,11 @@ CREATE TABLE IF NOT EXISTS views (
     feature_kind TEXT, feature_key TEXT, feature TEXT, files INTEGER, frames INTEGER,
     audio_s REAL, created REAL
 );
-CREATE TABLE IF NOT EXISTS view_segments (view TEXT, segment TEXT, PRIMARY KEY (view, segment));
-CREATE INDEX IF NOT EXISTS view_segments_by_segment ON view_segments (segment);
 CREATE TABLE IF NOT EXISTS dead (segment TEXT PRIMARY KEY, since REAL);
 CREATE TABLE IF NOT EXISTS audio (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, hash TEXT, info TEXT
 );
 """
-TABLES = ("meta", "segments", "rows", "views", "view_segments", "dead", "audio")
 
 
 class CatalogueError(UserError):
@@ -343,14 +339,6 @@ class Catalogue:
             for p, k, n, a, b in rows
         ]
 
-    def segment_rows(self, segment: str | os.PathLike) -> list[tuple[str, int, int, str]]:
-        """``(key, first, n_frames, checksum)`` of every computed row of a segment."""
-        with self._db() as con:
-            return con.execute(
-                "SELECT key, first, n_frames, checksum FROM rows WHERE segment = ? ORDER BY first",
-                (self._rel(segment),),
-            ).fetchall()
-
     # -- views ------------------------------------------------------------------------
     def _insert_view(
         self, con: sqlite3.Connection, path: Path, s: dict[str, Any], created: float
@@ -364,11 +352,6 @@ class Catalogue:
                 s["files"], s["frames"], s["audio_s"], created,
             ),
         )  # fmt: skip
-        con.execute("DELETE FROM view_segments WHERE view = ?", (rel,))
-        con.executemany(
-            "INSERT OR IGNORE INTO view_segments VALUES (?, ?)",
-            [(rel, self._rel(p)) for p in s["segments"]],
-        )
         con.executemany(
             "DELETE FROM dead WHERE segment = ?", [(self._rel(p),) for p in s["segments"]]
         )
@@ -383,8 +366,23 @@ class Catalogue:
             self._insert_view(con, path, summary, row[0] if row else time.time())
         return self.record(path)
 
+    def sync_views(self) -> None:
+        """Make the catalogue agree with the views on disk: register those it does not know
+        (written by a run that died before registering them), forget those that are gone."""
+        with self._db() as con:
+            known = {r[0] for r in con.execute("SELECT path FROM views")}
+        on_disk = {self._rel(p): p for p in view_files(self.root)}
+        for rel in known - on_disk.keys():
+            self.forget(self._abs(rel))
+        for rel in on_disk.keys() - known:
+            try:
+                self.register_view(on_disk[rel])
+            except (StoreError, OSError, KeyError):
+                continue  # an older format, or not a view: `precompute ls` says which
+
     def views(self) -> list[StoreRecord]:
-        """Every view recorded; those deleted by hand are forgotten here."""
+        """Every view, as on disk."""
+        self.sync_views()
         with self._db() as con:
             rows = con.execute(
                 "SELECT * FROM views ORDER BY dataset, feature_kind, created"
@@ -403,6 +401,7 @@ class Catalogue:
         self, pyjama: str | os.PathLike, feature_key: str, audio_root: str | None = None
     ) -> list[StoreRecord]:
         """Views built from this pyjama file with these feature values, newest first."""
+        self.sync_views()
         with self._db() as con:
             rows = con.execute(
                 "SELECT * FROM views WHERE pyjama = ? AND feature_key = ? "
@@ -411,19 +410,10 @@ class Catalogue:
             ).fetchall()
         return [r for r in map(self._record, rows) if r.path.is_file()]
 
-    def view_segments(self) -> dict[Path, set[Path]]:
-        """The segments each view needs."""
-        out: dict[Path, set[Path]] = {}
-        with self._db() as con:
-            for view, seg in con.execute("SELECT view, segment FROM view_segments"):
-                out.setdefault(self._abs(view), set()).add(self._abs(seg))
-        return out
-
     def forget(self, view: str | os.PathLike) -> None:
         rel = self._rel(view)
         with self._db() as con:
             con.execute("DELETE FROM views WHERE path = ?", (rel,))
-            con.execute("DELETE FROM view_segments WHERE view = ?", (rel,))
 
     def dead_since(self, segments: Iterable[Path], now: float) -> dict[Path, float]:
         """When each of these unreferenced segments was first seen unreferenced (now if never)."""

@@ -6,7 +6,8 @@ it lets go; forked DataLoader workers share their parent's. gc deletes a file on
 take an exclusive lock on it, so a training never loses a file it reads. A lock is released by
 the kernel when its holder dies, so a crashed reader holds nothing.
 
-On a network filesystem, locks may not be seen from other hosts: there ``precompute gc
+On a network filesystem, locks may not be seen from other hosts, and NFS's locks (POSIX locks
+underneath) go when the process closes any descriptor of the file: there ``precompute gc
 --grace HOURS`` also keeps unreferenced segments for that long.
 """
 
@@ -32,13 +33,21 @@ class Hold:
 _HOLDS: weakref.WeakValueDictionary[tuple[str, int], Hold] = weakref.WeakValueDictionary()
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def hold(path: str | os.PathLike) -> Hold | None:
     """A shared lock on ``path`` (one per file and process, shared by whoever asks), or None
     when the file is gone (deleted before or while the lock was taken)."""
     path = Path(os.path.abspath(path))
     key = (str(path), os.getpid())
     found = _HOLDS.get(key)
-    if found is not None:
+    if found is not None and _same_file(found.fd, path):
         return found
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -46,13 +55,19 @@ def hold(path: str | os.PathLike) -> Hold | None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        if os.fstat(fd).st_ino != os.stat(path).st_ino:  # removed, or replaced, meanwhile
+        if not _same_file(fd, path):  # removed, or replaced, meanwhile
             raise FileNotFoundError(path)
     except OSError:
         os.close(fd)
         return None
-    h = Hold(path, fd)
-    _HOLDS[key] = h
+    return adopt(path, fd)
+
+
+def adopt(path: str | os.PathLike, fd: int) -> Hold:
+    """The hold of an fd that already has its shared lock (taken before the file got its name,
+    so that nobody can delete it in between)."""
+    h = Hold(Path(os.path.abspath(path)), fd)
+    _HOLDS[(str(h.path), os.getpid())] = h
     return h
 
 
@@ -60,11 +75,18 @@ def try_exclusive(path: str | os.PathLike) -> int | None:
     """An exclusive lock on ``path`` if nobody holds it (an fd to close after removing the
     file), else None."""
     try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDWR)  # POSIX locks (flock on NFS) need write access for it
+    except PermissionError:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+    except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not _same_file(fd, Path(path)):  # replaced by a new file since: not ours to remove
+            raise FileNotFoundError(path)
     except OSError:
         os.close(fd)
         return None

@@ -57,6 +57,7 @@ the same bytes. Without h5py, a file's rows are::
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -382,21 +383,14 @@ def open_segment_layout(path: str | os.PathLike) -> SegmentLayout:
         )
 
 
-def write_rows(fd: int, layout: SegmentLayout, i: int, rows: np.ndarray) -> str:
-    """Row ``i``'s time-major feature rows ``(n_frames, C, F)``, at their place; returns their
-    checksum."""
-    expected = (int(layout.n_frames[i]), *layout.frame_shape)
-    if rows.shape != expected:
-        raise StoreError(f"{layout.path}: row {i} has shape {rows.shape}, the layout {expected}")
-    data = np.ascontiguousarray(rows, dtype=layout.dtype)
-    pwrite_all(fd, data, layout.rows_at(i))
-    return rows_checksum(data)
-
-
 def seal_segment(
     layout: SegmentLayout, status: np.ndarray, checksums: list[str], final: str | os.PathLike
-) -> Path:
-    """Write status and checksums in place, flush, and give the segment its final name."""
+) -> int:
+    """Write status and checksums in place, flush, and give the segment its final name.
+
+    Returns an fd of it that holds a shared ``flock`` taken before the rename (see
+    :mod:`common.holds`): nobody can remove the segment before its view refers to it.
+    """
     final = Path(final)
     fd = os.open(layout.path, os.O_RDWR)
     try:
@@ -404,11 +398,13 @@ def seal_segment(
         raw = np.array([c.encode() for c in checksums], dtype=f"S{CHECKSUM_BYTES}")
         pwrite_all(fd, raw, layout.checksum_at)
         os.fsync(fd)
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.replace(layout.path, final)
+    except BaseException:
         os.close(fd)
-    os.replace(layout.path, final)
+        raise
     fsync_dir(final.parent)
-    return final
+    return fd
 
 
 @dataclass
@@ -770,7 +766,6 @@ class StoreTables:
     failed: list[dict[str, Any]]
     annotated: dict[str, np.ndarray]  # per target: 1 where the file carries its description
     missing: np.ndarray  # files whose segment is gone
-    pending: int = 0
 
     @property
     def n_files(self) -> int:
@@ -950,6 +945,33 @@ def dataset_location(path: str | os.PathLike, name: str) -> tuple[tuple[int, ...
     if offset is None and int(np.prod(shape)):
         raise StoreError(f"{path}: '{name}' has no storage allocated; re-run precompute")
     return tuple(shape), dtype, int(offset or 0)
+
+
+def frame_target_location(
+    path: str | os.PathLike, name: str
+) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, byte offset)`` of a view's frame-level target ``name``, to read it
+    without h5py (rows in the view's order: ``files/offset``)."""
+    return dataset_location(path, f"targets/{name}")
+
+
+def target_rows(path: str | os.PathLike) -> dict[str, int]:
+    """How many rows each target of a view has (files, or frames for frame-level ones)."""
+    with h5py.File(path, "r") as h:
+        return {n: int(ds.shape[0]) for n, ds in h["targets"].items()}
+
+
+def read_frame_target(t: StoreTables, name: str, i: int) -> np.ndarray:
+    """File ``i``'s rows of the frame-level target ``name`` (one pread)."""
+    shape, dtype, at = frame_target_location(t.path, name)
+    row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+    out = np.empty((int(t.n_frames[i]), *shape[1:]), dtype=dtype)
+    fd = os.open(t.path, os.O_RDONLY)
+    try:
+        pread_into(fd, out, at + int(t.offset[i]) * row)
+    finally:
+        os.close(fd)
+    return out
 
 
 def read_file_targets(path: str | os.PathLike, names: Iterable[str]) -> dict[str, np.ndarray]:

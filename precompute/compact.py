@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common.catalogue import Catalogue
+from common.holds import hold
 from common.store import (
     STATUS_OK,
     SegmentRef,
@@ -29,8 +30,7 @@ from common.store import (
     view_files,
 )
 
-from .compute import library_versions
-from .layout import copy_rows, group_segments
+from .layout import fill_by_copy, group_segments, segment_attrs
 from .lock import StoreLock
 from .manage import live_frames, remove_unneeded_segments
 from .seal import seal
@@ -70,41 +70,37 @@ def compact(
 def _rewrite(root: Path, cat: Catalogue, feature_key: str, old: list, log: Callable) -> None:
     """Copy the live rows of segments ``old`` into new ones and re-point the views."""
     used = _used_rows(root, {t.path for t in old})
-    rows: dict[str, tuple] = {}  # key -> (segment table, row) of its live copy
+    copies: dict[str, list[tuple]] = {}  # key -> every live copy (segment table, row)
     for t in old:
         for r, (k, f, s) in enumerate(zip(t.keys, t.first, t.status)):
-            if s == STATUS_OK and (t.path, int(f)) in used and k not in rows:
-                rows[k] = (t, r)
-    frame_bytes = old[0].frame_bytes
+            if s == STATUS_OK and (t.path, int(f)) in used:
+                copies.setdefault(k, []).append((t, r))
+    fb = old[0].frame_bytes
     builds = group_segments(
-        root, feature_key, frame_bytes, [(k, int(t.n_frames[r])) for k, (t, r) in rows.items()]
+        root, feature_key, fb, [(k, int(c[0][0].n_frames[c[0][1]])) for k, c in copies.items()]
     )
-    attrs = {"feature_key": feature_key, "feature": old[0].attrs.get("feature", {}),
-             "versions": library_versions()}  # fmt: skip
+    attrs = segment_attrs(feature_key, old[0].attrs.get("feature", {}))
     holds, moved = [], {}
     for b in builds:
         with StoreLock(b.lock_path, wait=True, log=log):
-            if not b.final.is_file():
+            held = hold(b.final)  # made by another compaction meanwhile
+            if held is None:
                 b.prepare(old[0].frame_shape, old[0].dtype, attrs)
-                for r, k in enumerate(b.keys):
-                    t, i = rows[k]
-                    fd = os.open(t.path, os.O_RDONLY)
-                    try:
-                        at = t.features_at + int(t.first[i]) * frame_bytes
-                        checksum = copy_rows(fd, at, b, r, int(t.n_frames[i]) * frame_bytes)
-                    finally:
-                        os.close(fd)
-                    if checksum != t.checksum[i]:
-                        raise StoreError(f"{t.path}: the rows of {k} differ from their checksum; "
-                                         "run precompute verify before compacting")  # fmt: skip
-                    b.record({r: (STATUS_OK, "", checksum)})
-                holds.append(seal(b, cat))
-            new = read_segment(b.final)
-            for r, k in enumerate(new.keys):
-                t, i = rows[k]
+                sources = []
+                for k in b.keys:
+                    t, i = copies[k][0]
+                    at = t.features_at + int(t.first[i]) * fb
+                    sources.append((t.path, at, int(t.n_frames[i]) * fb, str(t.checksum[i])))
+                fill_by_copy(b, sources)
+                held = seal(b, cat)
+            holds.append(held)
+        new = read_segment(b.final)
+        for r, k in enumerate(new.keys):
+            for t, i in copies[k]:  # every copy of the key: the views on each are re-pointed
                 moved[(t.path, int(t.first[i]))] = (new, int(new.first[r]))
     for view in used_by(root, {t.path for t in old}):
-        _repoint(view, moved)
+        with StoreLock(view.with_name(view.name + ".lock"), wait=True, log=log):
+            _repoint(view, moved)
         cat.register_view(view)
         log(f"re-pointed {relative_to(root, view)}")
 

@@ -14,10 +14,9 @@ from common.store import (
     STATUS_OK,
     StoreError,
     StoreTables,
-    dataset_layouts,
-    memmap_dataset,
     patch_index,
     pread_into,
+    read_frame_target,
     read_rows,
     read_segment,
     read_tables,
@@ -25,6 +24,7 @@ from common.store import (
     rows_checksum,
     segment_files,
     stores_root_of,
+    target_rows,
     view_files,
 )
 
@@ -75,8 +75,9 @@ def verify(path: str | os.PathLike) -> list[str]:
     if len(t.missing):
         faults.append(str(t.missing_error()))
     faults += _check_tables(t)
+    missing = set(t.missing.tolist())
     for i in range(t.n_files):
-        if i in set(t.missing.tolist()):
+        if i in missing:
             continue
         fault = check_rows(t, i)
         if fault:
@@ -86,7 +87,6 @@ def verify(path: str | os.PathLike) -> list[str]:
 
 def _check_tables(t) -> list[str]:
     faults = []
-    layouts = dataset_layouts(t.path)
     feature = make_feature(t.feature)
     if t.dtype != np.dtype(feature.store_dtype).newbyteorder("<"):
         faults.append(f"features: dtype {t.dtype}, the parameters give {feature.store_dtype}")
@@ -114,11 +114,11 @@ def _check_tables(t) -> list[str]:
         faults.append(
             f"files: {len(off)} file(s) whose frame count does not match their duration (first: {t.names[off[0]]})"
         )
+    counts = target_rows(t.path)
     for name, spec in t.targets.items():
-        shape = layouts[f"targets/{name}"]["shape"]
         rows = t.total_frames if spec.frame_level else t.n_files
-        if shape[0] != rows:
-            faults.append(f"targets/{name}: {shape[0]} rows, expected {rows}")
+        if counts[name] != rows:
+            faults.append(f"target {name!r}: {counts[name]} rows, expected {rows}")
     return faults
 
 
@@ -169,8 +169,9 @@ def verify_folder(root: Path) -> list[str]:
         if len(t.missing):
             faults.append(str(t.missing_error()))
         faults += [f"{v}: {f}" for f in _check_tables(t)]
+        missing = set(t.missing.tolist())
         for i in range(t.n_files):
-            if i not in set(t.missing.tolist()) and t.checksum[i] != _segment_sum(t, i, sums):
+            if i not in missing and t.checksum[i] != _segment_sum(t, i, sums):
                 faults.append(f"{v}: {t.names[i]}: its checksum differs from its segment's")
     return faults
 
@@ -230,7 +231,7 @@ def show(
     t = read_tables(path)
     i = _file_index(t, name)
     feature = make_feature(t.feature)
-    off, n = int(t.offset[i]), int(t.n_frames[i])
+    n = int(t.n_frames[i])
     block = feature.patch_view(read_rows(t, i))  # (C, F, T) or (1, samples)
     times = feature.frame_times(n)
     frame_targets = [s for s in t.targets.values() if s.frame_level]
@@ -281,7 +282,7 @@ def show(
     ax.set_xlabel("time (s)")
     for k, spec in enumerate(frame_targets, 1):
         tax = axes[k, 0]
-        arr = np.asarray(memmap_dataset(path, f"targets/{spec.name}")[off : off + n])
+        arr = read_frame_target(t, spec.name, i)
         if spec.kind == "frame_pitch":
             # markers, not an image: a one-bin row is thinner than a pixel and would vanish
             grid = np.asarray(spec.pitch_midi)

@@ -30,8 +30,10 @@ from common.features import params_hash
 from common.holds import Hold, hold
 from common.store import (
     SEGMENT_MAX_BYTES,
+    STATUS_OK,
     DiskFullError,
     SegmentLayout,
+    StoreError,
     lay_out_segment,
     open_segment_layout,
     pread_into,
@@ -40,6 +42,7 @@ from common.store import (
     segment_path,
 )
 
+from .compute import library_versions
 from .lock import StoreLock
 from .plan import Plan
 
@@ -213,6 +216,32 @@ def copy_rows(src: int, src_at: int, build: SegmentBuild, row: int, nbytes: int)
         pwrite_all(build.fd, buf[:n], dst + at)
         at += n
     return h.hexdigest()
+
+
+def fill_by_copy(build: SegmentBuild, sources: list[tuple[Path, int, int, str | None]]) -> None:
+    """Fill every row of a laid-out segment from ``(file, offset, nbytes, checksum)`` ranges of
+    other files (compaction, migration): read once, checksummed, written once. A range whose
+    bytes differ from the checksum given is refused."""
+    fds: dict[Path, int] = {}
+    try:
+        for r, (path, at, nbytes, expected) in enumerate(sources):
+            if path not in fds:
+                fds[path] = os.open(path, os.O_RDONLY)
+            checksum = copy_rows(fds[path], at, build, r, nbytes)
+            if expected is not None and checksum != expected:
+                raise StoreError(
+                    f"{path}: the rows of {build.keys[r]} (bytes {at}-{at + nbytes}) differ from "
+                    "their checksum; run precompute verify"
+                )
+            build.record({r: (STATUS_OK, "", checksum)})
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def segment_attrs(feature_key: str, feature: dict) -> dict:
+    """What a segment says of itself: the feature it holds and the versions that made it."""
+    return {"feature_key": feature_key, "feature": feature, "versions": library_versions()}
 
 
 def frame_bytes_of(plan: Plan) -> int:

@@ -30,6 +30,7 @@ from common.store import (
 )
 
 from .lock import LockedError, StoreLock
+from .migrate import migrating_segments
 
 
 def _when(t: float) -> str:
@@ -94,8 +95,9 @@ def live_frames(root: Path) -> dict[Path, int]:
 
 
 def needed_segments(root: Path) -> set[Path]:
-    """The segments some view on disk refers to (read from the views, not the cache)."""
-    out: set[Path] = set()
+    """The segments some view on disk refers to (read from the views, not the cache), and
+    those of migrations not finished."""
+    out: set[Path] = migrating_segments(root)
     for v in view_files(root):
         try:
             out.update(Path(os.path.abspath(p)) for p in view_segment_paths(v))
@@ -120,6 +122,9 @@ def collect_garbage(
     freed = 0
     for r in cat.views():
         if r.last_used >= cutoff:
+            continue
+        if read_attrs(r.path).get("role") != "view":  # replaced by something else since
+            cat.forget(r.path)
             continue
         fd = try_exclusive(r.path)
         if fd is None:

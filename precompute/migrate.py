@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -23,20 +24,20 @@ import numpy as np
 from common.catalogue import Catalogue
 from common.holds import hold
 from common.store import (
-    STATUS_OK,
     DiskFullError,
     SegmentRef,
+    StoreError,
     ViewFiles,
     copy_view_parts,
     read_attrs,
     read_format2,
+    relative_to,
     segment_bytes,
     view_files,
     write_view,
 )
 
-from .compute import library_versions
-from .layout import copy_rows, group_segments, size_text
+from .layout import fill_by_copy, group_segments, segment_attrs, size_text, write_json
 from .lock import StoreLock
 from .seal import seal
 
@@ -66,51 +67,71 @@ def migrate(stores: str | os.PathLike, log: Callable = print) -> list[Path]:
     return done
 
 
+def _marker(path: Path) -> Path:
+    """``<store>.migrating``: the segments a migration made and the rows whose bytes it freed
+    in the old store (written before freeing them). gc keeps those segments."""
+    return path.with_name(path.name + ".migrating")
+
+
+def migrating_segments(stores: str | os.PathLike) -> set[Path]:
+    """The segments of migrations not finished (for gc, which must keep them)."""
+    out = set()
+    for m in Path(stores).glob("*/*.migrating"):
+        out |= {
+            Path(os.path.abspath(m.parent.parent / p))
+            for p in json.loads(m.read_text())["segments"]
+        }
+    return out
+
+
 def _migrate_one(root: Path, cat: Catalogue, path: Path, log: Callable) -> Path:
     old = read_format2(path)
     key = str(old.attrs["feature_key"])
     cat.sync_pool(key)
     files = old.ok
+    marker = _marker(path)
+    state = json.loads(marker.read_text()) if marker.is_file() else {"segments": [], "freed": []}
     found = cat.find_rows(old.keys[files])
-    holds = {s.segment: hold(s.segment) for s in found.values()}
-    reuse = {k: s for k, s in found.items() if holds.get(s.segment) is not None}
+    holds = [h for h in map(hold, {s.segment for s in found.values()}) if h is not None]
+    held = {h.path for h in holds}
+    reuse = {k: s for k, s in found.items() if Path(os.path.abspath(s.segment)) in held}
+    gone = [str(old.names[i]) for i in state["freed"] if str(old.keys[i]) not in reuse]
+    if gone:
+        raise StoreError(
+            f"{path}: an interrupted migration moved the rows of {len(gone)} file(s) "
+            f"({', '.join(gone[:3])}) into segments that are gone; delete {path} and "
+            f"{marker.name}, and rebuild with: precompute run --dataset {old.attrs.get('pyjama')}"
+        )
     new: dict[str, int] = {}
     for i in files:
-        k = str(old.keys[i])
-        if k not in reuse:
-            new.setdefault(k, int(old.n_frames[i]))
-    builds = group_segments(root, key, old.frame_bytes, list(new.items()))
+        if str(old.keys[i]) not in reuse:
+            new.setdefault(str(old.keys[i]), int(old.n_frames[i]))
     first_row = {str(old.keys[i]): int(i) for i in files[::-1]}
-    attrs = {"feature_key": key, "feature": old.attrs.get("feature", {}),
-             "versions": library_versions()}  # fmt: skip
-    sealed = {}
-    for b in builds:
+    attrs = segment_attrs(key, old.attrs.get("feature", {}))
+    fb = old.frame_bytes
+    for b in group_segments(root, key, fb, list(new.items())):
         with StoreLock(b.lock_path, wait=True, log=log):
-            if not b.final.is_file():
-                _check_space(root, segment_bytes(b.n_frames, old.frame_bytes))
+            h = hold(b.final)
+            if h is None:
+                _check_space(root, segment_bytes(b.n_frames, fb))
                 b.prepare(old.frame_shape, old.dtype, attrs)
-                _copy_into(old, b, first_row)
-                seal(b, cat)
-            sealed[b.final] = hold(b.final)
-        _free(old, [first_row[k] for k in b.keys])
+                rows = [first_row[k] for k in b.keys]
+                fill_by_copy(b, [(old.path, old.features_at + int(old.offset[i]) * fb,
+                                  int(old.n_frames[i]) * fb, None) for i in rows])  # fmt: skip
+                h = seal(b, cat)
+            holds.append(h)
+        rows = [first_row[k] for k in b.keys]
+        state["segments"].append(relative_to(root, b.final))
+        state["freed"] += rows
+        write_json(marker, state)  # durable before any byte is freed
+        _free(old, rows)
     found = cat.find_rows(old.keys[files])  # now every row is in the pool
     view = _write(path, old, found)
     cat.register_view(view)
+    marker.unlink(missing_ok=True)
     log(f"migrated {path}: {len(files)} files, {len(reuse)} rows reused, {len(new)} moved "
         "into the pool")  # fmt: skip
     return view
-
-
-def _copy_into(old, build, first_row: dict[str, int]) -> None:
-    fd = os.open(old.path, os.O_RDONLY)
-    try:
-        for r, k in enumerate(build.keys):
-            i = first_row[k]
-            at = old.features_at + int(old.offset[i]) * old.frame_bytes
-            checksum = copy_rows(fd, at, build, r, int(old.n_frames[i]) * old.frame_bytes)
-            build.record({r: (STATUS_OK, "", checksum)})
-    finally:
-        os.close(fd)
 
 
 def _write(path: Path, old, found) -> Path:
@@ -134,11 +155,9 @@ def _write(path: Path, old, found) -> Path:
     parts = copy_view_parts(path, files)
     attrs = {k: v for k, v in old.attrs.items() if k != "format_version"}
     attrs["failed"] = old.failed
-    tmp = path.with_name(path.name + ".view")
-    write_view(tmp, table, refs, old.frame_shape, old.dtype, parts["targets"],
-               parts["file_targets"], parts["frame_targets"], attrs, parts["annotated"])  # fmt: skip
-    os.replace(tmp, path)
-    return path
+    # written beside the store, then renamed over it: the store is whole until the view is
+    return write_view(path, table, refs, old.frame_shape, old.dtype, parts["targets"],
+                      parts["file_targets"], parts["frame_targets"], attrs, parts["annotated"])  # fmt: skip
 
 
 def _check_space(root: Path, need: int) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from common.catalogue import Catalogue, touch
+from common.holds import hold
 from common.pyjama import PyjamaError
 from common.store import (
     DiskFullError,
@@ -40,12 +41,11 @@ from .compute import (
     TaskResult,
     compute,
     filter_cache_dir,
-    library_versions,
     peak_rss_mb,
     start_warm_up,
     workers_for,
 )
-from .layout import RowPlan, SegmentBuild, check_space, find_rows
+from .layout import RowPlan, SegmentBuild, check_space, find_rows, segment_attrs
 from .lock import LockedError, StoreLock
 from .plan import Plan, PlanError, make_plan
 from .register import draft, register_view, view_bytes
@@ -133,7 +133,9 @@ def _usable(plan: Plan, catalogue: Catalogue, summary: Summary) -> bool:
         t = read_tables(plan.store_path)
     except MissingSegmentsError as e:
         summary.repaired = len(read_tables(plan.store_path, missing_ok=True).missing)
-        summary.warnings.append(f"{e}; computing them again")
+        note = f"{e}; computing them again"
+        if note not in summary.warnings:  # asked again once the lock is taken
+            summary.warnings.append(note)
         return False
     except StoreError:
         return False  # not a view of this format: built again under the same name
@@ -152,7 +154,7 @@ def _build(plan, catalogue, summary, jobs, backend, scheduler, strict, progress,
         for b in sorted(rows.builds, key=lambda b: b.id):  # one order: no two builds deadlock
             b.lock = stack.enter_context(StoreLock(b.lock_path, wait=True, log=log))
         stack.callback(_close, rows.builds)
-        todo = [b for b in rows.builds if not _sealed_meanwhile(b, catalogue)]
+        todo = [b for b in rows.builds if not _sealed_meanwhile(b, catalogue, rows)]
         for b in todo:
             b.resume()
             summary.resumed += b.resumed
@@ -166,8 +168,7 @@ def _build(plan, catalogue, summary, jobs, backend, scheduler, strict, progress,
         if n_todo:
             drafted = draft(plan)
             stack.callback(drafted.unlink, missing_ok=True)
-        attrs = {"feature_key": plan.feature_key, "feature": feat.value_params(),
-                 "versions": library_versions()}  # fmt: skip
+        attrs = segment_attrs(plan.feature_key, feat.value_params())
         for b in todo:
             b.prepare(feat.frame_shape, np.dtype(feat.store_dtype), attrs)
         jobs_ = _file_jobs(plan, rows, todo)
@@ -185,10 +186,12 @@ def _build(plan, catalogue, summary, jobs, backend, scheduler, strict, progress,
         register_view(plan, rows, catalogue, drafted)
 
 
-def _sealed_meanwhile(b: SegmentBuild, catalogue: Catalogue) -> bool:
+def _sealed_meanwhile(b: SegmentBuild, catalogue: Catalogue, rows: RowPlan) -> bool:
     """Another build made this very segment while this one waited for its lock: use it."""
-    if not b.final.is_file():
+    held = hold(b.final)
+    if held is None:
         return False
+    rows.holds.append(held)
     catalogue.register_segment(b.final)
     t = read_segment(b.final)
     b.layout = open_segment_layout(b.final)

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 
 from common.catalogue import Catalogue
-from common.holds import Hold, hold
+from common.holds import Hold, adopt
 from common.store import STATUS_FAILED, StoreError, seal_segment
 
 from .layout import SegmentBuild
@@ -32,8 +32,8 @@ def seal(build: SegmentBuild, catalogue: Catalogue) -> Hold | None:
         discard(build)
         return None
     checksums = [build.done[i][2] for i in range(len(build.keys))]
-    seal_segment(build.layout, status, checksums, build.final)
-    held = hold(build.final)  # before the build lock goes: gc must not take it meanwhile
+    # held from before it has its name until the view refers to it: gc cannot take it meanwhile
+    held = adopt(build.final, seal_segment(build.layout, status, checksums, build.final))
     catalogue.register_segment(build.final)
     shutil.rmtree(build.parts, ignore_errors=True)
     return held

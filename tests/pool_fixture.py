@@ -46,7 +46,7 @@ def many_files_view(
         os.close(fd)
         block = rows.reshape(len(keys), -1)
         checks = [rows_checksum(np.ascontiguousarray(r)) for r in block]
-        seal_segment(lay, np.full(len(keys), STATUS_OK, np.uint8), checks, final)
+        os.close(seal_segment(lay, np.full(len(keys), STATUS_OK, np.uint8), checks, final))
         refs.append(SegmentRef(final, lay.features_at, lay.total_frames))
         seg_col += [s] * len(keys)
         first_col += lay.first.tolist()

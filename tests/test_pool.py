@@ -29,6 +29,7 @@ from precompute.cli import main
 from precompute.compact import compact
 from precompute.inspect import verify
 from precompute.manage import collect_garbage
+from precompute.migrate import migrate
 from precompute.pipeline import make_plan, run
 from train.data import find_store
 from train.dataset import DatasetError, StoreDataset
@@ -43,7 +44,11 @@ def _dataset(root: Path, n: int = 6, name: str = "set", base: int = 48) -> Path:
         rel = f"audio-{name}/f{i:02d}.wav"
         write_wav(root / rel, tone(base + i, 1.0 + 0.1 * i))
         entries.append(
-            {"filepath": [{"value": rel}], "genre": [{"value": ["folk", "jazz"][i % 2]}]}
+            {
+                "filepath": [{"value": rel}],
+                "genre": [{"value": ["folk", "jazz"][i % 2]}],
+                "pitchmidi": [{"time": 0.1, "duration": 0.5, "value": base + i}],
+            }
         )
     return write_json(root / f"{name}.pyjama", {"collection": {"entry": entries}})
 
@@ -65,7 +70,8 @@ def test_a_view_holds_no_features_and_plain_h5py_reads_them_after_the_folder_mov
     t = read_tables(s.store_path)
     expected = read_features(s.store_path)
     (seg,) = t.segments
-    assert s.store_path.stat().st_size < 0.2 * seg.path.stat().st_size
+    assert h5py.File(s.store_path)["features"].is_virtual  # its bytes are the segment's
+    assert s.store_path.stat().st_size < 0.5 * seg.path.stat().st_size  # targets only
     shutil.move(tmp_path / "stores", tmp_path / "moved")
     view = tmp_path / "moved" / "set" / s.store_path.name
     code = textwrap.dedent(f"""
@@ -189,7 +195,11 @@ def test_compaction_rewrites_a_mostly_dead_segment_and_keeps_it_while_it_is_read
     assert all(s.path != first for s in read_tables(new).segments)
     before = reader.file_rows("features", reader.files)
     assert np.array_equal(np.concatenate(before), expected)
-    del reader
+    # the view was rewritten: a reader made before reads its own file's targets, a new one the new
+    pitch = StoreDataset(new, target="pitchmidi")
+    old_reader_targets = reader_targets = np.concatenate(pitch.file_rows("target", pitch.files))
+    assert np.array_equal(reader_targets, h5py.File(new)["targets/pitchmidi"][()])
+    del reader, pitch, old_reader_targets
     gc.collect()
     collect_garbage(stores, days=365)
     assert not first.exists() and verify(stores) == []
@@ -290,6 +300,55 @@ def test_a_format_2_store_is_refused_with_the_command_and_migrates_without_compu
     _assert_same_store(s.store_path, view)
 
 
+def test_an_interrupted_migration_keeps_its_segments_and_finishes_on_a_rerun(tmp_path, monkeypatch):
+    from precompute import migrate as mig
+
+    ds = _dataset(tmp_path)
+    stores = tmp_path / "stores"
+    view = run(ds, "cqt", stores).store_path
+    expected = read_features(view)
+    _to_format_2(view)
+    shutil.rmtree(stores / "pool")
+
+    def die(*a, **k):
+        raise KeyboardInterrupt  # after the rows were moved and freed, before the view
+
+    monkeypatch.setattr(mig, "_write", die)
+    with pytest.raises(KeyboardInterrupt):
+        migrate(stores)
+    monkeypatch.undo()
+    assert (view.parent / (view.name + ".migrating")).is_file()
+    collect_garbage(stores, days=0)  # the segments no view needs yet are kept
+    assert segment_files(stores)
+    assert migrate(stores) == [view]
+    assert np.array_equal(read_features(view), expected) and verify(stores) == []
+    assert not (view.parent / (view.name + ".migrating")).exists()
+
+
+def test_a_segment_sealed_but_not_yet_in_a_view_is_kept_by_gc(tmp_path):
+    from precompute import seal as seal_module
+
+    ds = _dataset(tmp_path)
+    stores = tmp_path / "stores"
+    real, seen = seal_module.seal, {}
+
+    def seal_then_gc(build, catalogue):  # gc runs the moment a build has sealed its segment
+        held = real(build, catalogue)
+        collect_garbage(stores, days=0)
+        seen["kept"] = build.final.exists()
+        return held
+
+    seal_module.seal, saved = seal_then_gc, seal_module.seal
+    from precompute import pipeline
+
+    pipeline.seal = seal_then_gc
+    try:
+        s = run(ds, "cqt", stores)
+    finally:
+        seal_module.seal = pipeline.seal = saved
+    assert seen["kept"] and verify(s.store_path) == []
+
+
 def _importtime(args: list[str]) -> str:
     res = subprocess.run([sys.executable, "-X", "importtime", "-m", "precompute", *args],
                          capture_output=True, text=True)  # fmt: skip
@@ -336,7 +395,7 @@ def test_memory_does_not_grow_with_100000_files_in_20_segments(tmp_path):
         view = many_files_view({str(tmp_path)!r}, int(sys.argv[1]), 20)
         gc.collect()
         before = rss_mb()
-        ds = StoreDataset(view)
+        ds = StoreDataset(view, patch_frames=4, hop_frames=4)
         for s in range(0, len(ds), 4096):
             b = collate_patches(ds.__getitems__(list(range(s, min(s + 4096, len(ds))))))
         fds = len(os.listdir("/proc/self/fd"))

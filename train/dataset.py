@@ -28,7 +28,7 @@ from common.holds import hold
 from common.store import (
     StoreError,
     TargetSpec,
-    dataset_location,
+    frame_target_location,
     patch_index,
     read_file_targets,
     read_tables,
@@ -204,10 +204,11 @@ class StoreDataset(torch.utils.data.Dataset):
         self.file_row = (seg_start[t.segment] + t.first).astype(np.int64) if t.n_files else t.first
         self.target_rows: Rows | None = None
         if spec is not None and spec.frame_level:
-            shape, dtype, at = dataset_location(self.path, f"targets/{target}")
+            shape, dtype, at = frame_target_location(self.path, target)
             self.target_rows = Rows(
                 [(self.path, at, shape[0])], shape[1:], dtype, _target_layout(shape), pin_memory
             )
+            self.target_rows.fd(0)  # now: forked workers keep this file if the view is rewritten
         self._file_target: torch.Tensor | None = (
             torch.from_numpy(np.ascontiguousarray(self.file_targets[target]))
             if spec is not None and not spec.frame_level
@@ -338,9 +339,6 @@ class StoreDataset(torch.utils.data.Dataset):
         return len(s.vocabulary) or 1
 
     # -- reading ------------------------------------------------------------------
-    def _target_name(self) -> str:
-        return f"targets/{self.target}"
-
     def patches(self, files: np.ndarray, starts: np.ndarray) -> list[dict[str, Any]]:
         """Patches ``(file, start)`` as items: views of the store, nothing read yet."""
         L = self.patch_frames
@@ -374,13 +372,13 @@ class StoreDataset(torch.utils.data.Dataset):
         return out
 
     def file_rows(self, name: str, files: np.ndarray) -> list[np.ndarray]:
-        """Whole files' time-major rows of ``features`` or of the target's ``targets/<name>``,
-        each read into an array of its own."""
+        """Whole files' time-major rows of the ``"features"`` or of the frame-level
+        ``"target"``, each read into an array of its own."""
         t = self.tables
         if name == "features":
             return [self.features.read(int(self.file_row[f]), int(t.n_frames[f])) for f in files]
-        if self.target_rows is None or name != self._target_name():
-            raise DatasetError(f"{self.path}: {name!r} is not this Dataset's frame-level target")
+        if self.target_rows is None or name != "target":
+            raise DatasetError(f"{self.path}: no frame-level target {name!r} in this Dataset")
         return [self.target_rows.read(int(t.offset[f]), int(t.n_frames[f])) for f in files]
 
     def __getitem__(self, idx: int | tuple[int, int]) -> dict[str, Any]:

@@ -116,6 +116,6 @@ def first_test_file(folder: Path):
     f = ds.files[:1]
     (block,) = ds.file_rows("features", f)
     sal = file_output(model, block, ds.feature, task, torch.device("cpu"))
-    truth = ds.file_rows(f"targets/{ds.target}", f)[0].T
+    truth = ds.file_rows("target", f)[0].T
     times = ds.feature.frame_times(truth.shape[1])
     return sal, truth, np.asarray(ds.spec.pitch_midi), times, str(ds.tables.names[f[0]])

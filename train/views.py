@@ -25,6 +25,7 @@ held is alive, so a batch kept by the consumer is never overwritten.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import sys
 import warnings
@@ -33,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from common.store import pread_into
+from common.store import StoreError, pread_into
 
 RING_DEPTH = 4  # buffers per batch shape; beyond that, batches still held get fresh memory
 
@@ -62,6 +63,8 @@ class Rows:
         counts = np.array([n for _, _, n in self.parts], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.part_at = np.array([at for _, at, _ in self.parts], dtype=np.int64)
+        stats = [os.stat(path) for path, _, _ in self.parts]
+        self.identity = [(st.st_dev, st.st_ino) for st in stats]
         self.dtype = np.dtype(dtype)
         self.row_shape = tuple(row_shape)
         self.row_elems = int(np.prod(self.row_shape, dtype=np.int64))
@@ -106,24 +109,35 @@ class Rows:
         return [(self.parts[p][0], int(o), n) for p, o in zip(part.tolist(), at.tolist())]
 
     def fd(self, p: int) -> int:
+        """This process's descriptor of part ``p``, opened on first use: the very file this
+        object was made for (a view rewritten since, by compaction or a repair, is refused)."""
         fd = self._fds.get(p)
         if fd is None:
-            fd = self._fds[p] = os.open(self.parts[p][0], os.O_RDONLY)
+            fd = os.open(self.parts[p][0], os.O_RDONLY)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self.identity[p]:
+                os.close(fd)
+                raise StoreError(
+                    f"{self.parts[p][0]} was rewritten (by compaction or a repair) after this "
+                    "Dataset was made from it; make the Dataset again"
+                )
             if hasattr(os, "posix_fadvise"):  # this descriptor reads what it is asked, no more
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            self._fds[p] = fd
         return fd
 
     def _map(self, p: int) -> torch.Tensor:
         """Part ``p`` mapped copy-on-write (writing to an item changes this process's copy)."""
         m = self._maps.get(p)
         if m is None:
-            path, at, n = self.parts[p]
+            _, at, n = self.parts[p]
             shape = (n, *self.row_shape)
-            array = (
-                np.memmap(path, dtype=self.dtype, mode="c", offset=at, shape=shape)
-                if n and self.row_elems
-                else np.zeros(shape, dtype=self.dtype)
-            )
+            array = np.zeros(shape, dtype=self.dtype)
+            if n and self.row_elems:  # mapped through this process's descriptor: the same file
+                start = at - at % mmap.ALLOCATIONGRANULARITY
+                mm = mmap.mmap(self.fd(p), at + n * self.row_bytes - start,
+                               access=mmap.ACCESS_COPY, offset=start)  # fmt: skip
+                array = np.frombuffer(mm, self.dtype, n * self.row_elems, at - start).reshape(shape)
             with warnings.catch_warnings():  # an empty placeholder is not writable
                 warnings.simplefilter("ignore", UserWarning)
                 m = self._maps[p] = torch.from_numpy(np.asarray(array))
