@@ -10,6 +10,8 @@ RUNS   := runs
 EXP    ?= configs/experiments/demo_genre.yaml
 JOBS   ?= 2
 FEATURES ?= lms cqt hcqt
+# mirdata's dependencies but smart_open's extras (which cannot resolve with these pins)
+MIRDATA_DEPS := smart_open pretty_midi Deprecated openpyxl pandas chardet
 
 .PHONY: install demo-data features train test bench lint format clean
 
@@ -18,7 +20,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,demo]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,demo,jams,lightning]'
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt mirdata
+	$(BIN)/pip install --quiet -c constraints.txt $(MIRDATA_DEPS)
 	touch $(STAMP)
 
 demo-data: $(DEMO)/demo.pyjama

@@ -35,7 +35,8 @@ def demo_data(out: str, per_class: int, clip_s: float) -> None:
 
 @main.group("import")
 def import_() -> None:
-    """Write a .pyjama from a folder-per-class tree or from .lab/.csv segment files."""
+    """Write a .pyjama from a folder-per-class tree, .lab/.csv segment files, JAMS files, or a
+    mirdata dataset."""
 
 
 @import_.command("folder")
@@ -89,6 +90,71 @@ def import_lab_cmd(
     for m in coll.skipped:
         click.echo(f"warning: {m}: no .lab or .csv found, left out", err=True)
     click.echo(f"{len(coll.entries)} entries -> {out}")
+
+
+@import_.command("jams")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "-o", "--out", required=True, type=click.Path(dir_okay=False), help="the .pyjama to write"
+)
+@click.option(
+    "--audio-root",
+    type=click.Path(exists=True, file_okay=False),
+    help="where the audio is (default: FOLDER); paired with each .jams by stem",
+)
+def import_jams_cmd(folder: str, out: str, audio_root: str | None) -> None:
+    """FOLDER/**/*.jams (JAMS, as GuitarSet and mirdata ship them) -> a .pyjama.
+
+    Exit status 1 when some files could not be imported (each is named, the rest are)."""
+    from .jams_import import JamsError, import_jams
+
+    try:
+        result = import_jams(folder, Path(out).parent, audio_root)
+    except JamsError as e:
+        raise click.ClickException(str(e)) from None
+    for e in result.errors:
+        click.echo(f"error: {e}", err=True)
+    if result.collection.entries:
+        write_pyjama(result.collection, out)
+    click.echo(f"{result.summary()} -> {out if result.collection.entries else 'nothing written'}")
+    sys.exit(1 if result.errors else 0)
+
+
+@import_.command("mirdata")
+@click.argument("name")
+@click.option(
+    "--data-home", required=True, type=click.Path(exists=True, file_okay=False),
+    help="where the dataset is (mirdata's data_home)",
+)  # fmt: skip
+@click.option(
+    "--version", "version", help="the dataset's version (mirdata's; default: its default)"
+)
+@click.option(
+    "--index", type=click.Path(exists=True, dir_okay=False),
+    help="the dataset's mirdata index JSON (mirdata downloads it otherwise)",
+)  # fmt: skip
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False), help="the .pyjama to write (default: DATA_HOME/NAME.pyjama)"
+)  # fmt: skip
+def import_mirdata_cmd(
+    name: str, data_home: str, version: str | None, index: str | None, out: str | None
+) -> None:
+    """A dataset mirdata loads (gtzan_genre, medleydb_pitch, guitarset, ...) -> a .pyjama.
+
+    Exit status 1 when some tracks could not be imported (each is named, the rest are)."""
+    from .mirdata_import import MirdataError, import_mirdata
+
+    out = out or str(Path(data_home) / f"{name}.pyjama")
+    try:
+        result = import_mirdata(name, data_home, Path(out).parent, version, index)
+    except MirdataError as e:
+        raise click.ClickException(str(e)) from None
+    for e in result.errors:
+        click.echo(f"error: {e}", err=True)
+    if result.collection.entries:
+        write_pyjama(result.collection, out)
+    click.echo(f"{result.summary()} -> {out if result.collection.entries else 'nothing written'}")
+    sys.exit(1 if result.errors else 0)
 
 
 @main.command("validate")

@@ -1,0 +1,83 @@
+"""Training under Lightning: an experiment learns (scored by the project's own evaluation), and
+2 CPU ranks under Lightning's DDP see disjoint patches each step, whole works for the work task.
+Runs where Lightning is installed (CI installs it through the Makefile)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+L = pytest.importorskip("lightning")
+
+from train.lightning import LightningSetupError, MirpatchDataModule, MirpatchModule  # noqa: E402
+
+from .test_trainer import TINY_EMBED, experiment  # noqa: E402
+
+
+def _trainer(**kw):
+    return L.Trainer(max_epochs=2, accelerator="cpu", use_distributed_sampler=False,
+                     logger=False, enable_checkpointing=False, enable_progress_bar=False, **kw)  # fmt: skip
+
+
+def test_an_experiment_learns_under_lightning(tmp_path, demo_medium, medium_stores):
+    # the demo's lms store; its instrument label is a class that carries over to tunes never
+    # heard, which the dance type needs more tunes than a test can afford (as test_trainer's)
+    cfg = experiment(tmp_path, demo_medium, medium_stores, target={"name": "instrument"},
+                     dataset={"split_fractions": [0.6, 0.2, 0.2]})  # fmt: skip
+    data = MirpatchDataModule(cfg)
+    model = MirpatchModule(data)
+    _trainer().fit(model, datamodule=data)
+    metrics = model.evaluate("test")
+    test = data.data.test_ds
+    labels = test.file_targets["instrument"][test.patch_file]
+    majority = np.bincount(labels).max() / len(labels)
+    assert metrics["accuracy"] > majority + 0.1, (metrics["accuracy"], majority)
+    with pytest.raises(LightningSetupError, match="use_distributed_sampler=False"):
+        other = MirpatchDataModule(cfg)
+        L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False).fit(MirpatchModule(other), datamodule=other)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unit", ["patch", "work"])
+def test_two_ranks_under_lightning_ddp_see_disjoint_batches(
+    tmp_path, demo_small, tiny_stores, unit
+):
+    over = {"train": {"batch_size": 8, "samples_per_epoch": 64}}
+    if unit == "work":
+        over = {
+            "target": {"name": "work-id", "task": "work"},
+            "feature": str(Path(__file__).parent.parent / "configs/features/cqt.yaml"),
+            "model": TINY_EMBED,
+            "train": {"batch_size": 8, "works_per_batch": 4, "versions_per_work": 2},
+        }
+    cfg = experiment(tmp_path, demo_small, tiny_stores, **over)
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(yaml.safe_dump(
+        {k: v for k, v in cfg.items() if k not in ("source", "feature_file", "model_file")}))  # fmt: skip
+    out = tmp_path / "batches"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "lightning_ddp.py"),
+                        str(cfg_path), str(out)], capture_output=True, text=True, timeout=600,
+                       env=env, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = [json.loads(Path(f"{out}.rank{k}.json").read_text()) for k in (0, 1)]
+    assert got[0]["world"] == 2 and len(got[0]["steps"]) == len(got[1]["steps"]) > 0
+    epochs = {s["epoch"] for s in got[0]["steps"]}
+    assert epochs == {0, 1}
+    for s0, s1 in zip(got[0]["steps"], got[1]["steps"]):
+        assert s0["patches"] and s1["patches"] and not set(s0["patches"]) & set(s1["patches"])
+        if unit == "work":  # whole works on each rank, every one with its positives
+            assert not set(s0["y"]) & set(s1["y"])
+            for s in (s0, s1):
+                assert all(s["y"].count(w) >= 2 for w in s["y"])
+    first = [s["patches"] for s in got[0]["steps"] if s["epoch"] == 0]
+    second = [s["patches"] for s in got[0]["steps"] if s["epoch"] == 1]
+    assert first != second  # the samplers were told the epoch: batches differ
