@@ -56,6 +56,7 @@ the same bytes. Without h5py, a file's rows are::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -567,6 +568,18 @@ def _write_locations(
     _virtual_features(h, view, files, segments, frame_shape, np.dtype(dtype).newbyteorder("<"))
 
 
+@contextlib.contextmanager
+def _removed_on_error(tmp: Path, path: Path):
+    """A temporary file removed if writing it fails (a full disk said as an OSError)."""
+    try:
+        yield
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):
+            _disk_error(e, path)
+        raise
+
+
 def _commit(tmp: Path, path: Path) -> Path:
     fd = os.open(tmp, os.O_RDONLY)
     try:
@@ -632,7 +645,7 @@ def draft_view(
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     offsets, n_frames = files.offset, np.asarray(files.n_frames, np.int64)
     total = int(n_frames.sum())
-    try:
+    with _removed_on_error(tmp, path):
         per_frame = sum(s.frame_bytes() for s in targets if s.frame_level)
         claim(tmp, total * per_frame + len(files) * 1024 + (1 << 20))
         with h5py.File(tmp, "w", libver="latest") as h:
@@ -653,12 +666,7 @@ def draft_view(
             if frame_ds:
                 _write_frame_targets(frame_ds, offsets, n_frames, frame_targets)
             _attrs_in(h, attrs)
-        return tmp
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, (OSError, RuntimeError)):
-            _disk_error(e, path)
-        raise
+    return tmp
 
 
 def finish_view(
@@ -672,16 +680,11 @@ def finish_view(
 ) -> Path:
     """Add where the rows are to a :func:`draft_view`, flush it and give it its name."""
     path = Path(path)
-    try:
+    with _removed_on_error(draft, path):
         with h5py.File(draft, "r+") as h:
             _write_locations(h, path, files, segments, frame_shape, dtype)
             _attrs_in(h, {**(attrs or {}), "role": "view"})
         return _commit(draft, path)
-    except BaseException as e:
-        draft.unlink(missing_ok=True)
-        if isinstance(e, (OSError, RuntimeError)):
-            _disk_error(e, path)
-        raise
 
 
 def write_view(
@@ -714,7 +717,7 @@ def repoint_view(
     )  # fmt: skip
     st = path.stat()
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
+    with _removed_on_error(tmp, path):
         with h5py.File(path, "r") as old, h5py.File(tmp, "w", libver="latest") as h:
             _write_file_columns(h, files)
             _write_locations(h, path, files, segments, t.frame_shape, t.dtype)
@@ -723,9 +726,6 @@ def repoint_view(
                     old.copy(old[group], h, name=group)
             h.attrs.update(dict(old.attrs))
         _commit(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     return path
 

@@ -112,12 +112,7 @@ def import_jams_cmd(folder: str, out: str, audio_root: str | None) -> None:
         result = import_jams(folder, Path(out).parent, audio_root)
     except JamsError as e:
         raise click.ClickException(str(e)) from None
-    for e in result.errors:
-        click.echo(f"error: {e}", err=True)
-    if result.collection.entries:
-        write_pyjama(result.collection, out)
-    click.echo(f"{result.summary()} -> {out if result.collection.entries else 'nothing written'}")
-    sys.exit(1 if result.errors else 0)
+    _write_import(result, out)
 
 
 @import_.command("mirdata")
@@ -149,6 +144,12 @@ def import_mirdata_cmd(
         result = import_mirdata(name, data_home, Path(out).parent, version, index)
     except MirdataError as e:
         raise click.ClickException(str(e)) from None
+    _write_import(result, out)
+
+
+def _write_import(result, out: str) -> None:
+    """An importer's errors, its pyjama (written whole, or not at all), one summary line; exit
+    status 1 when some sources were left out."""
     for e in result.errors:
         click.echo(f"error: {e}", err=True)
     if result.collection.entries:

@@ -9,12 +9,13 @@ voice is silent, as the pyjama format reads them.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.pyjama import Atom, Definition, make_collection
+from common.pyjama import Atom, Collection, Definition, make_collection
 
 
 def hz_to_midi(hz: float) -> float:
@@ -46,6 +47,26 @@ def hold_on_grid(
             row[ok] = v[k[ok]]
         rows.append([float(x) for x in row])
     return rows
+
+
+@dataclass
+class ImportResult:
+    """What an importer made: the collection, the sources left out (each "source: reason"), and
+    the annotations not imported, counted by kind."""
+
+    collection: Collection
+    errors: list[str] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    noun: str = "file"
+
+    def summary(self) -> str:
+        line = f"{len(self.collection.entries)} entries"
+        if self.skipped:
+            kinds = ", ".join(f"{n} ({k})" for n, k in sorted(self.skipped.items()))
+            line += f"; not imported: {kinds}"
+        if self.errors:
+            line += f"; {len(self.errors)} {self.noun}(s) left out"
+        return line
 
 
 @dataclass

@@ -23,17 +23,17 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.pyjama import AUDIO_EXTENSIONS, Atom, Collection
+from common.pyjama import AUDIO_EXTENSIONS, Atom
 
 from .entries import (
     CollectionBuilder,
     EntryBuilder,
+    ImportResult,
     breakpoints,
     hold_on_grid,
     hz_to_midi,
@@ -49,27 +49,11 @@ class JamsError(ValueError):
     """A JAMS file that cannot be imported, and why."""
 
 
-@dataclass
-class JamsImport:
-    collection: Collection
-    errors: list[str] = field(default_factory=list)  # "file: reason", one per file left out
-    skipped: Counter = field(default_factory=Counter)  # namespace -> annotations not imported
-
-    def summary(self) -> str:
-        line = f"{len(self.collection.entries)} entries"
-        if self.skipped:
-            kinds = ", ".join(f"{ns} ({n})" for ns, n in sorted(self.skipped.items()))
-            line += f"; skipped {sum(self.skipped.values())} annotation(s) of namespaces not imported: {kinds}"
-        if self.errors:
-            line += f"; {len(self.errors)} file(s) left out"
-        return line
-
-
 def import_jams(
     folder: str | os.PathLike,
     out_dir: str | os.PathLike,
     audio_root: str | os.PathLike | None = None,
-) -> JamsImport:
+) -> ImportResult:
     """Every ``*.jams`` under ``folder``, each with its audio under ``audio_root`` (default:
     ``folder``); paths written relative to ``out_dir``."""
     folder, out_dir = Path(folder), Path(out_dir)
@@ -93,7 +77,7 @@ def import_jams(
             continue
         builder.entries.append(entry)
         skipped.update(file_skipped)
-    return JamsImport(builder.collection(out_dir), errors, skipped)
+    return ImportResult(builder.collection(out_dir), errors, skipped, "file")
 
 
 def _audio_by_stem(root: Path) -> dict[str, Path]:

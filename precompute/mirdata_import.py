@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common.errors import UserError
-from common.pyjama import AUDIO_EXTENSIONS, Atom, Collection
+from common.pyjama import AUDIO_EXTENSIONS, Atom
 
 from .entries import (
     CollectionBuilder,
     EntryBuilder,
+    ImportResult,
     breakpoints,
     hz_to_midi,
     markers,
@@ -48,22 +48,6 @@ INSTALL = (
 
 class MirdataError(UserError, ValueError):
     """A dataset mirdata cannot give here, and what to do."""
-
-
-@dataclass
-class MirdataImport:
-    collection: Collection
-    errors: list[str] = field(default_factory=list)  # "track: reason", one per track left out
-    skipped: Counter = field(default_factory=Counter)  # annotation name -> tracks not imported
-
-    def summary(self) -> str:
-        line = f"{len(self.collection.entries)} entries"
-        if self.skipped:
-            kinds = ", ".join(f"{n} ({k})" for n, k in sorted(self.skipped.items()))
-            line += f"; not imported: {kinds}"
-        if self.errors:
-            line += f"; {len(self.errors)} track(s) left out"
-        return line
 
 
 def open_dataset(name: str, data_home: str | os.PathLike, version: str | None, index: Any):
@@ -96,7 +80,7 @@ def import_mirdata(
     out_dir: str | os.PathLike,
     version: str | None = None,
     index: str | os.PathLike | None = None,
-) -> MirdataImport:
+) -> ImportResult:
     ds = open_dataset(name, data_home, version, index)
     out_dir = Path(out_dir)
     builder, errors, skipped = CollectionBuilder(), [], Counter()
@@ -110,7 +94,7 @@ def import_mirdata(
             errors.append(f"{name} track {tid}: {e}")
             continue
         builder.entries.append(entry)
-    return MirdataImport(builder.collection(out_dir), errors, skipped)
+    return ImportResult(builder.collection(out_dir), errors, skipped, "track")
 
 
 def _audio_path(track) -> str:
