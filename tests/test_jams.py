@@ -115,10 +115,7 @@ def test_jams_import_gives_the_targets_of_the_same_annotations_written_as_pyjama
     )
     assert res.exit_code == 0, res.output
     # the unknown namespace is imported around, and counted
-    assert (
-        "3 entries; not imported: mood_thayer (1)"
-        in res.output
-    )
+    assert "3 entries; not imported: mood_thayer (1)" in res.output
     imported = run(out, "cqt", root / "stores").store_path
     direct = run(_direct(root, files), "cqt", root / "stores").store_path
     a, b = _targets(imported), _targets(direct)

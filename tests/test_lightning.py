@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 L = pytest.importorskip("lightning")
 
 from train.lightning import LightningSetupError, MirpatchDataModule, MirpatchModule  # noqa: E402
 
-from .test_trainer import TINY_EMBED, experiment  # noqa: E402
+from .test_trainer import ddp_experiment, experiment  # noqa: E402
 
 
 def _trainer(**kw):
@@ -50,18 +49,7 @@ def test_an_experiment_learns_under_lightning(tmp_path, demo_medium, medium_stor
 def test_two_ranks_under_lightning_ddp_see_disjoint_batches(
     tmp_path, demo_small, tiny_stores, unit
 ):
-    over = {"train": {"batch_size": 8, "samples_per_epoch": 64}}
-    if unit == "work":
-        over = {
-            "target": {"name": "work-id", "task": "work"},
-            "feature": str(Path(__file__).parent.parent / "configs/features/cqt.yaml"),
-            "model": TINY_EMBED,
-            "train": {"batch_size": 8, "works_per_batch": 4, "versions_per_work": 2},
-        }
-    cfg = experiment(tmp_path, demo_small, tiny_stores, **over)
-    cfg_path = tmp_path / "ddp.yaml"
-    cfg_path.write_text(yaml.safe_dump(
-        {k: v for k, v in cfg.items() if k not in ("source", "feature_file", "model_file")}))  # fmt: skip
+    _, cfg_path = ddp_experiment(tmp_path, demo_small, tiny_stores, unit)
     out = tmp_path / "batches"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
     r = subprocess.run([sys.executable, str(Path(__file__).parent / "lightning_ddp.py"),

@@ -4,7 +4,6 @@ that find a changed byte, gc that never breaks a reader, compaction, migration, 
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
 import sqlite3
@@ -36,6 +35,7 @@ from train.dataset import DatasetError, StoreDataset
 
 from .conftest import tone, write_json, write_wav
 from .test_precompute import _assert_same_store
+from .test_rebuild import _edit
 
 
 def _dataset(root: Path, n: int = 6, name: str = "set", base: int = 48) -> Path:
@@ -51,13 +51,6 @@ def _dataset(root: Path, n: int = 6, name: str = "set", base: int = 48) -> Path:
             }
         )
     return write_json(root / f"{name}.pyjama", {"collection": {"entry": entries}})
-
-
-def _edit(ds: Path, fn) -> Path:
-    doc = json.loads(ds.read_text())
-    fn(doc["collection"]["entry"])
-    ds.write_text(json.dumps(doc))
-    return ds
 
 
 def _relabel(i: int, label: str):

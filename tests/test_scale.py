@@ -201,25 +201,9 @@ def test_two_gloo_ranks_see_disjoint_batches(tmp_path, demo_small, tiny_stores, 
     import subprocess
     import sys
 
-    import yaml
+    from .test_trainer import ddp_experiment
 
-    from .test_trainer import TINY_EMBED, experiment
-
-    over = {"train": {"batch_size": 8, "samples_per_epoch": 64}}
-    if unit == "work":
-        over = {
-            "target": {"name": "work-id", "task": "work"},
-            "feature": str(Path(__file__).parent.parent / "configs/features/cqt.yaml"),
-            "model": TINY_EMBED,
-            "train": {"batch_size": 8, "works_per_batch": 4, "versions_per_work": 2},
-        }
-    cfg = experiment(tmp_path, demo_small, tiny_stores, **over)
-    cfg_path = tmp_path / "ddp.yaml"
-    cfg_path.write_text(
-        yaml.safe_dump(
-            {k: v for k, v in cfg.items() if k not in ("source", "feature_file", "model_file")}
-        )
-    )
+    cfg, cfg_path = ddp_experiment(tmp_path, demo_small, tiny_stores, unit)
     out = tmp_path / "batches"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd += [str(Path(__file__).parent / "ddp_batches.py"), str(cfg_path), str(out)]

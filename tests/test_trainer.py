@@ -82,6 +82,24 @@ TINY_EMBED = {
 }
 
 
+def ddp_experiment(tmp_path, demo_small, stores, unit: str):
+    """A small experiment for 2-rank tests, as a YAML file (patch batches, or work batches of
+    the cover task); returns ``(config, path)``."""
+    over = {"train": {"batch_size": 8, "samples_per_epoch": 64}}
+    if unit == "work":
+        over = {
+            "target": {"name": "work-id", "task": "work"},
+            "feature": str(Path(__file__).parent.parent / "configs/features/cqt.yaml"),
+            "model": TINY_EMBED,
+            "train": {"batch_size": 8, "works_per_batch": 4, "versions_per_work": 2},
+        }
+    cfg = experiment(tmp_path, demo_small, stores, **over)
+    path = tmp_path / "ddp.yaml"
+    keep = {k: v for k, v in cfg.items() if k not in ("source", "feature_file", "model_file")}
+    path.write_text(yaml.safe_dump(keep))
+    return cfg, path
+
+
 def experiment(tmp_path, demo_small, stores, **over):
     cfg = {
         "name": "t",
