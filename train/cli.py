@@ -73,8 +73,19 @@ def summary_cmd(config: str, input_shape: str, n_out: int | None) -> None:
     "--stop-after-epochs", type=int, help="end this invocation after N epochs (resume later)"
 )
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
-def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet) -> None:
-    """Train an experiment: checkpoints, metrics.csv, plots and test metrics in a run folder."""
+@click.option(
+    "--seeds", help="train once per seed (train.seed), e.g. 0,1,2 or 0-4; a summary of all"
+)
+@click.option(
+    "--folds",
+    type=int,
+    help="K-fold cross-validation by work (by file where there are no works): K runs, each "
+    "work tested once; a summary of all",
+)
+@click.option("--jobs", type=int, default=1, show_default=True, help="repeats run side by side")
+def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet, seeds, folds, jobs) -> None:
+    """Train an experiment: checkpoints, metrics.csv, plots and test metrics in a run folder.
+    With --seeds or --folds: one run folder per repeat and a summary (mean ± std)."""
     from pathlib import Path
 
     import yaml
@@ -83,6 +94,31 @@ def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet) -> None:
     from .loop import fit
 
     try:
+        if seeds is not None or folds is not None:
+            from . import repeats
+
+            if resume or stop_after_epochs:
+                raise click.UsageError("--seeds/--folds run whole repeats; drop --resume and "
+                                       "--stop-after-epochs")  # fmt: skip
+            if not config:
+                raise click.UsageError("--seeds/--folds need --config EXPERIMENT.yaml")
+            top, summary = repeats.run_repeats(
+                config,
+                overrides,
+                folds,
+                repeats.parse_seeds(seeds),
+                jobs,
+                out,
+                quiet,
+                log=lambda m: click.echo(m),
+            )
+            click.echo(repeats.format_table(summary, repeats.headline_of(summary)))
+            click.echo(f"summary: {top / repeats.SUMMARY}")
+            if summary["failed"]:
+                sys.exit(1)
+            return
+        if jobs != 1:
+            raise click.UsageError("--jobs runs repeats side by side; give --seeds or --folds")
         if resume:
             if overrides or config:
                 raise click.UsageError(
@@ -115,11 +151,18 @@ def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet) -> None:
     "--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True
 )
 def eval_cmd(run_dir: str, split: str) -> None:
-    """Metrics of a run's best weights on a split, as JSON (also written to the run folder)."""
+    """Metrics of a run's best weights on a split, as JSON (also written to the run folder).
+    A summary folder (``--seeds``/``--folds``): every run scored, and the summary table."""
     import json
 
+    from . import repeats
     from .evaluate import evaluate_run
 
+    if repeats.is_summary(run_dir):
+        summary = repeats.evaluate_summary(run_dir, split)
+        click.echo(json.dumps(summary, indent=1))
+        click.echo(repeats.format_table(summary, repeats.headline_of(summary)))
+        return
     click.echo(json.dumps(evaluate_run(run_dir, split), indent=1))
 
 

@@ -111,6 +111,8 @@ class StoreDataModule:
         split_seed: int = 0,
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
         split_key: str | None = None,
+        split_folds: int | None = None,
+        split_fold: int | None = None,
         patch_frames: int | None = None,
         hop_frames: int | None = None,
         samples_per_epoch: int | None = None,
@@ -143,6 +145,8 @@ class StoreDataModule:
             "split_seed": split_seed,
             "split_fractions": tuple(split_fractions),
             "split_key": split_key,
+            "split_folds": split_folds,
+            "split_fold": split_fold,
         }
         self.patch_frames, self.hop_frames = patch_frames, hop_frames
         self.samples_per_epoch = samples_per_epoch

@@ -71,6 +71,35 @@ def assign_splits(keys: Sequence[str], fractions: Sequence[float], seed: int) ->
     return np.searchsorted(edges, u, side="right").astype(np.int8)
 
 
+def assign_folds(
+    keys: Sequence[str], folds: int, fold: int, fractions: Sequence[float], seed: int
+) -> np.ndarray:
+    """Split index (0 train, 1 valid, 2 test) of each key for fold ``fold`` of ``folds``.
+
+    The distinct keys (works, or files where there are none), ordered by a hash of
+    ``(seed, key)``, are dealt into ``folds`` folds in turn: every key is in exactly one fold,
+    fold sizes differ by one at most, and fold ``fold`` is the test split. Of the other folds'
+    keys, ``fractions[1] / (fractions[0] + fractions[1])`` (at least one key) are the
+    validation split, chosen by a second hash: validation never sees the test keys.
+    """
+    if folds < 2 or not 0 <= fold < folds:
+        raise DatasetError(f"fold must be in 0..folds-1 with folds >= 2, got {fold} of {folds}")
+    keys = np.asarray(keys, dtype=object)
+    uniq = np.array(sorted(set(keys.tolist())), dtype=object)
+    if len(uniq) < folds:
+        raise DatasetError(f"{folds} folds need at least {folds} works or files, got {len(uniq)}")
+    order = sorted(range(len(uniq)), key=lambda i: stable_fraction(uniq[i], seed))
+    key_fold = np.empty(len(uniq), np.int64)
+    key_fold[order] = np.arange(len(uniq)) % folds
+    split = np.where(key_fold == fold, 2, 0).astype(np.int8)
+    rest = sorted(np.flatnonzero(key_fold != fold), key=lambda i: stable_fraction(uniq[i], ~seed))
+    tv = fractions[0] + fractions[1]
+    share = fractions[1] / tv if tv > 0 else 0.0
+    n_valid = max(1, round(share * len(rest))) if share > 0 else 0
+    split[rest[:n_valid]] = 1
+    return split[np.searchsorted(uniq, keys)]
+
+
 def feature_mismatch(store_params: dict, wanted: dict) -> list[str]:
     keys = sorted(set(store_params) | set(wanted))
     return [
@@ -104,6 +133,9 @@ class StoreDataset(torch.utils.data.Dataset):
         (``train``/``valid``/``test``), for datasets that ship their own
     split_by : ``"auto"`` (by work when the store has a work target, else by file),
         ``"file"`` or ``"work"``
+    split_folds, split_fold : K-fold cross-validation (see :func:`assign_folds`): fold
+        ``split_fold`` of ``split_folds`` is the test split, validation comes from the other
+        folds at the share ``split_fractions`` gives it; None: the fractional split
     feature : the feature parameters the experiment expects; a store made with others
         fails here, naming the differences
     versions : versions per item for ``unit="work"``
@@ -124,6 +156,8 @@ class StoreDataset(torch.utils.data.Dataset):
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
         split_key: str | None = None,
         split_by: str = "auto",
+        split_folds: int | None = None,
+        split_fold: int | None = None,
         feature: dict | Feature | None = None,
         whole_file: bool = False,
         versions: int = 2,
@@ -168,6 +202,7 @@ class StoreDataset(torch.utils.data.Dataset):
         self.work_name = work_names[0] if work_names else None
         self.file_work = self.file_targets[self.work_name] if self.work_name else None
 
+        self.folds = (split_folds, split_fold)
         self.file_split = self._splits(split_key, split_seed, split_fractions, split_by)
         in_split = (
             np.ones(t.n_files, bool) if split is None else self.file_split == SPLITS.index(split)
@@ -256,6 +291,13 @@ class StoreDataset(torch.utils.data.Dataset):
     # -- splits -------------------------------------------------------------
     def _splits(self, split_key, seed, fractions, split_by) -> np.ndarray:
         t = self.tables
+        folds, fold = self.folds
+        if (folds is None) != (fold is None):
+            raise DatasetError(f"give both split_folds and split_fold, got {folds} and {fold}")
+        if split_key is not None and folds is not None:
+            raise DatasetError(
+                f"split key {split_key!r} names each file's split; folds would replace it"
+            )
         if split_key is not None:
             if split_key not in self.file_targets or t.targets[split_key].kind != "class":
                 raise DatasetError(
@@ -286,6 +328,14 @@ class StoreDataset(torch.utils.data.Dataset):
             ]
         else:
             keys = [f"file:{n}" for n in t.names]
+        if folds is not None:
+            labelled = self._labelled()  # folds of the files the target can use
+            split = np.full(len(keys), -1, np.int8)
+            if labelled.any():
+                split[labelled] = assign_folds(
+                    [k for k, ok in zip(keys, labelled) if ok], folds, fold, fractions, seed
+                )
+            return split
         return assign_splits(keys, fractions, seed)
 
     # -- where the bytes are -----------------------------------------------------------

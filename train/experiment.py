@@ -24,6 +24,10 @@ SCHEMA = {
         "split_seed": Field("int", 0),
         "split_fractions": Field("list", [0.8, 0.1, 0.1], item="number"),
         "split_key": Field("str", None, nullable=True),
+        # K-fold cross-validation: fold ``fold`` of ``folds`` is the test split (by work, or
+        # by file where there are no works); ``train run --folds K`` runs every fold
+        "folds": Field("int", None, nullable=True),
+        "fold": Field("int", None, nullable=True),
     },
     "feature": Field("dict"),
     "feature_file": Field("str", None, nullable=True),
@@ -107,6 +111,18 @@ def load_experiment(
             "dataset.split_fractions",
             f"expected 3 non-negative numbers adding to 1, got {fr}",
         )
+    d = cfg["dataset"]
+    if d["folds"] is not None or d["fold"] is not None:
+        if d["folds"] is None or d["folds"] < 2:
+            raise ConfigError(path, "dataset.folds", f"must be 2 or more, got {d['folds']}")
+        if d["fold"] is None or not 0 <= d["fold"] < d["folds"]:
+            raise ConfigError(
+                path, "dataset.fold", f"must be in 0..{d['folds'] - 1}, got {d['fold']}"
+            )
+        if d["split_key"] is not None:
+            raise ConfigError(
+                path, "dataset.folds", "dataset.split_key names each file's split; drop one"
+            )
     t = cfg["train"]
     for key in ("lr", "batch_size", "epochs"):
         if t[key] <= 0:

@@ -88,6 +88,8 @@ def datamodule(cfg: dict, store=None, rank: int = 0, world: int = 1) -> StoreDat
         split_seed=d["split_seed"],
         split_fractions=d["split_fractions"],
         split_key=d["split_key"],
+        split_folds=d.get("folds"),  # runs from before folds have none
+        split_fold=d.get("fold"),
         patch_frames=cfg["patch"]["frames"],
         hop_frames=cfg["patch"]["hop"],
         samples_per_epoch=t["samples_per_epoch"],
@@ -143,10 +145,13 @@ def fit(
     stop_after_epochs: int | None = None,
     progress: bool = True,
     log=print,
+    folder: str | Path | None = None,
 ) -> Run:
     """Train the experiment ``cfg`` (see :func:`train.experiment.load_experiment`) into a run
     folder. ``resume``: a run folder whose ``last.pt`` to continue from. ``stop_after_epochs``:
-    end this invocation after that many epochs (a time-boxed job), leaving ``last.pt``."""
+    end this invocation after that many epochs (a time-boxed job), leaving ``last.pt``.
+    ``folder``: the run folder to make (default ``out/<name>-<time>``); it may exist, empty
+    of any run."""
     t = cfg["train"]
     if t["sync_every"] is not None and t["sync_every"] < 1:
         raise TrainingError(f"train.sync_every must be 1 or more, got {t['sync_every']}")
@@ -156,7 +161,7 @@ def fit(
         log, progress = (lambda m: None), False
     dm, state = set_up(cfg, ranks, device)
     cfg = state.cfg
-    folder = open_run(state, resume, out, log)
+    folder = open_run(state, resume, out, log, folder)
     log(f"run folder: {folder}")
     log(
         f"{state.task.name} on '{cfg['target']['name']}': {len(dm.train_ds)} train / "
@@ -241,7 +246,7 @@ def set_up(cfg: dict, ranks, device) -> tuple[StoreDataModule, Training]:
     return dm, state
 
 
-def open_run(state: Training, resume, out, log) -> Path:
+def open_run(state: Training, resume, out, log, folder=None) -> Path:
     """The run folder: made new, or the one to resume with its training state restored."""
     cfg = state.cfg
     if resume is not None:
@@ -257,10 +262,17 @@ def open_run(state: Training, resume, out, log) -> Path:
         set_rng_state(ck["rng"])
         log(f"resuming {folder} at epoch {ck['epoch'] + 1} (step {state.step})")
         return folder
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = state.ranks.broadcast(Path(out) / f"{cfg['name']}-{stamp}")
+    if folder is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = Path(out) / f"{cfg['name']}-{stamp}"
+        fresh = True
+    else:
+        folder, fresh = Path(folder), False
+    folder = state.ranks.broadcast(folder)
     if state.ranks.main:
-        folder.mkdir(parents=True, exist_ok=False)
+        folder.mkdir(parents=True, exist_ok=not fresh)
+        if (folder / "config.yaml").exists():
+            raise TrainingError(f"{folder} already holds a run; continue it with --resume")
         (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         with open(folder / "metrics.csv", "w", newline="") as f:
             csv.writer(f).writerow(METRIC_COLUMNS)

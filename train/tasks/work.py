@@ -44,7 +44,8 @@ class Work(Task):
         return F.normalize(F.normalize(out.float(), dim=1).mean(0), dim=0).cpu().numpy()
 
     def file_metrics(self, outs, ds, files, **settings) -> dict:
-        return retrieval_metrics(np.stack(outs), ds.file_targets[ds.target][files])
+        works = ds.file_targets[ds.target][files]
+        return retrieval_metrics(np.stack(outs), works) | {"works": len(np.unique(works))}
 
     def prediction(self, out, spec, feature, where, settings) -> dict[str, Any]:
         path = where.with_name(where.name + ".npy")
