@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := data/demo
 STORES := stores
 RUNS   := runs
-EXP    ?= configs/experiments/demo_genre.yaml
+EXP    ?= configs/experiments/demo_instrument.yaml
 JOBS   ?= 2
 FEATURES ?= lms cqt hcqt
 # mirdata's dependencies but smart_open's extras (which cannot resolve with these pins)

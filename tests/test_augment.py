@@ -125,3 +125,46 @@ def test_augmentation_trains_only_and_a_resumed_run_ends_on_the_same_weights(
     a, b = (load_checkpoint(r.folder / "last.pt") for r in (straight, resumed))
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_time_stretch_plays_a_patch_faster_or_slower_and_keeps_its_shape():
+    cqt = make_feature("cqt")
+    work = task_for("work", TargetSpec("work-id", "work", ["a", "b"]), TRAIN)
+    X = torch.zeros(2, 1, 8, 100)
+    X[:, :, 3] = 1 + torch.sin(2 * torch.pi * torch.arange(100) / 10)  # a period of 10 frames
+
+    def period(x: torch.Tensor) -> float:
+        spectrum = torch.fft.rfft(x - x.mean()).abs()
+        return len(x) / int(spectrum.argmax())
+
+    fast = A.make_augmentations([{"name": "time_stretch", "rate": [2.0, 2.0]}], cqt, work)[0]
+    Xf, y = fast(X, torch.tensor([0, 1]), np.random.default_rng(0))
+    assert Xf.shape == X.shape and y.tolist() == [0, 1]
+    assert period(Xf[0, 0, 3, :50]) == pytest.approx(5, abs=0.3)  # twice as fast
+    assert (Xf[:, :, :, 50:] == cqt.floor).all()  # past the end of the sped-up patch: floor
+    slow = A.make_augmentations([{"name": "time_stretch", "rate": [0.5, 0.5]}], cqt, work)[0]
+    Xs, _ = slow(X, None, np.random.default_rng(0))
+    assert period(Xs[0, 0, 3]) == pytest.approx(20, abs=1)  # half as fast, a stretch of it
+    with pytest.raises(ConfigError, match="frame-level"):
+        A.make_augmentations([{"name": "time_stretch", "rate": [0.9, 1.1]}], HCQT,
+                             task_for("multipitch", PITCH, TRAIN))  # fmt: skip
+
+
+def test_cover_model_gives_one_embedding_in_every_key():
+    from train.model_factory import build_model
+
+    model = build_model(
+        Path(__file__).parent.parent / "configs/models/cover_chroma.yaml", (1, 360, 64)
+    )
+    model.eval()
+    x = torch.rand(2, 1, 360, 64)
+    with torch.no_grad():
+        base = model(x)
+        for semitones in (1, 3, -4, 7):  # 5 bins per semitone; the octaves fold into one
+            moved = model(torch.roll(x, 5 * semitones, dims=2))
+            assert torch.allclose(moved, base, atol=1e-5), semitones
+        tone = torch.zeros(2, 1, 360, 64)
+        tone[:, :, 120] = 5.0
+        other = model(tone)
+    # and not one embedding for everything
+    assert (other - base).norm(dim=1).min() > 100 * (moved - base).norm(dim=1).max()

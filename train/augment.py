@@ -94,6 +94,43 @@ def shift_bins(t: torch.Tensor, k: torch.Tensor, dim: int, fill: float) -> torch
     return out.masked_fill(~valid.view(shape), fill)
 
 
+@register
+class TimeStretch(Augmentation):
+    """Each example played ``rate`` times as fast (a factor drawn log-uniformly in
+    ``[low, high]``): its time axis resampled linearly by ``1 / rate``, then a random stretch
+    of the patch's length taken (or the floor appended past the end), so the batch keeps its
+    shape. For tasks whose target is one per file (labels, work ids): a version of the same
+    piece at another tempo, as covers are."""
+
+    name = "time_stretch"
+    schema: ClassVar = {"rate": Field("list", item="number", help="[low, high] speed factor")}
+    target = "per-file targets only (labels, work ids); frame-level targets are refused"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.lo, self.hi = _range(self.p, "rate", self)
+        if self.lo <= 0:
+            raise self.fail("rate", f"speed factors must be > 0, got {self.p['rate']}")
+        if self.task.name == "multipitch":
+            raise self.fail("name", "would move frame-level targets off their frames")
+
+    def __call__(self, x, y, rng):
+        n = x.shape[-1]
+        rates = np.exp(rng.uniform(np.log(self.lo), np.log(self.hi), len(x)))
+        offsets = rng.uniform(0, 1, len(x))
+        out = torch.full_like(x, self.feature.floor)
+        for i, (r, o) in enumerate(zip(rates, offsets)):
+            m = max(1, int(round(n / r)))
+            xi = x[i : i + 1].float()
+            flat = xi.reshape(1, -1, n)
+            st = torch.nn.functional.interpolate(flat, size=m, mode="linear", align_corners=False)
+            st = st.reshape(*xi.shape[:-1], m).to(x.dtype)
+            start = int(o * (m - n)) if m > n else 0
+            take = st[..., start : start + n]
+            out[i, ..., : take.shape[-1]] = take[0]
+        return out, y
+
+
 class _Mask(Augmentation):
     """SpecAugment (Park et al. 2019): ``count`` bands of up to ``max_width`` along an axis,
     set to the feature's floor, per example. Targets stay."""

@@ -270,3 +270,57 @@ class L2Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(x, dim=self.dim)
+
+
+class OctaveFold(nn.Module):
+    """``(B, C, F, T)`` with ``F`` a whole number of octaves -> ``(B, C, bins_per_octave, T)``,
+    the octaves reduced by ``max`` or ``mean``: a chroma of the CQT's full resolution, on
+    which a transposition is a circular shift (see :class:`CircularPad`)."""
+
+    def __init__(self, bins_per_octave: int, reduce: str = "max"):
+        super().__init__()
+        if reduce not in ("max", "mean"):
+            raise ValueError(f"reduce must be max or mean, got {reduce!r}")
+        self.bins, self.reduce = int(bins_per_octave), reduce
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, t = x.shape
+        if f % self.bins:
+            raise ValueError(f"{f} bins are not whole octaves of {self.bins}")
+        x = x.reshape(b, c, f // self.bins, self.bins, t)
+        return x.amax(2) if self.reduce == "max" else x.mean(2)
+
+    def extra_repr(self) -> str:
+        return f"bins_per_octave={self.bins}, reduce={self.reduce}"
+
+
+class CircularPad(nn.Module):
+    """Pad ``(B, C, P, T)`` circularly by ``pitch`` bins along the pitch axis (a pitch-class
+    axis wraps around) and with zeros by ``time`` frames along time, for a convolution without
+    padding of its own: a circular shift of the input then shifts its output the same way."""
+
+    def __init__(self, pitch: int, time: int = 0):
+        super().__init__()
+        self.pitch, self.time = int(pitch), int(time)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pitch:
+            x = torch.cat([x[:, :, -self.pitch :], x, x[:, :, : self.pitch]], dim=2)
+        if self.time:
+            x = nn.functional.pad(x, (self.time, self.time))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"pitch={self.pitch}, time={self.time}"
+
+
+class MeanMax(nn.Module):
+    """The mean and the max over ``dim``, side by side on the channel axis: ``(B, C, T)`` ->
+    ``(B, 2C)``. Over time, a bag of local patterns, whatever their place and spacing."""
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(self.dim), x.amax(self.dim)], dim=1)

@@ -84,6 +84,9 @@ LAYERS: dict[str, Callable[..., nn.Module]] = {
     "StoreAs": L.StoreAs,
     "CatWith": L.CatWith,
     "L2Normalize": L.L2Normalize,
+    "OctaveFold": L.OctaveFold,
+    "CircularPad": L.CircularPad,
+    "MeanMax": L.MeanMax,
 }
 
 ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
