@@ -203,6 +203,9 @@ def run_repeats(
     cfgs = [
         load_experiment(config, [*overrides, *r.overrides]) for r in repeats
     ]  # all checked first
+    from .loop import datamodule
+
+    datamodule(cfgs[0]).prepare_data()  # no store: said once, before any run starts
     name = cfgs[0]["name"]
     tags = ([f"folds{folds}"] if folds else []) + (
         [f"seeds{','.join(map(str, seeds))}"] if seeds else []
