@@ -216,16 +216,8 @@ def run_repeats(
     log(f"{len(repeats)} runs into {top}" + (f", {jobs} at a time" if jobs > 1 else ""))
     jobs = max(1, min(jobs, len(repeats)))
     folders = [str(top / r.label) for r in repeats]
-    results: list[dict[str, Any] | BaseException] = []
     if jobs == 1:
-        for cfg, folder in zip(cfgs, folders):
-            try:
-                results.append(_run_one(cfg, folder, None, quiet))
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # the others still run; named in the summary
-                log(f"[{Path(folder).name}] failed: {e}")
-                results.append(e)
+        results = [_safe(cfg, folder, None, quiet) for cfg, folder in zip(cfgs, folders)]
     else:
         from joblib import Parallel, delayed
 
@@ -247,7 +239,7 @@ def run_repeats(
 def _safe(cfg, folder, threads, quiet):
     try:
         return _run_one(cfg, folder, threads, quiet)
-    except Exception as e:  # returned, not raised: joblib would cancel the other runs
+    except Exception as e:  # returned, not raised: the other runs go on (joblib would cancel them)
         print(f"[{Path(folder).name}] failed: {e}", flush=True)
         return RepeatError(f"{Path(folder).name}: {e}")
 
