@@ -321,7 +321,7 @@ def _note_old_stores(stores: Path) -> None:
 
 
 def _pitch_unit(text: str) -> tuple[str, str]:
-    from .targets import PITCH_UNITS
+    from common.targets import PITCH_UNITS
 
     name, _, unit = text.partition("=")
     if not name or unit.lower() not in PITCH_UNITS:

@@ -89,8 +89,7 @@ def _rewrite(root: Path, cat: Catalogue, feature_key: str, old: list, log: Calla
                 sources = []
                 for k in b.keys:
                     t, i = copies[k][0]
-                    at = t.features_at + int(t.first[i]) * fb
-                    sources.append((t.path, at, int(t.n_frames[i]) * fb, str(t.checksum[i])))
+                    sources.append((t.path, *t.byte_range(i), str(t.checksum[i])))
                 fill_by_copy(b, sources)
                 held = seal(b, cat)
             holds.append(held)

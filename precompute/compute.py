@@ -22,8 +22,9 @@ import numpy as np
 
 from common.audio import AudioError, load_audio
 from common.features import make_feature
+from common.fileio import pwrite_all
 from common.progress import progress as progress_bar
-from common.store import STATUS_FAILED, STATUS_OK, pwrite_all, rows_checksum
+from common.store import STATUS_FAILED, STATUS_OK, rows_checksum
 
 from .backends import joblib_backend
 

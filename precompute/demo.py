@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from common.fileio import atomic_write
 from common.pyjama import Atom, Definition, make_collection, write_pyjama
 
 DANCES = ("Reel", "Jig", "Hornpipe", "Strathspey")
@@ -175,9 +176,8 @@ def make_demo(out: str | os.PathLike, per_class: int = 13, clip_s: float = 7.5) 
             seed = int.from_bytes(hashlib.sha1(f"{title}/{v}".encode()).digest()[:4], "little")
             y = render(notes, clip_s, timbre, seed)
             name = f"audio/{dance}-{work:03d}-v{v}.wav"
-            tmp = out / (name + ".tmp")
-            sf.write(tmp, y, SR, subtype="PCM_16", format="WAV")
-            os.replace(tmp, out / name)
+            with atomic_write(out / name) as tmp:
+                sf.write(tmp, y, SR, subtype="PCM_16", format="WAV")
             tags = [timbre, "fast" if tempo > 1 else "slow" if tempo < 1 else "moderate"]
             if with_bass:
                 tags.append("bass")

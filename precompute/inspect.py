@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from common.features import make_feature
+from common.fileio import pread_into
+from common.patches import patch_index
 from common.store import (
     STATUS_OK,
     StoreError,
     StoreTables,
-    patch_index,
-    pread_into,
     read_frame_target,
     read_rows,
     read_segment,
@@ -190,14 +190,16 @@ def _segment_sum(t, i: int, sums: dict[Path, dict[int, str]]) -> str:
 
 def _check_segment(seg, names: dict[str, str]) -> list[str]:
     faults = []
-    fb = seg.frame_bytes
     fd = os.open(seg.path, os.O_RDONLY)
     try:
-        for k, f, n, st, c in zip(seg.keys, seg.first, seg.n_frames, seg.status, seg.checksum):
+        for r, (k, f, n, st, c) in enumerate(
+            zip(seg.keys, seg.first, seg.n_frames, seg.status, seg.checksum)
+        ):
             if st != STATUS_OK:
                 continue
-            data = np.empty(int(n) * fb, np.uint8)
-            pread_into(fd, data, seg.features_at + int(f) * fb)
+            at, nbytes = seg.byte_range(r)
+            data = np.empty(nbytes, np.uint8)
+            pread_into(fd, data, at)
             if rows_checksum(data) != c:
                 who = names.get(str(k), f"content key {k}")
                 faults.append(f"{who}: its rows differ from their checksum (frames {f}-{f + n})")

@@ -21,12 +21,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from common.catalogue import Catalogue, RowSource
 from common.features import params_hash
+from common.fileio import pread_into, pwrite_all, write_json
 from common.holds import Hold, hold
 from common.store import (
     SEGMENT_MAX_BYTES,
@@ -36,8 +36,6 @@ from common.store import (
     StoreError,
     lay_out_segment,
     open_segment_layout,
-    pread_into,
-    pwrite_all,
     segment_bytes,
     segment_path,
 )
@@ -270,12 +268,3 @@ def size_text(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -22,22 +22,22 @@ from pathlib import Path
 import numpy as np
 
 from common.catalogue import Catalogue
+from common.fileio import write_json
 from common.holds import hold
 from common.store import (
     DiskFullError,
     SegmentRef,
     StoreError,
     ViewFiles,
-    copy_view_parts,
     read_attrs,
-    read_format2,
     relative_to,
     segment_bytes,
     view_files,
     write_view,
 )
 
-from .layout import fill_by_copy, group_segments, segment_attrs, size_text, write_json
+from .format2 import copy_view_parts, read_format2
+from .layout import fill_by_copy, group_segments, segment_attrs, size_text
 from .lock import StoreLock
 from .seal import seal
 
@@ -116,8 +116,7 @@ def _migrate_one(root: Path, cat: Catalogue, path: Path, log: Callable) -> Path:
                 _check_space(root, segment_bytes(b.n_frames, fb))
                 b.prepare(old.frame_shape, old.dtype, attrs)
                 rows = [first_row[k] for k in b.keys]
-                fill_by_copy(b, [(old.path, old.features_at + int(old.offset[i]) * fb,
-                                  int(old.n_frames[i]) * fb, None) for i in rows])  # fmt: skip
+                fill_by_copy(b, [(old.path, *old.byte_range(i), None) for i in rows])
                 h = seal(b, cat)
             holds.append(h)
         rows = [first_row[k] for k in b.keys]
@@ -179,8 +178,7 @@ def _free(old, rows: list[int]) -> None:
     fd = os.open(old.path, os.O_RDWR)
     try:
         for i in rows:
-            at = old.features_at + int(old.offset[i]) * old.frame_bytes
-            n = int(old.n_frames[i]) * old.frame_bytes
+            at, n = old.byte_range(i)
             if n and fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, at, n) != 0:
                 return  # not on this filesystem: kept until the view replaces the store
         os.fsync(fd)

@@ -26,9 +26,14 @@ from common.catalogue import Catalogue
 from common.errors import UserError
 from common.features import Feature, make_feature, params_hash
 from common.pyjama import Collection, Entry, read_pyjama
-from common.store import FORMAT_VERSION, TargetSpec, pool_dir, store_path
-
-from .targets import annotation_warnings, pitch_unit, pitches_off_grid, plan_targets
+from common.store import FORMAT_VERSION, pool_dir, store_path
+from common.targets import (
+    TargetSpec,
+    annotation_warnings,
+    pitch_unit,
+    pitches_off_grid,
+    plan_targets,
+)
 
 
 class PlanError(UserError, RuntimeError):

@@ -14,19 +14,24 @@ from pathlib import Path
 import numpy as np
 
 from common.catalogue import Catalogue
-from common.store import STATUS_OK, SegmentRef, ViewFiles, draft_view, finish_view
+from common.store import (
+    STATUS_OK,
+    SegmentRef,
+    ViewFiles,
+    draft_view,
+    finish_view,
+    view_target_bytes,
+)
+from common.targets import annotated, file_targets, frame_targets
 
 from .compute import library_versions
 from .layout import RowPlan
 from .plan import Plan
-from .targets import annotated, file_targets, frame_targets
 
 
 def view_bytes(plan: Plan) -> int:
     """About what the view of ``plan`` takes on disk (its frame-level targets, mostly)."""
-    frames = sum(f.n_frames for f in plan.files)
-    per_frame = sum(s.frame_bytes() for s in plan.targets if s.frame_level)
-    return frames * per_frame + len(plan.files) * 1024 + (1 << 20)
+    return view_target_bytes(plan.targets, len(plan.files), sum(f.n_frames for f in plan.files))
 
 
 def locate(plan: Plan, rows: RowPlan) -> tuple[list[int], list[SegmentRef], dict, list[dict]]:

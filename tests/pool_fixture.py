@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from common.features import make_feature
+from common.fileio import pwrite_all
 from common.store import (
     STATUS_OK,
     SegmentRef,
     ViewFiles,
     lay_out_segment,
-    pwrite_all,
     rows_checksum,
     seal_segment,
     segment_path,

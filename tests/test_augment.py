@@ -10,7 +10,7 @@ import torch
 
 from common.config import ConfigError
 from common.features import make_feature
-from common.store import TargetSpec
+from common.targets import TargetSpec
 from train import augment as A
 from train.checkpoints import load_checkpoint
 from train.tasks import task_for

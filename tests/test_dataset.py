@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.patches import patch_index
 from common.pyjama import read_pyjama, write_pyjama
-from common.store import StoreError, memmap_dataset, patch_index
+from common.store import StoreError, memmap_dataset
 from precompute.pipeline import run
 from train.data import StoreDataModule
 from train.dataset import (

@@ -464,7 +464,7 @@ def test_info_and_show(notes_dataset, tmp_path):
 
 def test_segments_are_half_open_at_the_start_and_at_the_end_of_a_file(tmp_path):
     from common.pyjama import read_pyjama
-    from precompute.targets import frame_targets
+    from common.targets import frame_targets
 
     write_wav(tmp_path / "a.wav", tone(60, 2.0))
     n = 1 + int(2.0 * SR) // 512

@@ -128,13 +128,14 @@ def test_rebuilds_compute_only_what_changed_and_equal_a_fresh_build(tmp_path):
 
 def _die_at(monkeypatch, moment: str, k: int) -> None:
     """In a forked child: SIGKILL this process at ``moment``, the ``k``-th time it comes."""
-    from common import catalogue, store
+    from common import catalogue, fileio
+    from common.store import write
     from precompute import seal
 
-    # os.replace as common.store calls it: first to seal the segment, then for the view
+    # os.replace as the one atomic replace calls it: first to seal the segment, then the view
     proxy = type("Os", (), {"__getattr__": lambda self, n: getattr(os, n)})()
     proxy.replace = os.replace
-    monkeypatch.setattr(store, "os", proxy)
+    monkeypatch.setattr(fileio, "os", proxy)
     target, name, before = {
         "file done": (layout.SegmentBuild, "record", False),  # rows written, marker maybe not
         "marker flushed": (layout.SegmentBuild, "flush", False),
@@ -146,7 +147,7 @@ def _die_at(monkeypatch, moment: str, k: int) -> None:
             "_insert_segment",
             False,
         ),  # in the transaction
-        "writing the view": (store, "_commit", True),  # written, not flushed nor renamed
+        "writing the view": (write, "replace_file", True),  # written, not flushed nor renamed
         "view renamed, not registered": (proxy, "replace", False),
         "registering the view": (catalogue.Catalogue, "_insert_view", False),
     }[moment]

@@ -7,14 +7,16 @@ from typing import Any
 
 import torch
 
+from common.fileio import atomic_write
+
 from .devices import TrainingError
 from .model_factory import build_model
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    """The training state into ``path``, atomically: a crash leaves the previous one whole."""
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

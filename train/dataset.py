@@ -25,14 +25,9 @@ from common.catalogue import touch
 from common.errors import UserError
 from common.features import Feature, make_feature
 from common.holds import hold
-from common.store import (
-    StoreError,
-    TargetSpec,
-    frame_target_location,
-    patch_index,
-    read_file_targets,
-    read_tables,
-)
+from common.patches import patch_index
+from common.store import StoreError, frame_target_location, read_file_targets, read_tables
+from common.targets import TargetSpec
 
 from .views import Rows
 
@@ -283,10 +278,10 @@ class StoreDataset(torch.utils.data.Dataset):
         t = self.tables
         if self.spec is None:
             return np.ones(t.n_files, bool)
-        ok = t.annotated[self.target].astype(bool)
-        if self.spec.kind in ("class", "work"):
-            ok &= self.file_targets[self.target] >= 0
-        return ok
+        values = self.file_targets.get(self.target)
+        return t.annotated[self.target].astype(bool) & self.spec.kind_class.labelled(
+            self.spec, values
+        )
 
     # -- splits -------------------------------------------------------------
     def _splits(self, split_key, seed, fractions, split_by) -> np.ndarray:
@@ -379,14 +374,7 @@ class StoreDataset(torch.utils.data.Dataset):
     @property
     def n_out(self) -> int | None:
         """Output size a model needs for the target: classes, labels or pitch bins."""
-        s = self.spec
-        if s is None:
-            return None
-        if s.kind == "frame_pitch":
-            return len(s.pitch_midi)
-        if s.kind == "value":
-            return 1
-        return len(s.vocabulary) or 1
+        return None if self.spec is None else self.spec.n_out
 
     # -- reading ------------------------------------------------------------------
     def patches(self, files: np.ndarray, starts: np.ndarray) -> list[dict[str, Any]]:

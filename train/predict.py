@@ -12,7 +12,7 @@ import torch
 
 from common.audio import AudioError, load_audio
 from common.features import make_feature
-from common.store import TargetSpec
+from common.targets import TargetSpec
 
 from .checkpoints import load_run
 from .devices import amp_settings, pick_device

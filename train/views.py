@@ -34,7 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from common.store import StoreError, pread_into
+from common.fileio import pread_into
+from common.store import StoreError
 
 RING_DEPTH = 4  # buffers per batch shape; beyond that, batches still held get fresh memory
 

@@ -14,7 +14,7 @@ module imported below.
 from __future__ import annotations
 
 from common.config import ConfigError, close_names
-from common.store import TargetSpec
+from common.targets import TargetSpec
 
 from .base import Task
 

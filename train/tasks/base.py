@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from common.features import Feature
-from common.store import TargetSpec, patch_index
+from common.patches import patch_index
+from common.targets import TargetSpec
 
 
 class Task:

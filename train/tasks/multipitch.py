@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.store import TargetSpec
+from common.targets import TargetSpec
 
 from ..metrics import best_threshold, multipitch_metrics
 from . import register

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.store import TargetSpec
+from common.targets import TargetSpec
 
 from ..metrics import file_average, retrieval_metrics
 from . import register

@@ -1,0 +1,57 @@
+"""``frame_pitch``: which pitches sound in each frame, on the feature's own pitch grid (MIDI
+notes as segments, f0 tracks as breakpoints): multi-hot uint8 ``(n_frames, n_pitch_bins)``.
+
+Silence (0, negative, NaN) sets no bin; pitches off the grid set none and are counted
+(:func:`common.targets.pitch.pitches_off_grid`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.pyjama import BREAKPOINT_EXTENTS
+
+from .base import Description, FrameKind, TargetSpec, register
+from .frames import nearest, segment_atoms, segments_frames, track_atoms
+from .pitch import is_pitch, midi_of, pitch_bins, pitch_unit
+
+
+@register
+class FramePitch(FrameKind):
+    name = "frame_pitch"
+    order = 110  # a pitch description is read as pitch before any other frame-level kind
+
+    @classmethod
+    def plan(cls, d: Description) -> TargetSpec | None:
+        if d.extent not in ("segment", *BREAKPOINT_EXTENTS) or not is_pitch(d.name, d.content):
+            return None
+        unit, _ = pitch_unit(d.name, d.collection, d.values, d.unit)
+        return TargetSpec(d.name, cls.name, pitch_midi=d.feature.pitch_midi().tolist(), unit=unit)
+
+    @classmethod
+    def row_layout(cls, spec: TargetSpec) -> tuple[tuple[int, ...], np.dtype]:
+        return (len(spec.pitch_midi),), np.dtype("u1")
+
+    @classmethod
+    def n_out(cls, spec: TargetSpec) -> int:
+        return len(spec.pitch_midi)
+
+    @classmethod
+    def encode_frames(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
+        grid = np.asarray(spec.pitch_midi)
+        n = len(times)
+        arr = np.zeros((n, len(grid)), dtype=np.uint8)
+        segments = segment_atoms(atoms)
+        bins = pitch_bins(midi_of([a.value for a in segments], spec.unit), grid)
+        for lo, hi, b in zip(*segments_frames(times, segments), bins):
+            if b >= 0:
+                arr[lo:hi, b] = 1
+        for a in track_atoms(atoms):
+            rows = midi_of(np.asarray(a.value, dtype=np.float64), spec.unit)
+            k = nearest(times, np.asarray(a.time))
+            inside = k >= 0
+            for row in rows:
+                bins = np.full(n, -1)
+                bins[inside] = pitch_bins(row[k[inside]], grid)
+                on = bins >= 0
+                arr[np.nonzero(on)[0], bins[on]] = 1
+        return arr

@@ -1,0 +1,42 @@
+"""``frame_value``: numbers per frame (a numeric segment, or the rows of a numeric breakpoint
+track that is not a pitch): float32 ``(n_frames, n_dims)``, NaN where nothing is annotated."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Description, FrameKind, TargetSpec, register
+from .frames import nearest, segment_atoms, segments_frames, track_atoms
+
+
+@register
+class FrameValue(FrameKind):
+    name = "frame_value"
+    order = 130  # whatever frame-level description no kind before took
+
+    @classmethod
+    def plan(cls, d: Description) -> TargetSpec | None:
+        if d.extent == "global":
+            return None
+        if d.extent == "segment":
+            return TargetSpec(d.name, cls.name, [d.name])
+        rows = d.definition.row_name or [
+            f"{d.name}[{i}]" for i in range(len(d.descs[0].atoms[0].value))
+        ]
+        return TargetSpec(d.name, cls.name, [str(r) for r in rows])
+
+    @classmethod
+    def row_layout(cls, spec: TargetSpec) -> tuple[tuple[int, ...], np.dtype]:
+        return (len(spec.vocabulary),), np.dtype("<f4")
+
+    @classmethod
+    def encode_frames(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
+        arr = np.full((len(times), len(spec.vocabulary)), np.nan, dtype=np.float32)
+        segments = segment_atoms(atoms)
+        for lo, hi, a in zip(*segments_frames(times, segments), segments):
+            arr[lo:hi, 0] = a.value
+        for a in track_atoms(atoms):
+            k = nearest(times, np.asarray(a.time))
+            inside = k >= 0
+            arr[inside] = np.asarray(a.value, dtype=np.float32).T[k[inside]]
+        return arr

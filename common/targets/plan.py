@@ -1,0 +1,94 @@
+"""From a collection's descriptions to targets: which kind each becomes, and their arrays.
+
+| description                     | target kind    | array                                  |
+| ------------------------------- | -------------- | -------------------------------------- |
+| global text, one atom per entry | class          | int32 (n_files,), -1 = none            |
+| global text, several atoms      | multilabel     | uint8 (n_files, n_labels)              |
+| global numeric named work-id    | work           | int32 (n_files,), index into work ids  |
+| other global numeric            | value          | float32 (n_files,), NaN = none         |
+| segment text                    | frame_class    | int32 (n_frames,), -1 = none           |
+| marker                          | frame_events   | uint8 (n_frames, n_labels or 1)        |
+| numeric pitch segment/breakpoint| frame_pitch    | uint8 (n_frames, n_pitch_bins)         |
+| other numeric breakpoint/segment| frame_value    | float32 (n_frames, n_dims), NaN = none |
+
+Each row of the table is a kind of its own module (see :mod:`common.targets.base`). Targets
+are stored in the smallest dtype that holds them (uint8 for multi-hot), never float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import KINDS, Description, TargetSpec
+
+
+def plan_targets(collection, feature, units: dict[str, str] | None = None) -> list[TargetSpec]:
+    """One :class:`TargetSpec` per description (the first kind, in order, that takes it),
+    vocabularies from the definitions and all entries; ``units``: pitch units given by the
+    user, by description name."""
+    units = units or {}
+    kinds = sorted(KINDS.values(), key=lambda k: k.order)
+    specs = []
+    for name in collection.description_names():
+        definition = collection.definitions[name]
+        descs = [e.descriptions[name] for e in collection.entries if name in e.descriptions]
+        if not descs:
+            continue
+        values = [a.value for d in descs for a in d.atoms if a.value is not None]
+        vocab: list[str] = []
+        if descs[0].content == "text":
+            vocab = list(definition.dictionary or [])
+            vocab += sorted({str(v) for v in values} - set(vocab))
+        d = Description(name, descs[0].extent, descs[0].content, definition, descs, values,
+                        vocab, collection, feature, units.get(name))  # fmt: skip
+        spec = next((s for s in (k.plan(d) for k in kinds) if s is not None), None)
+        if spec is not None:
+            specs.append(spec)
+    return specs
+
+
+def file_targets(entries: list, specs: list[TargetSpec]) -> dict[str, np.ndarray]:
+    """Per-file targets, one row per entry in the order given."""
+    return {s.name: s.kind_class.encode_files(s, entries) for s in specs if not s.frame_level}
+
+
+def frame_targets(entry, specs: list[TargetSpec], feature, n_frames: int) -> dict[str, np.ndarray]:
+    """Frame-level targets of one file on the feature's frame grid."""
+    times = feature.frame_times(n_frames)
+    frame_s = feature.hop_length / feature.sr
+    out = {}
+    for spec in specs:
+        if spec.frame_level:
+            d = entry.descriptions.get(spec.name)
+            atoms = d.atoms if d else []
+            out[spec.name] = spec.kind_class.encode_frames(spec, atoms, times, frame_s)
+    return out
+
+
+def annotated(entries: list, specs: list[TargetSpec]) -> dict[str, np.ndarray]:
+    """Per target, which entries carry its description at all (uint8 (n_files,)): an entry
+    without it has no label, which is not the same as an empty one."""
+    return {
+        s.name: np.array([s.name in e.descriptions for e in entries], dtype=np.uint8) for s in specs
+    }
+
+
+def annotation_warnings(entry, specs: list[TargetSpec], feature, duration_s: float) -> list[str]:
+    """Frame-level annotations that end past the audio (they are clipped), per description."""
+    frame_s = feature.hop_length / feature.sr
+    out = []
+    for spec in specs:
+        d = entry.descriptions.get(spec.name) if spec.frame_level else None
+        if d is None:
+            continue
+        late = [
+            a
+            for a in d.atoms
+            if (max(a.time) if isinstance(a.time, list) else (a.time or 0) + (a.duration or 0))
+            > duration_s + frame_s
+        ]
+        if late:
+            out.append(
+                f"'{spec.name}': {len(late)} annotation(s) end past the audio ({duration_s:.2f} s), clipped"
+            )
+    return out
