@@ -193,7 +193,7 @@ def main() -> None:
     # 100,000 files of 100 frames in 20 segments, written with the store format's own writer
     many = many_files_view("data/bench-loader-stores", 100_000, 20, frames=100, n_mels=4)
     t = time.perf_counter()
-    ds = StoreDataset(many, split="train", patch_frames=64, hop_frames=32)
+    ds = StoreDataset(many, split="train", patch_frames=64, patch_hop=32)
     results["construction_s_100k_files"] = round(time.perf_counter() - t, 2)
     results["construction_patches"] = len(ds)
     print(json.dumps({k: v for k, v in results.items() if k.startswith("construction")}))

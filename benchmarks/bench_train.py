@@ -54,8 +54,8 @@ def in_ram_loader(dm, workers: int) -> torch.utils.data.DataLoader:
     )  # fmt: skip
 
 
-def throughput(cfg: dict, workers: int, source: str, epochs: int) -> float:
-    torch.manual_seed(cfg["train"]["seed"])
+def throughput(cfg, workers: int, source: str, epochs: int) -> float:
+    torch.manual_seed(cfg.train.seed)
     ranks, device = distributed.setup(pick_device("cpu"))
     dm, state = set_up(cfg, ranks, device)
     loader = dm.train_dataloader() if source == "store" else in_ram_loader(dm, workers)

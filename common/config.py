@@ -8,6 +8,7 @@ Only ``yaml.safe_load`` is used: a config never runs code.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import os
 from collections.abc import Mapping, Sequence
@@ -232,3 +233,52 @@ def load_config(
             data[key] = sub
             data[f"{key}_file"] = str(ref_path)
     return apply_overrides(data, overrides)
+
+
+# -- typed settings: dataclasses whose fields are the schema -----------------------------------
+
+
+def setting(
+    default: Any = REQUIRED,
+    kind: str = "any",
+    *,
+    choices: Sequence | None = None,
+    item: str | None = None,
+    nullable: bool = False,
+    help: str = "",
+) -> Any:
+    """A dataclass field that is also one key of the schema (see :func:`schema_of`)."""
+    meta = {"setting": Field(kind, default, choices, item, nullable, help)}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=meta)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def section(cls: type) -> Any:
+    """A dataclass field holding a nested group of settings (a YAML mapping)."""
+    return dataclasses.field(metadata={"section": cls})
+
+
+def schema_of(cls: type) -> dict[str, Any]:
+    """The schema :func:`validate` checks, read off a settings dataclass: each
+    :func:`setting` is a :class:`Field`, each :func:`section` a nested schema."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if "setting" in f.metadata:
+            out[f.name] = f.metadata["setting"]
+        elif "section" in f.metadata:
+            out[f.name] = schema_of(f.metadata["section"])
+    return out
+
+
+def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """A settings dataclass from a mapping :func:`validate` checked against its schema."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        nested = f.metadata.get("section")
+        kwargs[f.name] = from_dict(nested, data[f.name]) if nested else data[f.name]
+    return cls(**kwargs)

@@ -285,6 +285,12 @@ def run_cmd(
         _fail(f"error: {e}", 3)
     except DiskFullError as e:
         _fail(f"error: {e}", 4)
+    _report(summary)
+    sys.exit(0 if summary.ok else 1)
+
+
+def _report(summary) -> None:
+    """What a build did, its warnings and failures, and the store's path as the last line."""
     for w in summary.warnings:
         click.echo(f"warning: {w}", err=True)
     for p in summary.changed:
@@ -305,7 +311,6 @@ def run_cmd(
             + f"; {summary.audio_s / 3600:.3f} h of audio in {summary.seconds:.1f} s"
         )
     click.echo(str(summary.store_path))
-    sys.exit(0 if summary.ok else 1)
 
 
 def _note_old_stores(stores: Path) -> None:

@@ -234,47 +234,13 @@ def show(
     i = _file_index(t, name)
     feature = make_feature(t.feature)
     n = int(t.n_frames[i])
-    block = feature.patch_view(read_rows(t, i))  # (C, F, T) or (1, samples)
     times = feature.frame_times(n)
     frame_targets = [s for s in t.targets.values() if s.frame_level]
     fig, axes = plt.subplots(
         1 + len(frame_targets), 1, figsize=(12, 3.2 * (1 + len(frame_targets))), squeeze=False
     )
     ax = axes[0, 0]
-    extent_t = (times[0], times[-1]) if n else (0, 0)
-    if feature.kind == "waveform":
-        ax.plot(np.arange(block.shape[1]) / feature.sr, block[0], lw=0.4)
-        ax.set_ylabel("amplitude")
-    else:
-        c = (
-            channel
-            if channel is not None
-            else (
-                list(feature.params.get("harmonics", [1])).index(1)
-                if "harmonics" in feature.params and 1 in feature.params["harmonics"]
-                else 0
-            )
-        )
-        img = block[c]
-        if feature.kind in ("cqt", "hcqt"):
-            lo, hi = feature.pitch_midi()[[0, -1]]
-            ax.imshow(
-                np.log1p(img),
-                origin="lower",
-                aspect="auto",
-                extent=(*extent_t, lo, hi),
-                cmap="magma",
-            )
-            ax.set_ylabel("MIDI pitch (CQT bins)")
-        else:
-            ax.imshow(
-                img,
-                origin="lower",
-                aspect="auto",
-                extent=(*extent_t, 0, img.shape[0]),
-                cmap="magma",
-            )
-            ax.set_ylabel("mel band")
+    _draw_feature(ax, feature, feature.patch_view(read_rows(t, i)), times, channel)
     _, starts = patch_index(np.array([n]), feature.patch_frames, feature.patch_hop)
     for s in starts:
         ax.axvline(times[s], color="cyan", lw=0.6, alpha=0.7)
@@ -283,32 +249,55 @@ def show(
     )
     ax.set_xlabel("time (s)")
     for k, spec in enumerate(frame_targets, 1):
-        tax = axes[k, 0]
-        arr = read_frame_target(t, spec.name, i)
-        if spec.kind == "frame_pitch":
-            # markers, not an image: a one-bin row is thinner than a pixel and would vanish
-            grid = np.asarray(spec.pitch_midi)
-            fr, bins = np.nonzero(arr)
-            tax.scatter(times[fr], grid[bins], s=2, marker="s", c="k", lw=0)
-            tax.set_ylim(grid[0], grid[-1])
-            tax.set_ylabel("MIDI pitch")
-            if feature.kind in ("cqt", "hcqt") and k == 1:
-                ax.scatter(times[fr], grid[bins], s=1, c="lime", alpha=0.5, lw=0)
-        elif spec.kind == "frame_class":
-            tax.step(times, arr, where="mid")
-            tax.set_yticks(range(len(spec.vocabulary)), spec.vocabulary, fontsize=6)
-        else:
-            tax.imshow(
-                np.nan_to_num(arr.astype(np.float32)).T,
-                origin="lower",
-                aspect="auto",
-                extent=(*extent_t, 0, arr.shape[1]),
-                interpolation="nearest",
-            )
-        tax.set_title(f"target '{spec.name}' ({spec.kind})")
-        tax.set_xlim(ax.get_xlim())
+        on_feature = ax if feature.kind in ("cqt", "hcqt") and k == 1 else None
+        _draw_target(axes[k, 0], spec, read_frame_target(t, spec.name, i), times, on_feature)
+        axes[k, 0].set_xlim(ax.get_xlim())
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _extent(times: np.ndarray) -> tuple[float, float]:
+    return (times[0], times[-1]) if len(times) else (0, 0)
+
+
+def _draw_feature(ax, feature, block: np.ndarray, times: np.ndarray, channel: int | None) -> None:
+    """The feature ``block`` (C, F, T), one channel (harmonic 1 by default), or the waveform."""
+    if feature.kind == "waveform":
+        ax.plot(np.arange(block.shape[1]) / feature.sr, block[0], lw=0.4)
+        ax.set_ylabel("amplitude")
+        return
+    harmonics = list(feature.params.get("harmonics", []))
+    c = channel if channel is not None else harmonics.index(1) if 1 in harmonics else 0
+    img = block[c]
+    if feature.kind in ("cqt", "hcqt"):
+        lo, hi = feature.pitch_midi()[[0, -1]]
+        ax.imshow(np.log1p(img), origin="lower", aspect="auto",
+                  extent=(*_extent(times), lo, hi), cmap="magma")  # fmt: skip
+        ax.set_ylabel("MIDI pitch (CQT bins)")
+    else:
+        ax.imshow(img, origin="lower", aspect="auto",
+                  extent=(*_extent(times), 0, img.shape[0]), cmap="magma")  # fmt: skip
+        ax.set_ylabel("mel band")
+
+
+def _draw_target(tax, spec, arr: np.ndarray, times: np.ndarray, on_feature=None) -> None:
+    """A frame-level target's rows ``arr`` over ``times``; pitches also over the feature."""
+    if spec.kind == "frame_pitch":
+        # markers, not an image: a one-bin row is thinner than a pixel and would vanish
+        grid = np.asarray(spec.pitch_midi)
+        fr, bins = np.nonzero(arr)
+        tax.scatter(times[fr], grid[bins], s=2, marker="s", c="k", lw=0)
+        tax.set_ylim(grid[0], grid[-1])
+        tax.set_ylabel("MIDI pitch")
+        if on_feature is not None:
+            on_feature.scatter(times[fr], grid[bins], s=1, c="lime", alpha=0.5, lw=0)
+    elif spec.kind == "frame_class":
+        tax.step(times, arr, where="mid")
+        tax.set_yticks(range(len(spec.vocabulary)), spec.vocabulary, fontsize=6)
+    else:
+        tax.imshow(np.nan_to_num(arr.astype(np.float32)).T, origin="lower", aspect="auto",
+                   extent=(*_extent(times), 0, arr.shape[1]), interpolation="nearest")  # fmt: skip
+    tax.set_title(f"target '{spec.name}' ({spec.kind})")

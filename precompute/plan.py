@@ -104,26 +104,7 @@ def make_plan(
     feature_key = feat.key()
     catalogue = Catalogue(stores)
     probed, failed, changed = _identify(collection.entries, catalogue, strict, threads)
-    files = []
-    for e in collection.entries:
-        if e.index not in probed:
-            continue
-        path, size, mtime, content, info = probed[e.index]
-        n_samples = info.n_samples(feat.sr)
-        n_frames = feat.n_frames(n_samples)
-        files.append(
-            PlannedFile(
-                e,
-                path,
-                size,
-                mtime,
-                content,
-                info,
-                n_frames,
-                n_samples / feat.sr,
-                params_hash([feature_key, content])[:32],
-            )
-        )
+    files = _planned_files(collection, probed, feat, feature_key)
     targets = plan_targets(collection, feat, pitch_units)
     notes, off_grid = _pitch_notes(collection, targets, files, feat, pitch_units or {})
     for f in files:
@@ -139,16 +120,7 @@ def make_plan(
     # rest of a plan with breakpoint tracks): a file saved with other formatting gets a new
     # view, which costs no computation
     sha1 = hashlib.sha1(dataset.read_bytes()).hexdigest()
-    by_index = {f.entry.index: f.content for f in files}
-    identity = params_hash(
-        {
-            "feature": feature_key,
-            "format": FORMAT_VERSION,
-            "pyjama": sha1,
-            "audio": [by_index.get(e.index, "missing") for e in collection.entries],
-            "targets": [(t.name, t.kind, t.unit) for t in targets],
-        }
-    )[:16]
+    identity = _store_identity(feature_key, sha1, collection, files, targets)
     return Plan(
         dataset,
         collection,
@@ -166,6 +138,34 @@ def make_plan(
         notes,
         off_grid,
     )
+
+
+def _planned_files(collection, probed: dict, feat: Feature, feature_key: str) -> list:
+    """The entries whose audio was identified, with their frame counts and content keys."""
+    files = []
+    for e in collection.entries:
+        if e.index not in probed:
+            continue
+        path, size, mtime, content, info = probed[e.index]
+        n_samples = info.n_samples(feat.sr)
+        key = params_hash([feature_key, content])[:32]
+        files.append(PlannedFile(e, path, size, mtime, content, info, feat.n_frames(n_samples),
+                                 n_samples / feat.sr, key))  # fmt: skip
+    return files
+
+
+def _store_identity(feature_key: str, sha1: str, collection, files, targets) -> str:
+    """The id of a view: the feature's key, the format, the annotations and the audio."""
+    by_index = {f.entry.index: f.content for f in files}
+    return params_hash(
+        {
+            "feature": feature_key,
+            "format": FORMAT_VERSION,
+            "pyjama": sha1,
+            "audio": [by_index.get(e.index, "missing") for e in collection.entries],
+            "targets": [(t.name, t.kind, t.unit) for t in targets],
+        }
+    )[:16]
 
 
 def _pitch_notes(collection, targets, files, feature, given) -> tuple[list[str], dict]:

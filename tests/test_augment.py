@@ -13,6 +13,7 @@ from common.features import make_feature
 from common.targets import TargetSpec
 from train import augment as A
 from train.checkpoints import load_checkpoint
+from train.experiment import TrainSettings
 from train.tasks import task_for
 
 from .conftest import tone
@@ -20,7 +21,7 @@ from .test_trainer import TINY_PITCH, experiment
 
 HCQT = make_feature("hcqt")
 PITCH = TargetSpec("pitchmidi", "frame_pitch", pitch_midi=HCQT.pitch_midi().tolist(), unit="midi")
-TRAIN = {"margin": 0.3, "mining": "hard"}
+TRAIN = TrainSettings(margin=0.3, mining="hard")
 
 
 def test_pitch_shift_moves_a_note_and_its_target_by_the_same_bins_in_every_channel():
@@ -95,6 +96,7 @@ def test_augmentation_trains_only_and_a_resumed_run_ends_on_the_same_weights(
     tmp_path, demo_small, tiny_stores, monkeypatch
 ):
     import train.loop as loop
+    import train.step as step
     from common.pyjama import read_pyjama
     from train.evaluate import evaluate_run
     from train.predict import predict_audio
@@ -110,8 +112,8 @@ def test_augmentation_trains_only_and_a_resumed_run_ends_on_the_same_weights(
         train={"epochs": 2, "samples_per_epoch": 96, "lr": 0.01, "augment": augment},
     )
     calls = []
-    real = loop.augment
-    monkeypatch.setattr(loop, "augment", lambda *a: (calls.append(1), real(*a))[1])
+    real = step.augment  # the one training step's, shared by the trainer and Lightning
+    monkeypatch.setattr(step, "augment", lambda *a: (calls.append(1), real(*a))[1])
     quiet = {"progress": False, "log": lambda m: None}
     straight = loop.fit(cfg, tmp_path / "a", **quiet)
     trained = len(calls)

@@ -116,9 +116,9 @@ def test_every_shipped_experiment_and_template_loads_and_maps_covers_the_piano()
     root = Path(__file__).parent.parent / "configs" / "experiments"
     for p in sorted(root.rglob("*.yaml")):
         cfg = load_experiment(p)  # paths to fill in are not opened here; keys and values are
-        assert cfg["feature"]["kind"] and cfg["model"]["name"], p
+        assert cfg.feature["kind"] and cfg.model["name"], p
     from common.features import make_feature
 
     maps = load_experiment(root / "templates" / "maps.yaml")
-    midi = make_feature(maps["feature"]).pitch_midi()
+    midi = make_feature(maps.feature).pitch_midi()
     assert midi.min() <= 21 and midi.max() >= 108  # A0 to C8: every piano key has its bins

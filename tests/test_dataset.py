@@ -163,7 +163,7 @@ def test_work_unit_gives_versions_of_one_work(stores):
 
 
 def test_other_patch_length_rederives_the_index(stores):
-    ds = StoreDataset(stores["lms"], patch_frames=32, hop_frames=10)
+    ds = StoreDataset(stores["lms"], patch_frames=32, patch_hop=10)
     n = ds.tables.n_frames
     expected = [(f, s) for f in range(len(n)) for s in range(0, int(n[f]) - 32 + 1, 10)]
     assert list(zip(ds.patch_file.tolist(), ds.patch_start.tolist())) == expected
@@ -334,7 +334,7 @@ def test_a_float16_store_holds_the_float32_values_rounded(demo_small, tmp_path):
 
 
 def test_prefetcher_gives_the_loader_batches_in_order_and_stops_early(stores):
-    from train.data import Prefetcher
+    from train.prefetch import Prefetcher
 
     ds = StoreDataset(stores["lms"], target="genre")
     loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate_patches)
@@ -463,7 +463,7 @@ def test_a_workers_memory_does_not_grow_over_an_epoch_of_the_store(tmp_path):
 
     # 240 MB of rows in 4 segments, each patch read once: more than twice the bound
     store = many_files_view(str(tmp_path), 480, 1, frames=512, n_mels=256)
-    ds = StoreDataset(store, patch_frames=64, hop_frames=64)
+    ds = StoreDataset(store, patch_frames=64, patch_hop=64)
     assert len(ds) * ds.patch_frames * ds.tables.frame_bytes > 200 * 2**20
     loader = torch.utils.data.DataLoader(
         ds, batch_size=32, shuffle=True, num_workers=2, collate_fn=_rss_collate,

@@ -388,7 +388,7 @@ def test_memory_does_not_grow_with_100000_files_in_20_segments(tmp_path):
         view = many_files_view({str(tmp_path)!r}, int(sys.argv[1]), 20)
         gc.collect()
         before = rss_mb()
-        ds = StoreDataset(view, patch_frames=4, hop_frames=4)
+        ds = StoreDataset(view, patch_frames=4, patch_hop=4)
         for s in range(0, len(ds), 4096):
             b = collate_patches(ds.__getitems__(list(range(s, min(s + 4096, len(ds))))))
         fds = len(os.listdir("/proc/self/fd"))

@@ -48,8 +48,8 @@ def test_folds_of_a_store_never_train_on_a_tested_work(demo_small, tiny_stores):
             feature="configs/features/lms.yaml",
             stores=tiny_stores,
             target="genre",
-            split_folds=4,
-            split_fold=fold,
+            folds=4,
+            fold=fold,
             split_fractions=(0.5, 0.25, 0.25),
         )
         dm.setup()
@@ -110,7 +110,9 @@ def _exp_file(tmp_path, demo_small, tiny_stores):
     cfg = experiment(
         tmp_path, demo_small, tiny_stores, train={"epochs": 2, "samples_per_epoch": 64}
     )
-    keep = {k: v for k, v in cfg.items() if k not in ("source", "feature_file", "model_file")}
+    keep = {
+        k: v for k, v in cfg.to_dict().items() if k not in ("source", "feature_file", "model_file")
+    }
     path = tmp_path / "rep.yaml"
     path.write_text(yaml.safe_dump(keep))
     return path
@@ -185,7 +187,7 @@ def test_folds_in_one_command_test_every_file_once(tmp_path, demo_small, tiny_st
         assert cfg["dataset"]["folds"] == 3 and cfg["dataset"]["fold"] == k
         assert (top / f"fold-{k}" / "log.txt").read_text().count("epoch") >= 2
     loaded = load_experiment(path, ["dataset.folds=3", "dataset.fold=0"])
-    assert loaded["dataset"]["fold"] == 0
+    assert loaded.dataset.fold == 0
 
 
 def test_the_default_experiment_learns_visibly(tmp_path, demo_medium, medium_stores):

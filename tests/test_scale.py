@@ -134,7 +134,11 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(
         yaml.safe_dump(
-            {k: v for k, v in cfg.items() if k not in ("source", "feature_file", "model_file")}
+            {
+                k: v
+                for k, v in cfg.to_dict().items()
+                if k not in ("source", "feature_file", "model_file")
+            }
         )
     )
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
@@ -213,9 +217,9 @@ def test_two_gloo_ranks_see_disjoint_batches(tmp_path, demo_small, tiny_stores, 
     got = [json.loads(Path(f"{out}.rank{k}.json").read_text()) for k in (0, 1)]
     assert got[0]["world"] == 2 and got[0]["backend"] == "gloo"
     if unit == "work":
-        from train.loop import datamodule
+        from train.data import StoreDataModule
 
-        dm = datamodule(cfg)
+        dm = StoreDataModule.from_experiment(cfg)
         dm.setup()
         works = dm.train_ds.file_work[dm.train_ds.patch_file]
     for e0, e1 in zip(got[0]["epochs"], got[1]["epochs"]):

@@ -12,9 +12,10 @@ import yaml
 
 from train import metrics as M
 from train.checkpoints import load_checkpoint
+from train.data import StoreDataModule
 from train.devices import TrainingError, pick_device
 from train.evaluate import evaluate_patches, evaluate_run, file_outputs
-from train.experiment import load_experiment
+from train.experiment import load_experiment, reload_resolved
 from train.loop import fit
 from train.predict import predict_audio
 from train.tasks import task_for
@@ -95,7 +96,9 @@ def ddp_experiment(tmp_path, demo_small, stores, unit: str):
         }
     cfg = experiment(tmp_path, demo_small, stores, **over)
     path = tmp_path / "ddp.yaml"
-    keep = {k: v for k, v in cfg.items() if k not in ("source", "feature_file", "model_file")}
+    keep = {
+        k: v for k, v in cfg.to_dict().items() if k not in ("source", "feature_file", "model_file")
+    }
     path.write_text(yaml.safe_dump(keep))
     return cfg, path
 
@@ -127,6 +130,13 @@ def experiment(tmp_path, demo_small, stores, **over):
     p = tmp_path / "exp.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return load_experiment(p)
+
+
+def _datamodule(ck: dict) -> StoreDataModule:
+    """The set-up data of a run, from one of its checkpoints."""
+    dm = StoreDataModule.from_experiment(reload_resolved(ck["config"]), store=ck["store"])
+    dm.setup()
+    return dm
 
 
 def losses(run_folder):
@@ -193,9 +203,7 @@ def test_each_task_learns(tmp_path, demo_medium, medium_stores, task, over, metr
     if task == "multiclass":  # the majority class of the test split
         chance = max(np.sum(m["file_confusion"], 1)) / m["files"]
     if task == "work":  # a random ranking of the same test files
-        from train.loop import datamodule
-
-        dm = datamodule(load_checkpoint(run.folder / "best.pt")["config"])
+        dm = _datamodule(load_checkpoint(run.folder / "best.pt"))
         dm.setup()
         works = dm.test_ds.file_work[dm.test_ds.files]
         rng = np.random.default_rng(0)
@@ -231,12 +239,10 @@ def test_eval_is_reproducible_and_predict_gives_what_eval_gives(tmp_path, demo_s
     m1, m2 = evaluate_run(run.folder, device=cpu), evaluate_run(run.folder, device=cpu)
     assert m1 == m2
     from train.checkpoints import load_run
-    from train.loop import datamodule
 
     model, ck = load_run(run.folder)
-    dm = datamodule(ck["config"], store=ck["store"])
-    dm.setup()
-    task = task_for("multiclass", dm.test_ds.spec, ck["config"]["train"])
+    dm = _datamodule(ck)
+    task = task_for("multiclass", dm.test_ds.spec, reload_resolved(ck["config"]).train)
     outs = file_outputs(model, dm.test_ds, task, cpu)
     name = dm.test_ds.tables.names[dm.test_ds.files[0]]
     pred = predict_audio(run.folder, [demo_small.parent / name], device=cpu)[0]
@@ -249,13 +255,11 @@ def test_evaluation_is_in_eval_mode(tmp_path, demo_small, tiny_stores):
     cfg = experiment(tmp_path, demo_small, tiny_stores, train={"epochs": 1})
     run = fit(cfg, tmp_path / "runs", progress=False, log=lambda m: None)
     from train.checkpoints import load_run
-    from train.loop import datamodule
 
     model, ck = load_run(run.folder)
     model.train()
-    dm = datamodule(ck["config"], store=ck["store"])
-    dm.setup()
-    task = task_for("multiclass", dm.valid_ds.spec, ck["config"]["train"])
+    dm = _datamodule(ck)
+    task = task_for("multiclass", dm.valid_ds.spec, reload_resolved(ck["config"]).train)
     bn = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     before = [m.running_mean.clone() for m in bn]
     r1 = evaluate_patches(model, dm.val_dataloader(), task, torch.device("cpu"))
@@ -328,7 +332,7 @@ def test_experiment_errors_name_file_and_key(tmp_path, demo_small, tiny_stores):
     from common.config import ConfigError
 
     cfg = experiment(tmp_path, demo_small, tiny_stores)
-    p = Path(cfg["source"])
+    p = Path(cfg.source)
     with pytest.raises(ConfigError, match=r"exp.yaml: train.lr: expected a number, got 'fast'"):
         load_experiment(p, ["train.lr=fast"])
     with pytest.raises(
@@ -470,7 +474,9 @@ def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, demo_s
     from train.cli import main
 
     cfg = experiment(tmp_path, demo_small, tiny_stores, train={"epochs": 1})
-    good = {k: v for k, v in cfg.items() if k not in ("source", "feature_file", "model_file")}
+    good = {
+        k: v for k, v in cfg.to_dict().items() if k not in ("source", "feature_file", "model_file")
+    }
     runner = CliRunner()
 
     def run_with(name, **change):

@@ -16,13 +16,9 @@ from common.catalogue import Catalogue, touch
 from common.features import Feature, make_feature
 from common.store import read_tables
 
-from .dataset import (
-    DatasetError,
-    StoreDataset,
-    collate_padded,
-    collate_patches,
-    feature_mismatch,
-)
+from .batches import collate_padded, collate_patches
+from .dataset import StoreDataset, feature_mismatch
+from .errors import DatasetError
 from .samplers import EpochSampler, WorkBatchSampler
 
 
@@ -92,7 +88,10 @@ class StoreDataModule:
     """Datasets and DataLoaders of one experiment over one store.
 
     Give either ``store`` (a path) or ``dataset`` (a pyjama) + ``feature`` (+ ``stores``),
-    from which the store is found by its hash.
+    from which the store is found by its hash. The other arguments are the experiment's
+    settings under their YAML names (``train.shuffle_blocks_per_draw`` is
+    ``shuffle_blocks_per_draw``; ``patch.frames`` and ``patch.hop`` are ``patch_frames`` and
+    ``patch_hop``, as in a feature's YAML); :meth:`from_experiment` passes them all.
     """
 
     def __init__(
@@ -111,10 +110,10 @@ class StoreDataModule:
         split_seed: int = 0,
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
         split_key: str | None = None,
-        split_folds: int | None = None,
-        split_fold: int | None = None,
+        folds: int | None = None,
+        fold: int | None = None,
         patch_frames: int | None = None,
-        hop_frames: int | None = None,
+        patch_hop: int | None = None,
         samples_per_epoch: int | None = None,
         works_per_batch: int | None = None,
         versions_per_work: int = 2,
@@ -126,7 +125,7 @@ class StoreDataModule:
         rank: int = 0,
         world: int = 1,
         shuffle_block_mb: float = 0,
-        blocks_per_draw: int = 8,
+        shuffle_blocks_per_draw: int = 8,
     ):
         if store is None and (dataset is None or feature is None):
             raise DatasetError("give a store path, or a dataset (pyjama) and a feature")
@@ -145,10 +144,10 @@ class StoreDataModule:
             "split_seed": split_seed,
             "split_fractions": tuple(split_fractions),
             "split_key": split_key,
-            "split_folds": split_folds,
-            "split_fold": split_fold,
+            "folds": folds,
+            "fold": fold,
         }
-        self.patch_frames, self.hop_frames = patch_frames, hop_frames
+        self.patch_frames, self.patch_hop = patch_frames, patch_hop
         self.samples_per_epoch = samples_per_epoch
         self.works_per_batch, self.versions_per_work = works_per_batch, versions_per_work
         self.seed = seed
@@ -157,9 +156,43 @@ class StoreDataModule:
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
         self.rank, self.world = rank, world  # distributed training: each rank loads its share
-        self.shuffle_block_mb, self.blocks_per_draw = shuffle_block_mb, blocks_per_draw
+        self.shuffle_block_mb = shuffle_block_mb
+        self.shuffle_blocks_per_draw = shuffle_blocks_per_draw
         self.train_ds = self.valid_ds = self.test_ds = None
         self._samplers: list[Any] = []
+
+    @classmethod
+    def from_experiment(cls, cfg, store=None, rank: int = 0, world: int = 1) -> StoreDataModule:
+        """The data of an experiment (:class:`train.experiment.Experiment`); ``store``: its
+        store, when already found; ``rank`` and ``world``: this process's share under DDP."""
+        d, t = cfg.dataset, cfg.train
+        return cls(
+            store,
+            dataset=d.pyjama,
+            feature=cfg.feature,
+            stores=d.stores,
+            audio_root=d.audio_root,
+            unit="patch",
+            target=cfg.target.name,
+            batch_size=t.batch_size,
+            eval_batch_size=t.eval_batch_size,
+            num_workers=t.num_workers,
+            split_seed=d.split_seed,
+            split_fractions=d.split_fractions,
+            split_key=d.split_key,
+            folds=d.folds,
+            fold=d.fold,
+            patch_frames=cfg.patch.frames,
+            patch_hop=cfg.patch.hop,
+            samples_per_epoch=t.samples_per_epoch,
+            works_per_batch=t.works_per_batch if cfg.target.task == "work" else None,
+            versions_per_work=t.versions_per_work,
+            seed=t.seed,
+            rank=rank,
+            world=world,
+            shuffle_block_mb=t.shuffle_block_mb,
+            shuffle_blocks_per_draw=t.shuffle_blocks_per_draw,
+        )
 
     def prepare_data(self) -> Path:
         """Find the store and check it matches the feature; otherwise say how to make it."""
@@ -193,7 +226,7 @@ class StoreDataModule:
             target=self.target,
             split=split,
             patch_frames=self.patch_frames,
-            hop_frames=self.hop_frames,
+            patch_hop=self.patch_hop,
             feature=self.feature,
             versions=self.versions_per_work,
             seed=self.seed,
@@ -270,7 +303,7 @@ class StoreDataModule:
             world=self.world,
             global_batch=self.batch_size,
             blocks=blocks,
-            blocks_per_draw=self.blocks_per_draw,
+            blocks_per_draw=self.shuffle_blocks_per_draw,
         )
         self._samplers = [sampler]
         if self.world > 1 and blocks is not None:  # whole blocks per rank: its own batches
@@ -300,67 +333,3 @@ class StoreDataModule:
         for ds in (self.train_ds, self.valid_ds, self.test_ds):
             if ds is not None:
                 ds.set_epoch(epoch)
-
-
-class Prefetcher:
-    """Batches of a loader made one step ahead, in a thread, while the model computes.
-
-    For a loader without worker processes: the next batch's gather (a copy that releases the
-    GIL) overlaps the current step instead of adding to it. ``depth`` batches are made ahead;
-    exceptions reach the consumer; :meth:`close` (or the end of a ``with``) stops the thread.
-    """
-
-    def __init__(self, loader, depth: int = 1):
-        import queue
-        import threading
-
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, args=(iter(loader),), daemon=True)
-        self._thread.start()
-
-    _END = object()
-
-    def _fill(self, it) -> None:
-        import queue
-
-        try:
-            for batch in it:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-            item = self._END
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            item = e
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        item = self._queue.get()
-        if item is self._END:
-            raise StopIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> Prefetcher:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

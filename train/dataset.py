@@ -12,7 +12,6 @@ view and segments, so that ``precompute gc`` leaves them alone.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,77 +21,28 @@ import numpy as np
 import torch
 
 from common.catalogue import touch
-from common.errors import UserError
 from common.features import Feature, make_feature
 from common.holds import hold
 from common.patches import patch_index
 from common.store import StoreError, frame_target_location, read_file_targets, read_tables
 from common.targets import TargetSpec
 
+from .batches import PatchBatch, collate_padded, collate_patches
+from .errors import DatasetError
+from .splits import SPLITS, assign_folds, assign_splits, file_splits, stable_fraction
 from .views import Rows
 
-SPLITS = ("train", "valid", "test")
-_SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "valid": "valid",
-    "validation": "valid",
-    "val": "valid",
-    "dev": "valid",
-    "test": "test",
-    "testing": "test",
-    "eval": "test",
-}
-
-
-class DatasetError(UserError, ValueError):
-    """A Dataset asked for something the store cannot give; the message names both."""
-
-
-def stable_fraction(key: str, seed: int) -> float:
-    """A number in [0, 1) fixed by ``key`` and ``seed`` alone (adding files never moves others)."""
-    h = hashlib.sha1(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64
-
-
-def assign_splits(keys: Sequence[str], fractions: Sequence[float], seed: int) -> np.ndarray:
-    """Split index (0 train, 1 valid, 2 test) of each key, by a hash of the key."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise DatasetError(
-            f"split fractions must be 3 non-negative numbers adding to 1, got {list(fractions)}"
-        )
-    edges = np.cumsum(fractions)[:2]
-    u = np.array([stable_fraction(k, seed) for k in keys])
-    return np.searchsorted(edges, u, side="right").astype(np.int8)
-
-
-def assign_folds(
-    keys: Sequence[str], folds: int, fold: int, fractions: Sequence[float], seed: int
-) -> np.ndarray:
-    """Split index (0 train, 1 valid, 2 test) of each key for fold ``fold`` of ``folds``.
-
-    The distinct keys (works, or files where there are none), ordered by a hash of
-    ``(seed, key)``, are dealt into ``folds`` folds in turn: every key is in exactly one fold,
-    fold sizes differ by one at most, and fold ``fold`` is the test split. Of the other folds'
-    keys, ``fractions[1] / (fractions[0] + fractions[1])`` (at least one key) are the
-    validation split, chosen by a second hash: validation never sees the test keys.
-    """
-    if folds < 2 or not 0 <= fold < folds:
-        raise DatasetError(f"fold must be in 0..folds-1 with folds >= 2, got {fold} of {folds}")
-    keys = np.asarray(keys, dtype=object)
-    uniq = np.array(sorted(set(keys.tolist())), dtype=object)
-    if len(uniq) < folds:
-        raise DatasetError(f"{folds} folds need at least {folds} works or files, got {len(uniq)}")
-    order = sorted(range(len(uniq)), key=lambda i: stable_fraction(uniq[i], seed))
-    key_fold = np.empty(len(uniq), np.int64)
-    key_fold[order] = np.arange(len(uniq)) % folds
-    split = np.where(key_fold == fold, 2, 0).astype(np.int8)
-    rest = sorted(np.flatnonzero(key_fold != fold), key=lambda i: stable_fraction(uniq[i], ~seed))
-    tv = fractions[0] + fractions[1]
-    share = fractions[1] / tv if tv > 0 else 0.0
-    n_valid = max(1, round(share * len(rest))) if share > 0 else 0
-    split[rest[:n_valid]] = 1
-    return split[np.searchsorted(uniq, keys)]
+__all__ = [
+    "DatasetError",
+    "PatchBatch",
+    "StoreDataset",
+    "assign_folds",
+    "assign_splits",
+    "collate_padded",
+    "collate_patches",
+    "feature_mismatch",
+    "stable_fraction",
+]
 
 
 def feature_mismatch(store_params: dict, wanted: dict) -> list[str]:
@@ -121,16 +71,16 @@ class StoreDataset(torch.utils.data.Dataset):
         stored: a class or work index int32 (-1: none), multi-hot uint8 (labels,), a value
         float32, frame-level pitch or events uint8 (bins, L), frame classes int32 (L,)
     split : ``"train"``, ``"valid"``, ``"test"`` or None (all files)
-    patch_frames, hop_frames : patch length and hop; default the store's. Other values
+    patch_frames, patch_hop : patch length and hop; default the store's. Other values
         re-derive the patch index from the frame counts, no feature is recomputed.
     split_seed, split_fractions : the hash split (default 80/10/10)
     split_key : a per-file text target of the store naming each file's split
         (``train``/``valid``/``test``), for datasets that ship their own
     split_by : ``"auto"`` (by work when the store has a work target, else by file),
         ``"file"`` or ``"work"``
-    split_folds, split_fold : K-fold cross-validation (see :func:`assign_folds`): fold
-        ``split_fold`` of ``split_folds`` is the test split, validation comes from the other
-        folds at the share ``split_fractions`` gives it; None: the fractional split
+    folds, fold : K-fold cross-validation (see :func:`train.splits.assign_folds`): fold
+        ``fold`` of ``folds`` is the test split, validation comes from the other folds at the
+        share ``split_fractions`` gives it; None: the fractional split
     feature : the feature parameters the experiment expects; a store made with others
         fails here, naming the differences
     versions : versions per item for ``unit="work"``
@@ -146,13 +96,13 @@ class StoreDataset(torch.utils.data.Dataset):
         target: str | None = None,
         split: str | None = None,
         patch_frames: int | None = None,
-        hop_frames: int | None = None,
+        patch_hop: int | None = None,
         split_seed: int = 0,
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
         split_key: str | None = None,
         split_by: str = "auto",
-        split_folds: int | None = None,
-        split_fold: int | None = None,
+        folds: int | None = None,
+        fold: int | None = None,
         feature: dict | Feature | None = None,
         whole_file: bool = False,
         versions: int = 2,
@@ -182,11 +132,11 @@ class StoreDataset(torch.utils.data.Dataset):
             self.spec = t.targets[target]
         default = self.feature
         self.patch_frames = int(patch_frames or default.patch_frames)
-        self.hop_frames = int(
-            hop_frames
+        self.patch_hop = int(
+            patch_hop
             or (default.patch_hop if patch_frames is None else max(1, self.patch_frames // 2))
         )
-        pf, ps = patch_index(t.n_frames, self.patch_frames, self.hop_frames)
+        pf, ps = patch_index(t.n_frames, self.patch_frames, self.patch_hop)
 
         # per-file targets and work ids: small, loaded once (rows of the computed files)
         file_target_names = [n for n, s in t.targets.items() if not s.frame_level]
@@ -197,15 +147,17 @@ class StoreDataset(torch.utils.data.Dataset):
         self.work_name = work_names[0] if work_names else None
         self.file_work = self.file_targets[self.work_name] if self.work_name else None
 
-        self.folds = (split_folds, split_fold)
-        self.file_split = self._splits(split_key, split_seed, split_fractions, split_by)
-        in_split = (
-            np.ones(t.n_files, bool) if split is None else self.file_split == SPLITS.index(split)
-        )
         # a file without a label for the target is in no split: it would train on "-1" or on
         # "nothing sounds" where nothing was annotated
         self.labelled = self._labelled()
         self.unlabelled = int((~self.labelled).sum())
+        self.folds, self.fold = folds, fold
+        self.file_split = file_splits(t, self.file_targets, self.work_name, self.labelled,
+                                      split_key, split_seed, split_fractions, split_by, folds,
+                                      fold)  # fmt: skip
+        in_split = (
+            np.ones(t.n_files, bool) if split is None else self.file_split == SPLITS.index(split)
+        )
         in_split &= self.labelled
         self.files = np.nonzero(in_split)[0]
         keep = in_split[pf]
@@ -282,56 +234,6 @@ class StoreDataset(torch.utils.data.Dataset):
         return t.annotated[self.target].astype(bool) & self.spec.kind_class.labelled(
             self.spec, values
         )
-
-    # -- splits -------------------------------------------------------------
-    def _splits(self, split_key, seed, fractions, split_by) -> np.ndarray:
-        t = self.tables
-        folds, fold = self.folds
-        if (folds is None) != (fold is None):
-            raise DatasetError(f"give both split_folds and split_fold, got {folds} and {fold}")
-        if split_key is not None and folds is not None:
-            raise DatasetError(
-                f"split key {split_key!r} names each file's split; folds would replace it"
-            )
-        if split_key is not None:
-            if split_key not in self.file_targets or t.targets[split_key].kind != "class":
-                raise DatasetError(
-                    f"split key {split_key!r} is not a per-file label of {self.path}; "
-                    f"labels: {', '.join(n for n, s in t.targets.items() if s.kind == 'class') or 'none'}"
-                )
-            vocab = t.targets[split_key].vocabulary
-            unknown = [v for v in vocab if v.lower() not in _SPLIT_ALIASES]
-            if unknown:
-                raise DatasetError(
-                    f"split key {split_key!r}: values {unknown} are not train/valid/test"
-                )
-            codes = np.array(
-                [SPLITS.index(_SPLIT_ALIASES[v.lower()]) for v in vocab], dtype=np.int8
-            )
-            labels = self.file_targets[split_key]
-            return np.where(labels >= 0, codes[np.maximum(labels, 0)], -1).astype(np.int8)
-        if split_by not in ("auto", "file", "work"):
-            raise DatasetError(f"split_by must be 'auto', 'file' or 'work', got {split_by!r}")
-        by_work = self.file_work is not None and split_by in ("auto", "work")
-        if split_by == "work" and self.file_work is None:
-            raise DatasetError(f"split_by='work' but {self.path} has no work-id target")
-        if by_work:
-            vocab = t.targets[self.work_name].vocabulary
-            keys = [
-                f"work:{vocab[w]}" if w >= 0 else f"file:{n}"
-                for w, n in zip(self.file_work, t.names)
-            ]
-        else:
-            keys = [f"file:{n}" for n in t.names]
-        if folds is not None:
-            labelled = self._labelled()  # folds of the files the target can use
-            split = np.full(len(keys), -1, np.int8)
-            if labelled.any():
-                split[labelled] = assign_folds(
-                    [k for k, ok in zip(keys, labelled) if ok], folds, fold, fractions, seed
-                )
-            return split
-        return assign_splits(keys, fractions, seed)
 
     # -- where the bytes are -----------------------------------------------------------
     def byte_ranges(self, indices: Sequence[int]) -> list[tuple[Path, int, int]]:
@@ -456,7 +358,7 @@ class StoreDataset(torch.utils.data.Dataset):
             return item
         lo, hi = self.file_patch_bounds[f], self.file_patch_bounds[f + 1]
         starts = self._all_patch_start[lo:hi]
-        count, L, hop = len(starts), self.patch_frames, self.hop_frames
+        count, L, hop = len(starts), self.patch_frames, self.patch_hop
         item = {
             "X": self.features.strided(a, count, hop, L),
             "file": f,
@@ -507,69 +409,3 @@ class _target_layout:
         if self.width is None:
             return (length,), (1,)
         return (self.width, length), (1, self.width)
-
-
-class PatchBatch(Sequence):
-    """The patches of one ``__getitems__`` call, as ``(file, start)`` pairs.
-
-    :func:`collate_patches` makes the batch straight from them; any other collate function
-    (torch's ``default_collate``) sees a sequence of per-patch items, made once, when first
-    asked for, and stacks them (see :mod:`train.views`).
-    """
-
-    def __init__(self, ds: StoreDataset, files: np.ndarray, starts: np.ndarray):
-        self.ds, self.files, self.starts = ds, files, starts
-        self._items: list[dict[str, Any]] | None = None
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def items(self) -> list[dict[str, Any]]:
-        if self._items is None:
-            self._items = self.ds.patches(self.files, self.starts)
-        return self._items
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.items()[i]
-
-    def __iter__(self):
-        return iter(self.items())
-
-
-def collate_patches(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Collate for patch units: a :class:`PatchBatch` in the main process becomes the batch
-    directly; otherwise torch's ``default_collate`` (in a DataLoader worker, it stacks into the
-    shared memory torch hands over, with one copy)."""
-    if isinstance(items, PatchBatch) and torch.utils.data.get_worker_info() is None:
-        return items.ds.batch(items.files, items.starts)
-    return torch.utils.data.default_collate(items)
-
-
-def collate_padded(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Collate file or work items whose first axis differs: pad to the longest, with a mask.
-
-    ``X`` becomes ``(B, N_max, ...)`` and ``mask`` ``(B, N_max)`` (True where real).
-    """
-    out: dict[str, Any] = {}
-    n = [it["X"].shape[0] for it in items]
-    n_max = max(n)
-    mask = torch.zeros(len(items), n_max, dtype=torch.bool)
-    for i, k in enumerate(n):
-        mask[i, :k] = True
-    for key in items[0]:
-        vals = [it[key] for it in items]
-        if (
-            isinstance(vals[0], torch.Tensor)
-            and vals[0].dim() > 0
-            and key in ("X", "y", "start", "files")
-        ):
-            padded = torch.zeros((len(vals), n_max, *vals[0].shape[1:]), dtype=vals[0].dtype)
-            for i, v in enumerate(vals):
-                padded[i, : v.shape[0]] = v
-            out[key] = padded
-        elif isinstance(vals[0], torch.Tensor):
-            out[key] = torch.stack(vals)
-        else:
-            out[key] = torch.tensor(vals)
-    out["mask" if "mask" not in out else "item_mask"] = mask
-    return out

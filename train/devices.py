@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from common.errors import UserError
+from .errors import TrainingError
 
-
-class TrainingError(UserError, RuntimeError):
-    """Training cannot go on (a NaN loss, a missing device); the message says why and what to do."""
+__all__ = ["TrainingError", "amp_settings", "model_input", "pick_device"]
 
 
 def pick_device(name: str) -> torch.device:

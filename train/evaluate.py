@@ -1,8 +1,10 @@
 """Evaluation, always in eval mode: patches of a split, and whole files as ``predict`` sees them.
 
-``evaluate_run`` scores a run's best weights on a split and writes ``metrics_<split>.json``.
-Whole-file outputs go through :func:`file_output`, which ``train predict`` uses too, so both
-give the same answer for a file.
+:func:`evaluate_split` scores a model on a split (patch and whole-file metrics, with settings
+such as a threshold chosen on the validation files) and keeps one test file's output for the
+plots; the trainer calls it at the end of a run with what it has in memory, ``train eval``
+(:func:`evaluate_run`) with a run's best weights. Whole-file outputs go through
+:func:`file_output`, which ``train predict`` uses too, so both give the same answer for a file.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import torch
 from common.features import Feature
 
 from .checkpoints import load_run
+from .data import StoreDataModule
 from .dataset import StoreDataset
 from .devices import amp_settings, model_input, pick_device
-from .tasks import Task, task_for
-
-AMP_OFF = (False, None, False)
+from .experiment import reload_resolved
+from .step import AMP_OFF, patch_results, score_batch
+from .tasks import Example, Task, task_for
 
 
 @torch.no_grad()
@@ -29,22 +32,8 @@ def evaluate_patches(model, loader, task: Task, device, amp=AMP_OFF) -> dict[str
     """Loss and outputs over a loader that goes through its split in order, in eval mode
     (BatchNorm statistics frozen, no dropout, no augmentation)."""
     model.eval()
-    losses, outs, ys = [], [], []
-    for batch in loader:
-        x = model_input(batch["X"], device)
-        y = batch["y"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
-            out = model(x)
-        losses.append(float(task.loss(out, y)) * len(x))
-        outs.append(out.float().cpu())
-        ys.append(batch["y"])
-    out, y = torch.cat(outs), torch.cat(ys)
-    return {
-        "out": out,
-        "y": y,
-        "file": torch.from_numpy(loader.dataset.patch_file),  # patch i is of this file
-        "loss": task.split_loss(out, y, losses),
-    }
+    scored = [score_batch(model, batch, task, device, amp) for batch in loader]
+    return patch_results(scored, loader.dataset.patch_file, task)
 
 
 @torch.no_grad()
@@ -74,21 +63,11 @@ def file_outputs(model, ds: StoreDataset, task: Task, device, amp=AMP_OFF) -> li
     ]
 
 
-def evaluate_run(
-    folder: str | Path, split: str = "test", device: torch.device | None = None
-) -> dict[str, Any]:
-    """Metrics of a run's best weights on a split (patch and whole-file), written to
-    ``metrics_<split>.json``."""
-    from .loop import datamodule
-
-    folder = Path(folder)
-    device = device or pick_device("auto")
-    model, ck = load_run(folder, "best", device)
-    cfg = ck["config"]
-    dm = datamodule(cfg, store=ck["store"])
-    dm.setup()
-    task = task_for(cfg["target"]["task"], dm.train_ds.spec, cfg["train"])
-    amp = amp_settings(device, cfg["train"]["amp"])
+def evaluate_split(
+    model, dm: StoreDataModule, task: Task, split: str, device, amp=AMP_OFF
+) -> tuple[dict[str, Any], Example | None]:
+    """Metrics of ``model`` on ``split`` of a set-up data module, each file computed once; and
+    the split's first file as an :class:`Example` for the plots (None when it has no file)."""
     ds = {"train": dm.train_ds, "valid": dm.valid_ds, "test": dm.test_ds}[split]
     res = evaluate_patches(model, dm.eval_dataloader(ds), task, device, amp)
     metrics: dict[str, Any] = {"split": split, "loss": res["loss"], "patches": len(ds)}
@@ -100,22 +79,37 @@ def evaluate_run(
     outs = file_outputs(model, ds, task, device, amp)
     metrics |= task.file_metrics(outs, ds, ds.files, **settings) | settings
     metrics |= {"files": len(ds.files), "vocabulary": ds.spec.vocabulary}
-    (folder / f"metrics_{split}.json").write_text(json.dumps(metrics, indent=1))
-    return metrics
+    return metrics, _example(ds, task, outs)
 
 
-def first_test_file(folder: Path):
-    """The first test file of a run: its predicted salience, truth, pitch grid, times, name."""
-    from .loop import datamodule
+def _example(ds: StoreDataset, task: Task, outs: list[np.ndarray]) -> Example | None:
+    if not len(ds.files):
+        return None
+    first = ds.files[:1]
+    truth = task.file_truth(ds, first)
+    n = int(ds.tables.n_frames[first[0]])
+    return Example(str(ds.tables.names[first[0]]), outs[0], truth[0] if truth else None,
+                   ds.feature.frame_times(n), ds.spec)  # fmt: skip
 
-    model, ck = load_run(folder)
-    dm = datamodule(ck["config"], store=ck["store"])
+
+def write_metrics(folder: Path, metrics: dict[str, Any]) -> Path:
+    path = Path(folder) / f"metrics_{metrics['split']}.json"
+    path.write_text(json.dumps(metrics, indent=1))
+    return path
+
+
+def evaluate_run(
+    folder: str | Path, split: str = "test", device: torch.device | None = None
+) -> dict[str, Any]:
+    """Metrics of a run's best weights on a split (patch and whole-file), written to
+    ``metrics_<split>.json``."""
+    folder = Path(folder)
+    device = device or pick_device("auto")
+    model, ck = load_run(folder, "best", device)
+    cfg = reload_resolved(ck["config"])
+    dm = StoreDataModule.from_experiment(cfg, store=ck["store"])
     dm.setup()
-    ds = dm.test_ds
-    task = task_for(ck["config"]["target"]["task"], ds.spec, ck["config"]["train"])
-    f = ds.files[:1]
-    (block,) = ds.file_rows("features", f)
-    sal = file_output(model, block, ds.feature, task, torch.device("cpu"))
-    truth = ds.file_rows("target", f)[0].T
-    times = ds.feature.frame_times(truth.shape[1])
-    return sal, truth, np.asarray(ds.spec.pitch_midi), times, str(ds.tables.names[f[0]])
+    task = task_for(cfg.target.task, dm.train_ds.spec, cfg.train)
+    metrics, _ = evaluate_split(model, dm, task, split, device, amp_settings(device, cfg.train.amp))
+    write_metrics(folder, metrics)
+    return metrics

@@ -1,140 +1,176 @@
-"""An experiment YAML: dataset + feature + target + model + optimisation, checked key by key.
+"""An experiment YAML: dataset + feature + target + model + optimisation, as typed settings.
 
-Paths in ``dataset`` are relative to the experiment file; ``feature`` and ``model`` may be
-paths to YAML files (relative to the experiment file) or inline mappings.
+Each section is a dataclass whose fields are its YAML keys (the one schema: checking, defaults
+and the code that reads a setting all use these names), e.g. ``cfg.train.lr`` is
+``train: {lr: ...}``. Paths in ``dataset`` are relative to the experiment file; ``feature`` and
+``model`` may be paths to YAML files (relative to the experiment file) or inline mappings.
+Errors name the file and the key path: ``x.yaml: train.lr: expected a number, got 'fast'``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, Field, load_config, validate
+from common.config import ConfigError, from_dict, load_config, schema_of, section, setting, validate
 from common.features import make_feature
 
 from .tasks import TASKS
 
-SCHEMA = {
-    "name": Field("str", None, nullable=True),
-    "dataset": {
-        "pyjama": Field("path"),
-        "audio_root": Field("path", None, nullable=True),
-        "stores": Field("path", "stores"),
-        "split_seed": Field("int", 0),
-        "split_fractions": Field("list", [0.8, 0.1, 0.1], item="number"),
-        "split_key": Field("str", None, nullable=True),
-        # K-fold cross-validation: fold ``fold`` of ``folds`` is the test split (by work, or
-        # by file where there are no works); ``train run --folds K`` runs every fold
-        "folds": Field("int", None, nullable=True),
-        "fold": Field("int", None, nullable=True),
-    },
-    "feature": Field("dict"),
-    "feature_file": Field("str", None, nullable=True),
-    "target": {
-        "name": Field("str"),
-        "task": Field("str", None, nullable=True, choices=[*TASKS, None]),
-        "pitch_unit": Field(
-            "str",
-            None,
-            nullable=True,
-            choices=["midi", "hz", None],
-            help="the unit the store must have read the target's pitches in",
-        ),
-    },
-    "patch": {
-        "frames": Field("int", None, nullable=True),
-        "hop": Field("int", None, nullable=True),
-    },
-    "model": Field("dict"),
-    "model_file": Field("str", None, nullable=True),
-    "train": {
-        "optimizer": Field("str", "adam", choices=["adam", "adamw", "sgd"]),
-        "lr": Field("float", 1e-3),
-        "weight_decay": Field("float", 0.0),
-        "momentum": Field("float", 0.9),
-        "schedule": Field("str", "none", choices=["none", "cosine", "step"]),
-        "step_size": Field("int", 10),
-        "gamma": Field("float", 0.5),
-        "batch_size": Field("int", 64),
-        "eval_batch_size": Field("int", 256),
-        "epochs": Field("int", 20),
-        "max_steps": Field("int", None, nullable=True),
-        "samples_per_epoch": Field("int", None, nullable=True),
-        "patience": Field("int", 5),
-        "monitor": Field("str", "valid_loss"),
-        "monitor_mode": Field("str", "min", choices=["min", "max"]),
-        "seed": Field("int", 0),
-        "device": Field("str", "auto", choices=["auto", "cpu", "cuda", "mps"]),
-        "amp": Field("bool", False),
-        "grad_clip": Field("float", None, nullable=True),
-        "num_workers": Field("int", 0),
-        # shuffle by blocks of this many MB of the store (0: every patch apart), for stores
-        # read from disk; see train/samplers.py
-        "shuffle_block_mb": Field("float", 0.0),
-        "shuffle_blocks_per_draw": Field("int", 8),
-        # steps between reading the loss back to the host (progress bar, NaN check); default
-        # 1 on CPU, 20 on a GPU, whose queue a read-back would drain at every step
-        "sync_every": Field("int", None, nullable=True),
-        "margin": Field("float", 0.3),
-        "mining": Field("str", "semihard", choices=["random", "semihard", "hard"]),
-        "works_per_batch": Field("int", 8),
-        # augmentation of training batches, on the device (see train/augment.py)
-        "augment": Field("list", [], item="dict"),
-        "versions_per_work": Field("int", 2),
-    },
-}
+
+@dataclass(kw_only=True)
+class DatasetSettings:
+    pyjama: str = setting(kind="path")
+    audio_root: str | None = setting(None, "path", nullable=True)
+    stores: str = setting("stores", "path")
+    split_seed: int = setting(0, "int")
+    split_fractions: list[float] = setting([0.8, 0.1, 0.1], "list", item="number")
+    split_key: str | None = setting(None, "str", nullable=True)
+    # K-fold cross-validation: fold ``fold`` of ``folds`` is the test split (by work, or by
+    # file where there are no works); ``train run --folds K`` runs every fold
+    folds: int | None = setting(None, "int", nullable=True)
+    fold: int | None = setting(None, "int", nullable=True)
+
+
+@dataclass(kw_only=True)
+class TargetSettings:
+    name: str = setting(kind="str")
+    task: str | None = setting(None, "str", nullable=True, choices=[*TASKS, None])
+    pitch_unit: str | None = setting(
+        None, "str", nullable=True, choices=["midi", "hz", None],
+        help="the unit the store must have read the target's pitches in",
+    )  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class PatchSettings:
+    frames: int | None = setting(None, "int", nullable=True)
+    hop: int | None = setting(None, "int", nullable=True)
+
+
+@dataclass(kw_only=True)
+class TrainSettings:
+    optimizer: str = setting("adam", "str", choices=["adam", "adamw", "sgd"])
+    lr: float = setting(1e-3, "float")
+    weight_decay: float = setting(0.0, "float")
+    momentum: float = setting(0.9, "float")
+    schedule: str = setting("none", "str", choices=["none", "cosine", "step"])
+    step_size: int = setting(10, "int")
+    gamma: float = setting(0.5, "float")
+    batch_size: int = setting(64, "int")
+    eval_batch_size: int = setting(256, "int")
+    epochs: int = setting(20, "int")
+    max_steps: int | None = setting(None, "int", nullable=True)
+    samples_per_epoch: int | None = setting(None, "int", nullable=True)
+    patience: int = setting(5, "int")
+    monitor: str = setting("valid_loss", "str")
+    monitor_mode: str = setting("min", "str", choices=["min", "max"])
+    seed: int = setting(0, "int")
+    device: str = setting("auto", "str", choices=["auto", "cpu", "cuda", "mps"])
+    amp: bool = setting(False, "bool")
+    grad_clip: float | None = setting(None, "float", nullable=True)
+    num_workers: int = setting(0, "int")
+    # shuffle by blocks of this many MB of the store (0: every patch apart), for stores
+    # read from disk; see train/samplers.py
+    shuffle_block_mb: float = setting(0.0, "float")
+    shuffle_blocks_per_draw: int = setting(8, "int")
+    # steps between reading the loss back to the host (progress bar, NaN check); default
+    # 1 on CPU, 20 on a GPU, whose queue a read-back would drain at every step
+    sync_every: int | None = setting(None, "int", nullable=True)
+    margin: float = setting(0.3, "float")
+    mining: str = setting("semihard", "str", choices=["random", "semihard", "hard"])
+    works_per_batch: int = setting(8, "int")
+    # augmentation of training batches, on the device (see train/augment.py)
+    augment: list[dict] = setting([], "list", item="dict")
+    versions_per_work: int = setting(2, "int")
+
+
+@dataclass(kw_only=True)
+class Experiment:
+    name: str | None = setting(None, "str", nullable=True)
+    dataset: DatasetSettings = section(DatasetSettings)
+    feature: dict = setting(kind="dict")
+    feature_file: str | None = setting(None, "str", nullable=True)
+    target: TargetSettings = section(TargetSettings)
+    patch: PatchSettings = section(PatchSettings)
+    model: dict = setting(kind="dict")
+    model_file: str | None = setting(None, "str", nullable=True)
+    train: TrainSettings = section(TrainSettings)
+    source: str | None = None  # the file it was loaded from (not a setting)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, as saved in a run folder's ``config.yaml`` and its checkpoints."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections: dict[str, Any]) -> Experiment:
+        """A copy with some settings of some sections changed, e.g. ``replace(target={"task":
+        "work"})``."""
+        out = dataclasses.replace(self)
+        for name, values in sections.items():
+            setattr(out, name, dataclasses.replace(getattr(self, name), **values))
+        return out
+
+
+SCHEMA = schema_of(Experiment)
 
 
 def load_experiment(
     path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()
-) -> dict[str, Any]:
+) -> Experiment:
     """Load, inline, override and check an experiment; dataset paths made absolute."""
     path = Path(path)
     raw = load_config(path, overrides, references=("feature", "model"))
-    cfg = validate(raw, SCHEMA, path)
+    cfg = from_dict(Experiment, validate(raw, SCHEMA, path))
     base = path.resolve().parent
+    d = cfg.dataset
     for key in ("pyjama", "audio_root", "stores"):
-        v = cfg["dataset"][key]
+        v = getattr(d, key)
         if v is not None and not Path(v).is_absolute():
-            cfg["dataset"][key] = str((base / v).resolve())
+            setattr(d, key, str((base / v).resolve()))
     try:
-        make_feature(cfg["feature"])
+        make_feature(cfg.feature)
     except ConfigError as e:
         raise ConfigError(
-            cfg.get("feature_file") or path, f"feature.{e.key}" if e.key else "feature", e.reason
+            cfg.feature_file or path, f"feature.{e.key}" if e.key else "feature", e.reason
         ) from None
-    fr = cfg["dataset"]["split_fractions"]
+    _check(cfg, path)
+    cfg.name = cfg.name or path.stem
+    cfg.source = str(path)
+    return cfg
+
+
+def _check(cfg: Experiment, path: Path) -> None:
+    """What the types alone do not say: fractions that add up, folds in range, sizes > 0."""
+    d, t = cfg.dataset, cfg.train
+    fr = d.split_fractions
     if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) < 0:
         raise ConfigError(
             path,
             "dataset.split_fractions",
             f"expected 3 non-negative numbers adding to 1, got {fr}",
         )
-    d = cfg["dataset"]
-    if d["folds"] is not None or d["fold"] is not None:
-        if d["folds"] is None or d["folds"] < 2:
-            raise ConfigError(path, "dataset.folds", f"must be 2 or more, got {d['folds']}")
-        if d["fold"] is None or not 0 <= d["fold"] < d["folds"]:
-            raise ConfigError(
-                path, "dataset.fold", f"must be in 0..{d['folds'] - 1}, got {d['fold']}"
-            )
-        if d["split_key"] is not None:
+    if d.folds is not None or d.fold is not None:
+        if d.folds is None or d.folds < 2:
+            raise ConfigError(path, "dataset.folds", f"must be 2 or more, got {d.folds}")
+        if d.fold is None or not 0 <= d.fold < d.folds:
+            raise ConfigError(path, "dataset.fold", f"must be in 0..{d.folds - 1}, got {d.fold}")
+        if d.split_key is not None:
             raise ConfigError(
                 path, "dataset.folds", "dataset.split_key names each file's split; drop one"
             )
-    t = cfg["train"]
     for key in ("lr", "batch_size", "epochs"):
-        if t[key] <= 0:
-            raise ConfigError(path, f"train.{key}", f"must be > 0, got {t[key]}")
-    cfg["name"] = cfg["name"] or path.stem
-    cfg["source"] = str(path)
-    return cfg
+        if getattr(t, key) <= 0:
+            raise ConfigError(path, f"train.{key}", f"must be > 0, got {getattr(t, key)}")
 
 
-def reload_resolved(cfg: dict[str, Any]) -> dict[str, Any]:
+def reload_resolved(cfg: dict[str, Any] | Experiment) -> Experiment:
     """Check a resolved config saved in a run folder (its paths are already absolute)."""
+    if isinstance(cfg, Experiment):
+        return cfg
     data = {k: v for k, v in cfg.items() if k != "source"}
-    out = validate(data, SCHEMA, cfg.get("source", "config.yaml"))
-    out["source"] = cfg.get("source")
+    out = from_dict(Experiment, validate(data, SCHEMA, cfg.get("source", "config.yaml")))
+    out.source = cfg.get("source")
     return out

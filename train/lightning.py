@@ -29,13 +29,14 @@ import torch
 
 from common.errors import UserError
 
-from .augment import augment, make_augmentations
+from .augment import make_augmentations
 from .data import StoreDataModule
-from .devices import model_input
-from .evaluate import evaluate_patches, file_outputs
-from .experiment import load_experiment
-from .loop import datamodule, make_optimizer, make_scheduler
+from .devices import amp_settings
+from .evaluate import evaluate_split
+from .experiment import Experiment, load_experiment
 from .model_factory import build_model
+from .optim import make_optimizer, make_scheduler
+from .step import Step, patch_results, score_batch
 from .tasks import task_for
 
 
@@ -53,17 +54,19 @@ def _check_trainer(trainer) -> None:
 
 
 class MirpatchDataModule(L.LightningDataModule):
-    """The data of an experiment (a YAML path, or a config from ``load_experiment``)."""
+    """The data of an experiment (a YAML path, or an :class:`~train.experiment.Experiment`)."""
 
-    def __init__(self, config: str | os.PathLike | dict, overrides=(), store=None):
+    def __init__(self, config: str | os.PathLike | Experiment, overrides=(), store=None):
         super().__init__()
-        self.cfg = config if isinstance(config, dict) else load_experiment(config, list(overrides))
+        self.cfg = (
+            config if isinstance(config, Experiment) else load_experiment(config, list(overrides))
+        )
         self.store = store
         self.data: StoreDataModule | None = None
 
     def prepare_data(self) -> None:
         """Find the store (once per node), or say which ``precompute run`` makes it."""
-        self.store = datamodule(self.cfg, store=self.store).prepare_data()
+        self.store = StoreDataModule.from_experiment(self.cfg, store=self.store).prepare_data()
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
@@ -72,7 +75,7 @@ class MirpatchDataModule(L.LightningDataModule):
         if trainer is not None:
             _check_trainer(trainer)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        self.data = datamodule(self.cfg, store=self.store, rank=rank, world=world)
+        self.data = StoreDataModule.from_experiment(self.cfg, self.store, rank, world)
         self.data.prepare_data()
         self.data.setup()
 
@@ -90,82 +93,79 @@ class MirpatchDataModule(L.LightningDataModule):
 
 
 class MirpatchModule(L.LightningModule):
-    """The experiment's model (built from its YAML once the data is known), its task's loss and
-    validation metrics, and its augmentation, on the device, in training only."""
+    """The experiment's model (built from its YAML once the data is known), trained by the
+    project's own step (:class:`train.step.Step`: augmentation, ``train.amp``,
+    ``train.grad_clip``) under Lightning's manual optimisation, and scored by its own scoring
+    function. Lightning's ``gradient_clip_val`` and mixed ``precision`` are not used: the
+    experiment's settings are."""
 
     def __init__(self, data: MirpatchDataModule):
         super().__init__()
         self.cfg = data.cfg
         self._data = data  # not a submodule: the model is built in setup
         self.core: torch.nn.Module | None = None
-        self._outs: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+        self.automatic_optimization = False
+        self._scored: list[tuple] = []
 
     def setup(self, stage: str | None = None) -> None:
         if self.core is not None:
             return
         self._data.setup(stage)
-        ds, t = self._data.data.train_ds, self.cfg["train"]
-        self.task = task_for(self.cfg["target"]["task"], ds.spec, t, self.cfg.get("source"))
-        self.core = build_model(self.cfg["model"], ds.item_shape, n_out=self.task.n_out(ds))
-        self.augs = make_augmentations(t["augment"], ds.feature, self.task, self.cfg.get("source"))
+        ds, t = self._data.data.train_ds, self.cfg.train
+        self.task = task_for(self.cfg.target.task, ds.spec, t, self.cfg.source)
+        self.core = build_model(self.cfg.model, ds.item_shape, n_out=self.task.n_out(ds.spec))
+        self.augs = make_augmentations(t.augment, ds.feature, self.task, self.cfg.source)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.core(x)
+
+    @property
+    def amp(self) -> tuple:
+        return amp_settings(self.device, self.cfg.train.amp)
+
+    def on_fit_start(self) -> None:
+        t = self.cfg.train
+        self._step = Step(self, self.core.parameters(), self.task, self.augs, self.optimizers(),
+                          torch.amp.GradScaler(self.device.type, enabled=self.amp[2]), self.amp,
+                          t.grad_clip, t.seed, self.device)  # fmt: skip
 
     def on_train_epoch_start(self) -> None:
         self._data.set_epoch(self.current_epoch)  # both samplers, works or patches
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x = model_input(batch["X"], self.device)
-        y = batch["y"].to(self.device)
-        x, y = augment(
-            self.augs, x, y, self.cfg["train"]["seed"], self.current_epoch, self.global_step
-        )
-        loss = self.task.loss(self(x), y)
-        self.log("train_loss", loss, batch_size=len(x), on_step=False, on_epoch=True)
+        loss, n = self._step(batch, self.current_epoch, self.global_step, self.manual_backward)
+        self.log("train_loss", loss.detach(), batch_size=n, on_step=False, on_epoch=True)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        x = model_input(batch["X"], self.device)
-        y = batch["y"].to(self.device)
-        out = self(x)
-        loss = float(self.task.loss(out, y)) * len(x)
-        self._outs.append((out.float().cpu(), batch["y"], loss))
+        self._scored.append(score_batch(self, batch, self.task, self.device, self.amp))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._outs:
+        if not self._scored:
             return
         ds = self._data.data.valid_ds
-        out, y = torch.cat([o for o, _, _ in self._outs]), torch.cat([y for _, y, _ in self._outs])
-        res = {"out": out, "y": y, "file": torch.from_numpy(ds.patch_file[: len(out)]),
-               "loss": self.task.split_loss(out, y, [loss for _, _, loss in self._outs])}  # fmt: skip
-        self._outs = []
+        res = patch_results(self._scored, ds.patch_file, self.task)
+        self._scored = []
         metrics = {"valid_loss": res["loss"], **self.task.patch_metrics(res, ds.spec)}
         self.log_dict({k: float(v) for k, v in metrics.items() if _scalar(v)}, prog_bar=True)
 
     def configure_optimizers(self):
-        opt = make_optimizer(self.core, self.cfg["train"])
-        sched = make_scheduler(opt, self.cfg["train"])
+        opt = make_optimizer(self.core, self.cfg.train)
+        sched = make_scheduler(opt, self.cfg.train)
         return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
 
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> dict[str, Any]:
         """The split's metrics as ``train eval`` scores them: patches, then whole files (with
         settings chosen on the validation files where the task has some), in eval mode."""
-        dm = self._data.data
-        ds = {"train": dm.train_ds, "valid": dm.valid_ds, "test": dm.test_ds}[split]
-        device = self.device
-        res = evaluate_patches(self.core, dm.eval_dataloader(ds), self.task, device)
-        metrics: dict[str, Any] = {"split": split, "loss": res["loss"]}
-        metrics |= self.task.test_metrics(res, ds.spec)
-        settings = {}
-        truth = self.task.file_truth(dm.valid_ds, dm.valid_ds.files)
-        if truth is not None:
-            settings = self.task.calibrate(
-                file_outputs(self.core, dm.valid_ds, self.task, device), truth
-            )
-        outs = file_outputs(self.core, ds, self.task, device)
-        return metrics | self.task.file_metrics(outs, ds, ds.files, **settings) | settings
+        metrics, _ = evaluate_split(self.core, self._data.data, self.task, split, self.device,
+                                    self.amp)  # fmt: skip
+        return metrics
 
 
 def _scalar(v: Any) -> bool:

@@ -26,14 +26,18 @@ from torch.distributed.algorithms.join import Join
 from common.progress import progress as progress_bar
 
 from . import distributed
-from .augment import Augmentation, augment, make_augmentations
+from .augment import make_augmentations
 from .checkpoints import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
-from .data import Prefetcher, StoreDataModule
+from .data import StoreDataModule
 from .dataset import StoreDataset
-from .devices import TrainingError, amp_settings, model_input, pick_device
-from .evaluate import evaluate_patches, evaluate_run
+from .devices import TrainingError, amp_settings, pick_device
+from .evaluate import evaluate_patches, evaluate_split, write_metrics
+from .experiment import Experiment
 from .model_factory import build_model
+from .optim import make_optimizer, make_scheduler
 from .plots import plot_run
+from .prefetch import Prefetcher
+from .step import Step
 from .tasks import Task, task_for
 
 METRIC_COLUMNS = [
@@ -52,9 +56,9 @@ class Run:
 class Training:
     """Everything a training step touches, made once by :func:`fit`."""
 
-    cfg: dict
+    cfg: Experiment
     task: Task
-    augs: list[Augmentation]
+    step_fn: Step  # the training step, shared with Lightning
     model: torch.nn.Module  # DistributedDataParallel around ``core`` when several ranks run
     core: torch.nn.Module
     opt: torch.optim.Optimizer
@@ -68,39 +72,9 @@ class Training:
     start_epoch: int = 0
     step: int = 0
     best: float | None = None
+    best_weights: dict | None = None  # the core's weights at the best epoch, on the CPU
     bad_epochs: int = 0
     meta: dict = field(default_factory=dict)
-
-
-def datamodule(cfg: dict, store=None, rank: int = 0, world: int = 1) -> StoreDataModule:
-    d, t = cfg["dataset"], cfg["train"]
-    return StoreDataModule(
-        store,
-        dataset=d["pyjama"],
-        feature=cfg["feature"],
-        stores=d["stores"],
-        audio_root=d["audio_root"],
-        unit="patch",
-        target=cfg["target"]["name"],
-        batch_size=t["batch_size"],
-        eval_batch_size=t["eval_batch_size"],
-        num_workers=t["num_workers"],
-        split_seed=d["split_seed"],
-        split_fractions=d["split_fractions"],
-        split_key=d["split_key"],
-        split_folds=d.get("folds"),  # runs from before folds have none
-        split_fold=d.get("fold"),
-        patch_frames=cfg["patch"]["frames"],
-        hop_frames=cfg["patch"]["hop"],
-        samples_per_epoch=t["samples_per_epoch"],
-        works_per_batch=t["works_per_batch"] if cfg["target"]["task"] == "work" else None,
-        versions_per_work=t["versions_per_work"],
-        seed=t["seed"],
-        rank=rank,
-        world=world,
-        shuffle_block_mb=t["shuffle_block_mb"],
-        blocks_per_draw=t["shuffle_blocks_per_draw"],
-    )
 
 
 def data_notes(ds: StoreDataset) -> list[str]:
@@ -121,25 +95,8 @@ def data_notes(ds: StoreDataset) -> list[str]:
     return out
 
 
-def make_optimizer(model: torch.nn.Module, t: dict) -> torch.optim.Optimizer:
-    if t["optimizer"] == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"]
-        )
-    cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
-
-
-def make_scheduler(opt: torch.optim.Optimizer, t: dict):
-    if t["schedule"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t["epochs"])
-    if t["schedule"] == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=t["step_size"], gamma=t["gamma"])
-    return None
-
-
 def fit(
-    cfg: dict,
+    cfg: Experiment,
     out: str | Path = "runs",
     resume: str | Path | None = None,
     stop_after_epochs: int | None = None,
@@ -152,19 +109,18 @@ def fit(
     end this invocation after that many epochs (a time-boxed job), leaving ``last.pt``.
     ``folder``: the run folder to make (default ``out/<name>-<time>``); it may exist, empty
     of any run."""
-    t = cfg["train"]
-    if t["sync_every"] is not None and t["sync_every"] < 1:
-        raise TrainingError(f"train.sync_every must be 1 or more, got {t['sync_every']}")
-    torch.manual_seed(t["seed"])
-    ranks, device = distributed.setup(pick_device(t["device"]))
+    t = cfg.train
+    if t.sync_every is not None and t.sync_every < 1:
+        raise TrainingError(f"train.sync_every must be 1 or more, got {t.sync_every}")
+    torch.manual_seed(t.seed)
+    ranks, device = distributed.setup(pick_device(t.device))
     if not ranks.main:  # one voice: rank 0 logs, shows progress and writes the run folder
         log, progress = (lambda m: None), False
     dm, state = set_up(cfg, ranks, device)
-    cfg = state.cfg
     folder = open_run(state, resume, out, log, folder)
     log(f"run folder: {folder}")
     log(
-        f"{state.task.name} on '{cfg['target']['name']}': {len(dm.train_ds)} train / "
+        f"{state.task.name} on '{cfg.target.name}': {len(dm.train_ds)} train / "
         f"{len(dm.valid_ds)} valid patches, {sum(p.numel() for p in state.core.parameters()):,} "
         f"parameters, device {device}" + (f", {ranks.world} ranks" if ranks.enabled else "")
     )
@@ -173,44 +129,43 @@ def fit(
     train_loader, valid_loader = dm.train_dataloader(), dm.val_dataloader()
     tb = _tensorboard(folder) if ranks.main else None
     epochs_run, finished = 0, True
-    for epoch in range(state.start_epoch, t["epochs"]):
+    for epoch in range(state.start_epoch, t.epochs):
         dm.set_epoch(epoch)
         row = train_epoch(state, train_loader, epoch, progress)
         improved = validate(state, valid_loader, row)
         log(_format_row(row) + (" *" if improved else ""))
         checkpoint(state, folder, epoch, improved, row, tb)
         epochs_run += 1
-        if state.bad_epochs >= t["patience"]:
-            log(f"early stop: {t['monitor']} has not improved for {t['patience']} epochs")
+        if state.bad_epochs >= t.patience:
+            log(f"early stop: {t.monitor} has not improved for {t.patience} epochs")
             break
-        if t["max_steps"] and state.step >= t["max_steps"]:
+        if t.max_steps and state.step >= t.max_steps:
             break
         if stop_after_epochs and epochs_run >= stop_after_epochs:
-            finished = epoch + 1 >= t["epochs"]
+            finished = epoch + 1 >= t.epochs
             break
     if tb:
         tb.close()
-    return finish(state, folder, finished, epochs_run, log)
+    return finish(state, dm, folder, finished, epochs_run, log)
 
 
-def set_up(cfg: dict, ranks, device) -> tuple[StoreDataModule, Training]:
-    """Data (rank 0 finds the store, the others are told), task, model, optimiser."""
-    t = cfg["train"]
-    dm = datamodule(cfg, rank=ranks.rank, world=ranks.world)
+def set_up(cfg: Experiment, ranks, device) -> tuple[StoreDataModule, Training]:
+    """Data (rank 0 finds the store, the others are told), task, model, optimiser, step."""
+    t = cfg.train
+    dm = StoreDataModule.from_experiment(cfg, rank=ranks.rank, world=ranks.world)
     store = ranks.broadcast(dm.prepare_data() if ranks.main else None)
     dm.store = Path(store)
     dm.setup()
     spec = dm.train_ds.spec
-    task = task_for(cfg["target"]["task"], spec, t, cfg.get("source"))
-    want = cfg["target"]["pitch_unit"]
-    if want and spec.kind == "frame_pitch" and spec.unit != want:
+    task = task_for(cfg.target.task, spec, t, cfg.source)
+    want = cfg.target.pitch_unit
+    if want and spec.unit and spec.unit != want:
         raise TrainingError(
             f"target.pitch_unit is {want!r}, but {store} read '{spec.name}' as {spec.unit}; "
             f"rebuild it with: precompute run ... --pitch-unit {spec.name}={want}"
         )
-    cfg = {**cfg, "target": {**cfg["target"], "task": task.name}}
-    core = build_model(cfg["model"], dm.train_ds.item_shape, n_out=task.n_out(dm.train_ds))
-    core = core.to(device)
+    cfg = cfg.replace(target={"task": task.name})
+    core = build_model(cfg.model, dm.train_ds.item_shape, n_out=task.n_out(spec)).to(device)
     model = core
     if ranks.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -219,28 +174,22 @@ def set_up(cfg: dict, ranks, device) -> tuple[StoreDataModule, Training]:
             core, device_ids=[device.index] if device.type == "cuda" else None
         )
     opt = make_optimizer(core, t)
-    amp = amp_settings(device, t["amp"])
+    amp = amp_settings(device, t.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp[2])
+    augs = make_augmentations(t.augment, dm.train_ds.feature, task, cfg.source)
+    step_fn = Step(model, core.parameters(), task, augs, opt, scaler, amp, t.grad_clip, t.seed,
+                   device)  # fmt: skip
     state = Training(
-        cfg=cfg,
-        task=task,
-        augs=make_augmentations(t["augment"], dm.train_ds.feature, task, cfg.get("source")),
-        model=model,
-        core=core,
-        opt=opt,
-        sched=make_scheduler(opt, t),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp[2]),
-        device=device,
-        amp=amp,
-        ranks=ranks,
-        store=Path(store),
-        sync_every=t["sync_every"] or (1 if device.type == "cpu" else 20),
-    )
+        cfg=cfg, task=task, step_fn=step_fn, model=model, core=core, opt=opt,
+        sched=make_scheduler(opt, t), scaler=scaler, device=device, amp=amp, ranks=ranks,
+        store=Path(store), sync_every=t.sync_every or (1 if device.type == "cpu" else 20),
+    )  # fmt: skip
     state.meta = {
-        "config": cfg,
+        "config": cfg.to_dict(),
         "feature": dm.train_ds.feature.to_dict(),
         "target": spec.to_attrs() | {"name": spec.name},
         "item_shape": list(dm.train_ds.item_shape),
-        "n_out": task.n_out(dm.train_ds),
+        "n_out": task.n_out(spec),
         "store": str(store),
     }
     return dm, state
@@ -264,7 +213,7 @@ def open_run(state: Training, resume, out, log, folder=None) -> Path:
         return folder
     if folder is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        folder = Path(out) / f"{cfg['name']}-{stamp}"
+        folder = Path(out) / f"{cfg.name}-{stamp}"
         fresh = True
     else:
         folder, fresh = Path(folder), False
@@ -273,7 +222,7 @@ def open_run(state: Training, resume, out, log, folder=None) -> Path:
         folder.mkdir(parents=True, exist_ok=not fresh)
         if (folder / "config.yaml").exists():
             raise TrainingError(f"{folder} already holds a run; continue it with --resume")
-        (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         with open(folder / "metrics.csv", "w", newline="") as f:
             csv.writer(f).writerow(METRIC_COLUMNS)
     return folder
@@ -281,7 +230,7 @@ def open_run(state: Training, resume, out, log, folder=None) -> Path:
 
 def train_epoch(state: Training, loader, epoch: int, progress: bool) -> dict[str, Any]:
     """One epoch of training steps; the epoch's loss, throughput and time waiting for data."""
-    s, t = state, state.cfg["train"]
+    s, t = state, state.cfg.train
     s.model.train()
     t0, data_s, seen, loss_sum = time.perf_counter(), 0.0, 0, 0.0
     pending: list[tuple[torch.Tensor, int, int]] = []  # (loss, batch size, step) not read yet
@@ -298,7 +247,8 @@ def train_epoch(state: Training, loader, epoch: int, progress: bool) -> dict[str
             data_s += time.perf_counter() - t_wait
             if batch is None:
                 break
-            loss, n = train_step(s, batch, epoch)
+            loss, n = s.step_fn(batch, epoch, s.step)
+            s.step += 1
             # the loss is read back (a host-device sync) every sync_every steps: on a GPU the
             # host meanwhile prepares the next batches; on CPU it costs nothing, so every step
             pending.append((loss.detach(), n, s.step - 1))
@@ -306,7 +256,7 @@ def train_epoch(state: Training, loader, epoch: int, progress: bool) -> dict[str
                 loss_sum += read_losses(pending, epoch, t, s.store, bar)
             seen += n
             bar.update()
-            if t["max_steps"] and s.step >= t["max_steps"]:
+            if t.max_steps and s.step >= t.max_steps:
                 break
     if isinstance(it, Prefetcher):
         it.close()
@@ -329,26 +279,7 @@ def train_epoch(state: Training, loader, epoch: int, progress: bool) -> dict[str
     }
 
 
-def train_step(s: Training, batch: dict, epoch: int) -> tuple[torch.Tensor, int]:
-    """Forward, backward and update on one batch; its loss, not read back."""
-    t = s.cfg["train"]
-    x = model_input(batch["X"], s.device)
-    y = batch["y"].to(s.device, non_blocking=True)
-    x, y = augment(s.augs, x, y, t["seed"], epoch, s.step)
-    with torch.autocast(s.device.type, dtype=s.amp[1], enabled=s.amp[0]):
-        loss = s.task.loss(s.model(x), y)
-    s.opt.zero_grad(set_to_none=True)
-    s.scaler.scale(loss).backward()
-    if t["grad_clip"]:
-        s.scaler.unscale_(s.opt)
-        torch.nn.utils.clip_grad_norm_(s.core.parameters(), t["grad_clip"])
-    s.scaler.step(s.opt)
-    s.scaler.update()
-    s.step += 1
-    return loss, len(x)
-
-
-def read_losses(pending: list, epoch: int, t: dict, store, bar) -> float:
+def read_losses(pending: list, epoch: int, t, store, bar) -> float:
     """Read the pending losses back in one sync; their sum weighted by batch size.
 
     A NaN or infinite loss stops the run, naming its epoch and step; the last checkpoint,
@@ -361,7 +292,7 @@ def read_losses(pending: list, epoch: int, t: dict, store, bar) -> float:
     for v, (_, n, step) in zip(values, pending):
         if not np.isfinite(v):
             raise TrainingError(
-                f"loss is {v} at epoch {epoch}, step {step}: lower train.lr (now {t['lr']}), "
+                f"loss is {v} at epoch {epoch}, step {step}: lower train.lr (now {t.lr}), "
                 f"set train.grad_clip, or check the features with `precompute verify {store}`"
             )
         total += v * n
@@ -373,20 +304,24 @@ def read_losses(pending: list, epoch: int, t: dict, store, bar) -> float:
 def validate(state: Training, loader, row: dict) -> bool:
     """The validation loss and metrics into ``row``, in eval mode; whether it improved.
     Every rank sees the whole split (rank 0's BatchNorm statistics), so all decide alike."""
-    t, s = state.cfg["train"], state
+    t, s = state.cfg.train, state
     s.ranks.sync_buffers(s.core)
     res = evaluate_patches(s.core, loader, s.task, s.device, s.amp)
     row["valid_loss"] = res["loss"]
     row |= {f"valid_{k}": v for k, v in s.task.patch_metrics(res, loader.dataset.spec).items()}
     row["lr"] = s.opt.param_groups[0]["lr"]
-    value = row.get(t["monitor"])
+    value = row.get(t.monitor)
     if value is None:
         raise TrainingError(
-            f"train.monitor {t['monitor']!r} is not a metric of this task; have: {', '.join(row)}"
+            f"train.monitor {t.monitor!r} is not a metric of this task; have: {', '.join(row)}"
         )
-    mode = t["monitor_mode"] if t["monitor"] != "valid_loss" else "min"
+    mode = t.monitor_mode if t.monitor != "valid_loss" else "min"
     improved = s.best is None or (value < s.best if mode == "min" else value > s.best)
     s.best, s.bad_epochs = (value, 0) if improved else (s.best, s.bad_epochs + 1)
+    if improved and s.ranks.main:
+        s.best_weights = {
+            k: v.detach().to("cpu", copy=True) for k, v in s.core.state_dict().items()
+        }
     return improved
 
 
@@ -413,8 +348,11 @@ def checkpoint(state: Training, folder: Path, epoch: int, improved: bool, row: d
     s.ranks.barrier()
 
 
-def finish(state: Training, folder: Path, finished: bool, epochs_run: int, log) -> Run:
-    """The test evaluation and the plots, once training is over (rank 0)."""
+def finish(
+    state: Training, dm: StoreDataModule, folder: Path, finished: bool, epochs_run: int, log
+) -> Run:
+    """The test evaluation of the best weights and the plots, once training is over (rank 0),
+    with the data module and model this run has in memory."""
     ranks = state.ranks
     if ranks.enabled:
         identical = ranks.same_weights(state.core)
@@ -430,8 +368,11 @@ def finish(state: Training, folder: Path, finished: bool, epochs_run: int, log) 
         log(f"stopped after {epochs_run} epoch(s); continue with: train run --resume {folder}")
         ranks.close()
         return Run(folder, {})
-    metrics = evaluate_run(folder, split="test", device=state.device)
-    plot_run(folder)
+    best = state.best_weights or load_checkpoint(folder / "best.pt")["model"]
+    state.core.load_state_dict(best)
+    metrics, example = evaluate_split(state.core, dm, state.task, "test", state.device, state.amp)
+    write_metrics(folder, metrics)
+    plot_run(folder, state.task, metrics, example)
     headline = {k: round(v, 4) for k, v in metrics.items() if k in state.task.headline}
     log(f"test: {json.dumps(headline)}")
     log(f"run folder: {folder} (plots: {', '.join(p.name for p in sorted(folder.glob('*.png')))})")

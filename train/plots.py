@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
+from typing import Any
 
-from .tasks import TASKS
+from .tasks import Example, Task
 
 
-def plot_run(folder: str | Path) -> list[Path]:
-    """``curves.png`` (losses and the validation metric per epoch), then the task's plots
-    (``confusion.png``, ``labels.png``, ``pianoroll.png``)."""
+def plot_run(
+    folder: str | Path, task: Task, metrics: dict[str, Any] | None, example: Example | None
+) -> list[Path]:
+    """``curves.png`` (losses and the validation metric per epoch), then the task's plots of
+    the test ``metrics`` and of one test file (``confusion.png``, ``labels.png``,
+    ``pianoroll.png``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,13 +24,8 @@ def plot_run(folder: str | Path) -> list[Path]:
         rows = list(csv.DictReader(f))
     if rows:
         written.append(plot_curves(folder / "curves.png", rows))
-    mpath = folder / "metrics_test.json"
-    if mpath.exists():
-        from .checkpoints import load_checkpoint
-
-        cfg = load_checkpoint(folder / "best.pt")["config"]
-        task = TASKS[cfg["target"]["task"]](cfg["train"])
-        written += task.plots(folder, json.loads(mpath.read_text()))
+    if metrics is not None:
+        written += task.plots(folder, metrics, example)
     return written
 
 

@@ -17,6 +17,7 @@ from common.targets import TargetSpec
 from .checkpoints import load_run
 from .devices import amp_settings, pick_device
 from .evaluate import file_output
+from .experiment import reload_resolved
 from .tasks import task_for
 
 
@@ -44,10 +45,10 @@ def predict_audio(
     device = device or pick_device("auto")
     model, ck = load_run(folder, "best", device)
     feature = make_feature(ck["feature"])
-    cfg = ck["config"]
+    cfg = reload_resolved(ck["config"])
     spec = TargetSpec.from_attrs(ck["target"]["name"], ck["target"])
-    task = task_for(cfg["target"]["task"], spec, cfg["train"])
-    amp = amp_settings(device, cfg["train"]["amp"])
+    task = task_for(cfg.target.task, spec, cfg.train)
+    amp = amp_settings(device, cfg.train.amp)
     out_dir = Path(out_dir or Path(folder) / "predictions")
     out_dir.mkdir(parents=True, exist_ok=True)
     mpath = Path(folder) / "metrics_test.json"

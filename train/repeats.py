@@ -162,7 +162,7 @@ def format_table(summary: dict[str, Any], headline: tuple[str, ...] = ()) -> str
     return "\n".join(out)
 
 
-def _run_one(cfg: dict, folder: str, threads: int | None, quiet: bool) -> dict[str, Any]:
+def _run_one(cfg, folder: str, threads: int | None, quiet: bool) -> dict[str, Any]:
     """One repeat (in this process, or a joblib worker with ``threads`` torch threads); its
     log in ``folder/log.txt``."""
     import torch
@@ -203,10 +203,10 @@ def run_repeats(
     cfgs = [
         load_experiment(config, [*overrides, *r.overrides]) for r in repeats
     ]  # all checked first
-    from .loop import datamodule
+    from .data import StoreDataModule
 
-    datamodule(cfgs[0]).prepare_data()  # no store: said once, before any run starts
-    name = cfgs[0]["name"]
+    StoreDataModule.from_experiment(cfgs[0]).prepare_data()  # no store: said once, first
+    name = cfgs[0].name
     tags = ([f"folds{folds}"] if folds else []) + (
         [f"seeds{','.join(map(str, seeds))}"] if seeds else []
     )

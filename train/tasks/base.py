@@ -3,6 +3,7 @@ of one kind of target. One subclass per task, registered by name (see :mod:`trai
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,6 +15,17 @@ from common.patches import patch_index
 from common.targets import TargetSpec
 
 
+@dataclass
+class Example:
+    """One test file as evaluation saw it, for the plots of a run."""
+
+    name: str
+    output: np.ndarray  # the task's whole-file output (:meth:`Task.file_output`)
+    truth: np.ndarray | None  # what :meth:`Task.file_truth` gives for it, if anything
+    times: np.ndarray  # the time of each feature frame (seconds)
+    spec: TargetSpec
+
+
 class Task:
     """Defaults suit tasks whose target is one label set per file (multiclass, multilabel)."""
 
@@ -21,13 +33,13 @@ class Task:
     kinds: ClassVar[tuple[str, ...]]  # the target kinds it trains on
     headline: ClassVar[tuple[str, ...]] = ()  # test metrics printed at the end of a run
 
-    def __init__(self, cfg: dict[str, Any]):
-        self.cfg = cfg  # the experiment's ``train`` section
+    def __init__(self, cfg: Any):
+        self.cfg = cfg  # the experiment's ``train`` settings (train.experiment.TrainSettings)
 
     # -- training ---------------------------------------------------------------------
-    def n_out(self, ds) -> int | None:
+    def n_out(self, spec: TargetSpec) -> int | None:
         """The model's output size for ``n_out`` in a model YAML (None: the model decides)."""
-        return ds.n_out
+        return spec.n_out
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -76,6 +88,6 @@ class Task:
         order = np.argsort(-out)
         return {"scores": {spec.vocabulary[i]: round(float(out[i]), 4) for i in order}}
 
-    def plots(self, folder: Path, metrics: dict[str, Any]) -> list[Path]:
-        """Task-specific pictures of the test metrics in the run folder."""
+    def plots(self, folder: Path, metrics: dict[str, Any], example: Example | None) -> list[Path]:
+        """Task-specific pictures of the test metrics (and of one test file) in the run folder."""
         return []

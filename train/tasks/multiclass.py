@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from common.targets import TargetSpec
 
 from ..metrics import classification_metrics
-from . import register
 from .base import Task
+from .registry import register
 
 
 @register
@@ -48,7 +48,7 @@ class Multiclass(Task):
             "labels": [spec.vocabulary[int(np.argmax(out))]]
         }
 
-    def plots(self, folder: Path, metrics: dict[str, Any]) -> list[Path]:
+    def plots(self, folder: Path, metrics: dict[str, Any], example=None) -> list[Path]:
         import matplotlib.pyplot as plt
 
         vocab, cm = metrics["vocabulary"], np.array(metrics["confusion"])

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from common.targets import TargetSpec
 
 from ..metrics import multilabel_metrics
-from . import register
 from .base import Task
+from .registry import register
 
 
 @register
@@ -47,7 +47,7 @@ class Multilabel(Task):
         labels = [spec.vocabulary[i] for i in np.argsort(-out) if out[i] >= 0.5]
         return super().prediction(out, spec, feature, where, settings) | {"labels": labels}
 
-    def plots(self, folder: Path, metrics: dict[str, Any]) -> list[Path]:
+    def plots(self, folder: Path, metrics: dict[str, Any], example=None) -> list[Path]:
         import matplotlib.pyplot as plt
 
         per_label = metrics.get("per_label_roc_auc") or {}

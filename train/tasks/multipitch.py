@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from common.targets import TargetSpec
 
 from ..metrics import best_threshold, multipitch_metrics
-from . import register
 from .base import Task
+from .registry import register
 
 
 @register
@@ -23,7 +23,7 @@ class Multipitch(Task):
     kinds = ("frame_pitch",)
     headline = ("precision", "recall", "accuracy")
 
-    def n_out(self, ds) -> int | None:
+    def n_out(self, spec) -> int | None:
         return None  # the model gives one salience per bin and frame
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -71,15 +71,14 @@ class Multipitch(Task):
         threshold = settings.get("threshold", 0.5)
         return write_notes(out, threshold, feature, np.asarray(spec.pitch_midi), where)
 
-    def plots(self, folder: Path, metrics: dict[str, Any]) -> list[Path]:
-        from ..evaluate import first_test_file
-
-        sal, truth, grid, times, name = first_test_file(folder)
-        return [
-            draw_pianoroll(
-                folder / "pianoroll.png", sal, truth, grid, times, name, metrics["threshold"]
-            )
-        ]
+    def plots(self, folder: Path, metrics: dict[str, Any], example=None) -> list[Path]:
+        if example is None:
+            return []
+        grid = np.asarray(example.spec.pitch_midi)
+        out = folder / "pianoroll.png"
+        draw_pianoroll(out, example.output, example.truth, grid, example.times, example.name,
+                       metrics["threshold"])  # fmt: skip
+        return [out]
 
 
 def notes_of(on: np.ndarray, times: np.ndarray, frame_s: float, grid: np.ndarray) -> list[tuple]:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from common.targets import TargetSpec
 
 from ..metrics import file_average, retrieval_metrics
-from . import register
 from .base import Task
+from .registry import register
 
 
 @register
@@ -21,15 +21,15 @@ class Work(Task):
     kinds = ("work",)
     headline = ("MAP", "MRR", "P@1", "P@10", "mean_rank")
 
-    def n_out(self, ds) -> int | None:
+    def n_out(self, spec) -> int | None:
         return None  # an embedding of the model's own size
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return triplet_loss(out, y, margin=self.cfg["margin"], mining=self.cfg["mining"])
+        return triplet_loss(out, y, margin=self.cfg.margin, mining=self.cfg.mining)
 
     def split_loss(self, out, y, batch_losses) -> float:
         """Batch-hard triplet loss over the whole split, a chunk of anchors at a time."""
-        return float(hard_triplet_loss_chunked(out.float(), y, self.cfg["margin"]))
+        return float(hard_triplet_loss_chunked(out.float(), y, self.cfg.margin))
 
     def patch_metrics(self, res: dict[str, Any], spec: TargetSpec) -> dict[str, float]:
         ids, emb = file_average(F.normalize(res["out"], dim=1).numpy(), res["file"].numpy())
