@@ -186,12 +186,13 @@ def group_segments(
     groups: list[list[tuple[str, int]]] = []
     size = 0
     for key, n in new:
-        if groups and size + n * frame_bytes <= SEGMENT_MAX_BYTES:
+        nbytes = n * frame_bytes
+        if groups and size + nbytes <= SEGMENT_MAX_BYTES:
             groups[-1].append((key, n))
-            size += n * frame_bytes
+            size += nbytes
         else:
             groups.append([(key, n)])
-            size = n * frame_bytes
+            size = nbytes
     out = []
     for g in groups:
         keys = [k for k, _ in g]

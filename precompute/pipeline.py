@@ -25,6 +25,7 @@ import numpy as np
 
 from common.catalogue import Catalogue, touch
 from common.holds import hold
+from common.pause import pause_point
 from common.pyjama import PyjamaError
 from common.store import (
     DiskFullError,
@@ -104,6 +105,7 @@ def execute(
         summary.existed = _usable(plan, catalogue, summary)
         if not summary.existed:
             with StoreLock(plan.lock_path, wait=wait, log=log):
+                pause_point("locked")
                 summary.existed = _usable(plan, catalogue, summary)
                 if not summary.existed:
                     _build(
@@ -228,6 +230,7 @@ def _record(res: TaskResult, rows: RowPlan, summary: Summary, log) -> list[str]:
     errors = [e for st, e, _ in res.rows.values() if st != 1]
     for e in errors:
         log(f"error: {e}")
+    pause_point("file_done")
     return errors
 
 

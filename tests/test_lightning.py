@@ -69,3 +69,38 @@ def test_two_ranks_under_lightning_ddp_see_disjoint_batches(
     first = [s["patches"] for s in got[0]["steps"] if s["epoch"] == 0]
     second = [s["patches"] for s in got[0]["steps"] if s["epoch"] == 1]
     assert first != second  # the samplers were told the epoch: batches differ
+
+
+def test_grad_clip_and_amp_of_the_experiment_act_under_lightning(tmp_path, demo_small, tiny_stores):
+    """``train.grad_clip`` bounds the gradients the optimiser steps with, and ``train.amp``
+    runs the forward in bfloat16 on the CPU, under MirpatchModule as in ``train run``."""
+    import torch
+
+    class Seen(L.Callback):
+        def __init__(self):
+            self.norms, self.dtypes = [], set()
+
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            grads = [p.grad.norm() for p in module.core.parameters() if p.grad is not None]
+            self.norms.append(float(torch.stack(grads).norm()))
+
+    def fit(**train) -> Seen:
+        cfg = experiment(tmp_path, demo_small, tiny_stores,
+                         train={"epochs": 1, "samples_per_epoch": 96, **train})  # fmt: skip
+        data = MirpatchDataModule(cfg)
+        model, seen = MirpatchModule(data), Seen()
+        model.setup()
+        conv = next(m for m in model.core.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda m, i, o: seen.dtypes.add(o.dtype) if m.training else 0)
+        L.Trainer(max_epochs=1, accelerator="cpu", use_distributed_sampler=False, logger=False,
+                  enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+                  callbacks=[seen]).fit(model, datamodule=data)  # fmt: skip
+        assert len(seen.norms) == 96 // 16
+        return seen
+
+    free = fit()
+    clipped = fit(grad_clip=1e-3)
+    assert max(free.norms) > 1e-2, free.norms
+    assert max(clipped.norms) <= 1e-3 * (1 + 1e-4), clipped.norms
+    assert free.dtypes == {torch.float32}
+    assert fit(amp=True).dtypes == {torch.bfloat16}

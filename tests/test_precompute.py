@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -18,6 +17,7 @@ from click.testing import CliRunner
 
 from common.audio import load_audio
 from common.features import make_feature
+from common.pause import pause_env
 from common.store import memmap_dataset, read_features, read_file_targets, read_tables
 from precompute.cli import main
 from precompute.inspect import verify
@@ -253,11 +253,14 @@ def test_ctrl_c_stops_and_a_rerun_continues_to_the_identical_store(tmp_path):
     stores = tmp_path / "stores"
     plan = make_plan(ds, "hcqt", stores)
     proc = subprocess.Popen(
-        _cli(ds, stores, "-j", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_for(lambda: done_markers(stores), proc, "the first file was done")
+        _cli(ds, stores, "-j", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=pause_env("file_done", 1, tmp_path),
+    )  # fmt: skip
+    # the build waits after its first file, so the signal lands in mid-build on any machine
+    wait_for(lambda: (tmp_path / "file_done.paused").exists(), proc, "the first file was done")
+    assert done_markers(stores)
     proc.send_signal(signal.SIGINT)
-    proc.wait(60)
+    proc.wait()
     assert done_markers(stores) and partial_segments(stores)
     assert not plan.store_path.exists(), "the run was not interrupted mid-way"
     res = subprocess.run(_cli(ds, stores), capture_output=True, text=True, timeout=120)
@@ -272,14 +275,16 @@ def test_ctrl_c_stops_and_a_rerun_continues_to_the_identical_store(tmp_path):
 def test_a_second_run_refuses_or_waits_naming_the_holder(notes_dataset, tmp_path):
     stores = tmp_path / "stores"
     plan = make_plan(notes_dataset, "lms", stores)
+    release = tmp_path / "release"
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from precompute.lock import StoreLock\n"
-            "with StoreLock(sys.argv[1]):\n print('held', flush=True); time.sleep(float(sys.argv[2]))",
+            "import os, sys, time; from precompute.lock import StoreLock\n"
+            "with StoreLock(sys.argv[1]):\n print('held', flush=True)\n"
+            " while not os.path.exists(sys.argv[2]): time.sleep(0.01)",
             str(plan.lock_path),
-            "3",
+            str(release),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -302,11 +307,20 @@ def test_a_second_run_refuses_or_waits_naming_the_holder(notes_dataset, tmp_path
         assert "being built by another precompute" in res.output
         with pytest.raises(LockedError), StoreLock(plan.lock_path):
             pass
-        # --wait: waits for the holder, then builds
-        t0 = time.time()
-        res = CliRunner().invoke(main, [*args, "--wait"])
-        assert res.exit_code == 0, res.output
-        assert f"waiting for pid {holder.pid}" in res.output and time.time() - t0 > 1
+        # --wait: says whom it waits for, waits until the holder lets go, then builds
+        waiter = subprocess.Popen(
+            [sys.executable, "-m", "precompute", *args, "--wait"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        line = "-"
+        while line and "waiting for" not in line:
+            line = waiter.stderr.readline()
+        assert f"waiting for pid {holder.pid}" in line, line
+        assert waiter.poll() is None  # still waiting: the holder has not let go
+        release.touch()
+        out, err = waiter.communicate()
+        assert waiter.returncode == 0, err
+        assert out.strip().splitlines()[-1] == str(plan.store_path)
     finally:
         holder.kill()
         holder.wait()

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from common.catalogue import Catalogue
 from common.features import make_feature
+from common.pause import pause_env
 from common.store import StoreError, read_features, read_segment, read_tables, segment_files
 from precompute import layout
 from precompute.cli import main
@@ -271,32 +272,32 @@ def test_a_store_that_cannot_fit_is_refused_before_computing(tmp_path):
     assert " are free" in line
 
 
-def _text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
-
-
 def test_two_concurrent_runs_one_builds_the_other_refuses_or_waits(tmp_path):
     ds = _dataset(tmp_path, n=12, seconds=2.0)
     stores = tmp_path / "stores"
     plan = make_plan(ds, "cqt", stores)
+    # the first build waits as soon as it holds the store's lock, until the test lets it go
     first = subprocess.Popen(
-        _cli(ds, stores), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    # the holder writes its name into the lock file once it holds it
-    wait_for(lambda: _text(plan.lock_path), first, "the lock was taken")
+        _cli(ds, stores), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=pause_env("locked", 1, tmp_path),
+    )  # fmt: skip
+    wait_for(lambda: (tmp_path / "locked.paused").exists(), first, "the lock was taken")
     second = subprocess.run(_cli(ds, stores), capture_output=True, text=True, timeout=120)
+    assert second.returncode == 3
+    assert f"being built by another precompute (pid {first.pid} on " in second.stderr
     waiter = subprocess.Popen(
         [*_cli(ds, stores), "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    out, err = first.communicate(timeout=120)
+    line = "-"
+    while line and "waiting for" not in line:
+        line = waiter.stderr.readline()
+    assert f"waiting for pid {first.pid}" in line, line
+    (tmp_path / "locked.go").touch()
+    out, err = first.communicate()
     assert first.returncode == 0, err
-    assert second.returncode == 3
-    assert f"being built by another precompute (pid {first.pid} on " in second.stderr
-    w_out, w_err = waiter.communicate(timeout=120)
-    assert waiter.returncode == 0 and "waiting for pid" in w_err and "store exists" in w_out
+    w_out, w_err = waiter.communicate()
+    assert waiter.returncode == 0 and "store exists" in w_out, w_err
+    assert w_out.strip().splitlines()[-1] == str(plan.store_path)
 
 
 def test_a_store_deleted_by_hand_is_forgotten_and_its_rows_stay_in_the_pool(tmp_path):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from common.fileio import pread_into
-from common.store import StoreError
+from common.store import StoreError, byte_address
 
 RING_DEPTH = 4  # buffers per batch shape; beyond that, batches still held get fresh memory
 
@@ -101,7 +101,7 @@ class Rows:
         """Part and byte offset of each row address."""
         addrs = np.asarray(addrs, dtype=np.int64)
         part = np.searchsorted(self.starts, addrs, side="right") - 1
-        return part, self.part_at[part] + (addrs - self.starts[part]) * self.row_bytes
+        return part, byte_address(self.part_at[part], addrs - self.starts[part], self.row_bytes)
 
     def byte_ranges(self, addrs, length: int) -> list[tuple[str, int, int]]:
         """``(path, offset, nbytes)`` of ``length`` rows from each address."""
@@ -136,8 +136,8 @@ class Rows:
             array = np.zeros(shape, dtype=self.dtype)
             if n and self.row_elems:  # mapped through this process's descriptor: the same file
                 start = at - at % mmap.ALLOCATIONGRANULARITY
-                mm = mmap.mmap(self.fd(p), at + n * self.row_bytes - start,
-                               access=mmap.ACCESS_COPY, offset=start)  # fmt: skip
+                end = byte_address(at, n, self.row_bytes)
+                mm = mmap.mmap(self.fd(p), end - start, access=mmap.ACCESS_COPY, offset=start)
                 array = np.frombuffer(mm, self.dtype, n * self.row_elems, at - start).reshape(shape)
             with warnings.catch_warnings():  # an empty placeholder is not writable
                 warnings.simplefilter("ignore", UserWarning)
