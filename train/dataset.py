@@ -344,14 +344,14 @@ class StoreDataset(torch.utils.data.Dataset):
         return PatchBatch(self, self.patch_file[idx], self.patch_start[idx])
 
     def _file_item(self, f: int) -> dict[str, Any]:
+        """A file's patches (or its whole feature), read once into memory of its own."""
         t = self.tables
         a, o, n = int(self.file_row[f]), int(t.offset[f]), int(t.n_frames[f])
         if self.whole_file:
-            self.features.prefetch(a, n)
-            item = {"X": self.features.view(a, n), "file": f, "n_frames": n}
+            item = {"X": self.features.windows(a, 1, n, n)[0], "file": f, "n_frames": n}
             if self.spec is not None:
                 item["y"] = (
-                    self.target_rows.view(o, n)
+                    self.target_rows.windows(o, 1, n, n)[0]
                     if self.target_rows is not None
                     else self._file_target[f]
                 )
@@ -360,13 +360,13 @@ class StoreDataset(torch.utils.data.Dataset):
         starts = self._all_patch_start[lo:hi]
         count, L, hop = len(starts), self.patch_frames, self.patch_hop
         item = {
-            "X": self.features.strided(a, count, hop, L),
+            "X": self.features.windows(a, count, hop, L),
             "file": f,
             "start": torch.from_numpy(starts.copy()),
         }
         if self.spec is not None:
             item["y"] = (
-                self.target_rows.strided(o, count, hop, L)
+                self.target_rows.windows(o, count, hop, L)
                 if self.target_rows is not None
                 else self._file_target[f]
             )
@@ -383,8 +383,7 @@ class StoreDataset(torch.utils.data.Dataset):
         if self.split != "train":  # evaluation sees the centre of each version
             starts = np.maximum(0, (n - L) // 2)
         length = min(L, int(n.min()))
-        block = self.features.batch(self.file_row[chosen] + starts, length)
-        X = block.clone()  # its own memory: an item outlives the batch buffers
+        X = self.features.batch(self.file_row[chosen] + starts, length, pooled=False)
         if length < L:  # a version shorter than one excerpt: zero-padded, masked
             X = torch.nn.functional.pad(X, (0, L - length))
         mask = torch.zeros(self.versions, L, dtype=torch.bool)

@@ -4,22 +4,23 @@ An item's ``X`` (or frame-level ``y``) is a view of the store's time-major rows 
 layout, e.g. ``(C, F, L)`` over ``L`` contiguous rows of ``(C, F)``: nothing is read until
 items are stacked into a batch. Then, whoever stacks them (torch's ``default_collate``, or
 :meth:`Rows.batch` for a batch of addresses), the batch is one time-major block ``(B, L, C, F)``
-filled straight from the files, and handed out as that block seen as ``(B, C, F, L)``: a permuted view, which ``.to(device)`` keeps as it is and a model's
-first operation reads in place or makes contiguous on its device.
+filled straight from the files, and handed out as that block seen as ``(B, C, F, L)``: a
+permuted view, which ``.to(device)`` keeps as it is and a model's first operation reads in place
+or makes contiguous on its device.
 
-How the block is filled (:meth:`Rows.batch`): with one ``pread`` per patch into its rows of the
-block, exactly the patch's bytes (no read-ahead around them); what the page cache holds is read
-first (``RWF_NOWAIT``), what needs the disk after, by up to 16 threads at once so the disk has
-that many requests in flight. In the main process, when every patch of a batch is in the page
-cache, one ``index_select`` from a map of the segment instead (copying mapped pages beats a
-read per patch there). Nothing is mapped in a DataLoader worker's reads, so its RSS does not
-grow with what it has read.
+Every block is filled by :meth:`Rows.gather`, the one path from byte ranges to memory (batches
+of patches, whole files, the versions of a work): one ``pread`` per range into its rows of the
+block, exactly its bytes (no read-ahead around them); what the page cache holds is read first
+(``RWF_NOWAIT``), what needs the disk after, by up to 16 threads at once so the disk has that
+many requests in flight. In the main process, when every range of a batch is in the page cache,
+one ``index_select`` from a map of the segment instead (copying mapped pages beats a read per
+patch there). Nothing is mapped in a DataLoader worker's reads, so its RSS does not grow with
+what it has read.
 
 Where the block lives: in a DataLoader worker, in the shared memory torch allocates for the
-handover (``default_collate``'s ``out``); in the main process, in a small ring of buffers reused
-from batch to batch (no fresh allocation, no page faults), or pinned memory from torch's caching
-host allocator when batches go to a GPU. A buffer is reused only once no tensor of the batch it
-held is alive, so a batch kept by the consumer is never overwritten.
+handover (``default_collate``'s ``out``); in the main process, in a batch buffer that the batch
+owns until its last tensor is gone (:class:`Buffers`; pinned memory from torch's caching host
+allocator when batches go to a GPU); whole files and works in memory of their own.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import sys
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -215,49 +216,58 @@ class Rows:
             )
         return w
 
-    def strided(self, addr: int, count: int, hop: int, length: int) -> torch.Tensor:
-        """``count`` windows of ``length`` rows, ``hop`` rows apart, from ``addr``: one view
-        ``(count, *view shape)`` (overlapping windows share their bytes)."""
-        m, local = self._local(addr)
-        shape, strides = self.view_layout(length)
-        self.prefetch(addr, (count - 1) * hop + length if count else 0)
-        return torch.as_strided(
-            m, (count, *shape), (hop * self.row_elems, *strides), local * self.row_elems
-        )
+    # -- reads: every block of rows is filled here --------------------------------------
+    def gather(
+        self, addrs, length: int, out: torch.Tensor | None = None, pooled: bool = False
+    ) -> torch.Tensor:
+        """Rows ``[a, a + length)`` of each address, one time-major block ``(n, length,
+        *row_shape)``: the one path from byte ranges to memory, for batches of patches, whole
+        files and the versions of a work.
 
-    # -- reads ---------------------------------------------------------------------------
-    def read(self, addr: int, length: int) -> np.ndarray:
-        """Rows ``[addr, addr + length)`` as a new array ``(length, *row_shape)``."""
-        out = np.empty((length, *self.row_shape), dtype=self.dtype)
-        (p,), (at,) = self.locate([addr])
-        pread_into(self.fd(int(p)), out, int(at))
-        return out
-
-    def batch(self, addrs, length: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows of each address, one time-major block read from the files, seen in the model's
-        layout ``(B, ...)``."""
+        Into ``out`` (a DataLoader worker's shared memory), else into memory of its own: from
+        the pool of batch buffers when ``pooled`` (fixed-size batches), else new.
+        """
         n = len(addrs)
-        if out is None:
-            flat = _BUFFERS.take((n, length, *self.row_shape), self.dtype, self.pin_memory)
-        else:  # the caller's memory (shared memory in a DataLoader worker): just the bytes
+        shape = (n, length, *self.row_shape)
+        if out is not None:
             flat = out.view(-1)
-        if n:
+        elif pooled:
+            flat = _BUFFERS.take(shape, self.dtype, self.pin_memory)
+        else:
+            flat = torch.from_numpy(np.empty(int(np.prod(shape, dtype=np.int64)), self.dtype))
+        if n and length:
             part, at = self.locate(addrs)
             if out is None and len(self.parts) == 1 and _all_cached(self.fd(0), at.tolist()):
                 # in this process, cached rows: one gather from the map over torch's threads
                 # (copying from mapped pages beats a read per patch from the page cache)
                 index = torch.from_numpy(np.asarray(addrs, dtype=np.int64) - self.starts[0])
-                torch.index_select(self._row_windows(length), 0, index,
-                                   out=flat.view(n, length, *self.row_shape))  # fmt: skip
+                torch.index_select(self._row_windows(length), 0, index, out=flat.view(shape))
             else:
                 block = flat.numpy().view(np.uint8).reshape(n, length * self.row_bytes)
-                reads = [
-                    (self.fd(p), block[i], o)
-                    for i, (p, o) in enumerate(zip(part.tolist(), at.tolist()))
-                ]
-                read_all(reads)
+                read_all([(self.fd(p), block[i], o)
+                          for i, (p, o) in enumerate(zip(part.tolist(), at.tolist()))])  # fmt: skip
+        return flat.view(shape)
+
+    def batch(
+        self, addrs, length: int, out: torch.Tensor | None = None, pooled: bool = True
+    ) -> torch.Tensor:
+        """Rows of each address gathered into one block (a pooled batch buffer, ``out``, or
+        new memory), seen in the model's layout ``(B, ...)``."""
+        block = self.gather(addrs, length, out, pooled)
         shape, strides = self.view_layout(length)
-        return flat.as_strided((n, *shape), (length * self.row_elems, *strides), 0)
+        return block.as_strided((len(addrs), *shape), (length * self.row_elems, *strides), 0)
+
+    def read(self, addr: int, length: int) -> np.ndarray:
+        """Rows ``[addr, addr + length)`` as a new array ``(length, *row_shape)``."""
+        return self.gather([addr], length)[0].numpy()
+
+    def windows(self, addr: int, count: int, hop: int, length: int) -> torch.Tensor:
+        """``count`` windows of ``length`` rows, ``hop`` rows apart, from ``addr``, read once
+        into memory of their own: ``(count, *view shape)``, overlapping windows sharing bytes."""
+        total = (count - 1) * hop + length if count else 0
+        block = self.gather([addr], total)[0]
+        shape, strides = self.view_layout(length)
+        return block.as_strided((count, *shape), (hop * self.row_elems, *strides), 0)
 
 
 READ_THREADS = int(os.environ.get("MIRPATCH_READ_THREADS", "16"))
@@ -401,27 +411,35 @@ def _stack_rows(tensors, dim: int = 0, *, out: torch.Tensor | None = None) -> to
 
 
 class Buffers:
-    """Batch buffers reused once nothing refers to the batch they held (see module docstring)."""
+    """Batch buffers, each either free in the pool or owned by one batch.
+
+    :meth:`take` hands a buffer to a batch: the batch's tensor is the only owner of the array it
+    wraps, and when the last tensor (or view) of that batch is gone, the array's finalizer gives
+    the buffer back. A batch kept by the consumer is never overwritten; a free buffer is
+    reused without a fresh allocation (no page faults). At most ``depth`` free buffers are kept
+    per batch shape.
+    """
 
     def __init__(self, depth: int = RING_DEPTH):
         self.depth = depth
-        self.pools: dict[tuple, list[np.ndarray]] = {}
+        self.free: dict[tuple, list[np.ndarray]] = {}
 
     def take(self, shape: tuple[int, ...], dtype: np.dtype, pinned: bool = False) -> torch.Tensor:
-        """A flat tensor of ``prod(shape)`` elements whose memory no live tensor uses."""
+        """A flat tensor of ``prod(shape)`` elements, owned by the caller until it is gone."""
         n = int(np.prod(shape, dtype=np.int64))
         if pinned:  # torch's caching host allocator reuses blocks once their copies are done
             return torch.empty(n, dtype=_torch_dtype(dtype), pin_memory=True)
-        pool = self.pools.setdefault((n, np.dtype(dtype).str), [])
-        for buf in pool:
-            # references: the pool, this loop, getrefcount's argument; each batch tensor made
-            # from it holds one more, alive as long as any view of that batch is
-            if sys.getrefcount(buf) <= 3:
-                return torch.from_numpy(buf)
-        buf = np.empty(n, dtype=dtype)
-        if len(pool) < self.depth:
-            pool.append(buf)
-        return torch.from_numpy(buf)
+        key = (n, np.dtype(dtype).str)
+        free = self.free.setdefault(key, [])
+        buf = free.pop() if free else np.empty(n, dtype=dtype)
+        lent = buf[:]  # the batch's own array: when it is freed, ``buf`` is free again
+        weakref.finalize(lent, self._give_back, key, buf)
+        return torch.from_numpy(lent)
+
+    def _give_back(self, key: tuple, buf: np.ndarray) -> None:
+        free = self.free.setdefault(key, [])
+        if len(free) < self.depth:
+            free.append(buf)
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
