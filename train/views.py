@@ -230,23 +230,23 @@ class Rows:
         n = len(addrs)
         shape = (n, length, *self.row_shape)
         if out is not None:
-            flat = out.view(-1)
+            block = out.view(shape)
         elif pooled:
-            flat = _BUFFERS.take(shape, self.dtype, self.pin_memory)
+            block = _BUFFERS.take(shape, self.dtype, self.pin_memory).view(shape)
         else:
-            flat = torch.from_numpy(np.empty(int(np.prod(shape, dtype=np.int64)), self.dtype))
+            block = torch.from_numpy(np.empty(shape, self.dtype))
         if n and length:
             part, at = self.locate(addrs)
             if out is None and len(self.parts) == 1 and _all_cached(self.fd(0), at.tolist()):
                 # in this process, cached rows: one gather from the map over torch's threads
                 # (copying from mapped pages beats a read per patch from the page cache)
                 index = torch.from_numpy(np.asarray(addrs, dtype=np.int64) - self.starts[0])
-                torch.index_select(self._row_windows(length), 0, index, out=flat.view(shape))
+                torch.index_select(self._row_windows(length), 0, index, out=block)
             else:
-                block = flat.numpy().view(np.uint8).reshape(n, length * self.row_bytes)
-                read_all([(self.fd(p), block[i], o)
+                raw = block.numpy().view(np.uint8).reshape(n, length * self.row_bytes)
+                read_all([(self.fd(p), raw[i], o)
                           for i, (p, o) in enumerate(zip(part.tolist(), at.tolist()))])  # fmt: skip
-        return flat.view(shape)
+        return block
 
     def batch(
         self, addrs, length: int, out: torch.Tensor | None = None, pooled: bool = True
