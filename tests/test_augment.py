@@ -92,6 +92,7 @@ def test_bad_augmentations_name_the_yaml_key():
 CQT = str(Path(__file__).parent.parent / "configs/features/cqt.yaml")
 
 
+@pytest.mark.slow
 def test_augmentation_trains_only_and_a_resumed_run_ends_on_the_same_weights(
     tmp_path, demo_small, tiny_stores, monkeypatch
 ):

@@ -316,6 +316,7 @@ def test_samplers():
     assert json.dumps(sorted(ws.by_work)) == "[0, 1]"
 
 
+@pytest.mark.slow
 def test_a_float16_store_holds_the_float32_values_rounded(demo_small, tmp_path):
     from common.features import make_feature
 

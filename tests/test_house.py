@@ -133,8 +133,9 @@ def test_one_atomic_replace_for_every_writer():
                 continue
             f = node.func
             on_os = isinstance(f.value, ast.Name) and f.value.id == "os"
-            if f.attr in ("replace", "rename") and (on_os or len(node.args) == 1):
-                if not (isinstance(f.value, ast.Name) and f.value.id == "dataclasses"):
-                    found.append(f"{name}:{node.lineno}")
+            of_dataclasses = isinstance(f.value, ast.Name) and f.value.id == "dataclasses"
+            one_arg = (on_os or len(node.args) == 1) and not of_dataclasses  # not str.replace
+            if f.attr in ("replace", "rename") and one_arg:
+                found.append(f"{name}:{node.lineno}")
     assert found and all(f.startswith("common.fileio:") for f in found), found
     assert len(found) == 1, found

@@ -25,6 +25,7 @@ def _trainer(**kw):
                      logger=False, enable_checkpointing=False, enable_progress_bar=False, **kw)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_an_experiment_learns_under_lightning(tmp_path, demo_medium, medium_stores):
     # the demo's lms store; its instrument label is a class that carries over to tunes never
     # heard, which the dance type needs more tunes than a test can afford (as test_trainer's)
@@ -71,6 +72,7 @@ def test_two_ranks_under_lightning_ddp_see_disjoint_batches(
     assert first != second  # the samplers were told the epoch: batches differ
 
 
+@pytest.mark.slow
 def test_grad_clip_and_amp_of_the_experiment_act_under_lightning(tmp_path, demo_small, tiny_stores):
     """``train.grad_clip`` bounds the gradients the optimiser steps with, and ``train.amp``
     runs the forward in bfloat16 on the CPU, under MirpatchModule as in ``train run``."""

@@ -349,6 +349,7 @@ def _importtime(args: list[str]) -> str:
     return res.stderr
 
 
+@pytest.mark.slow
 def test_a_run_that_computes_nothing_starts_no_worker_nor_imports_librosa_or_torch(tmp_path):
     ds = _dataset(tmp_path)
     stores = tmp_path / "stores"
@@ -378,6 +379,7 @@ def test_a_run_that_computes_nothing_starts_no_worker_nor_imports_librosa_or_tor
     assert len(set(s.peak_rss_mb) - {os.getpid()}) == 1  # results came from one other process
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_100000_files_in_20_segments(tmp_path):
     code = textwrap.dedent(f"""
         import gc, os, sys

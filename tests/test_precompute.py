@@ -146,6 +146,7 @@ def test_per_file_targets_vocabularies_and_works(notes_dataset, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_store_layout_and_features_equal_direct_computation(notes_dataset, tmp_path):
     s = run(notes_dataset, "hcqt", tmp_path / "stores", jobs=2)
     assert s.store_path.parent == tmp_path / "stores" / "notes"

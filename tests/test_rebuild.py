@@ -235,6 +235,7 @@ def _cli(ds, stores, feature="cqt"):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_full_disk_gives_one_line_and_the_build_resumes(tmp_path):
     ds = _dataset(tmp_path)
     ref = run(ds, "cqt", tmp_path / "ref").store_path
@@ -272,6 +273,7 @@ def test_a_store_that_cannot_fit_is_refused_before_computing(tmp_path):
     assert " are free" in line
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_one_builds_the_other_refuses_or_waits(tmp_path):
     ds = _dataset(tmp_path, n=12, seconds=2.0)
     stores = tmp_path / "stores"

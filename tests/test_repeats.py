@@ -160,6 +160,7 @@ def test_seeds_in_one_command_are_the_runs_one_by_one(tmp_path, demo_small, tiny
     assert again["metrics"]["accuracy"]["values"] == values
 
 
+@pytest.mark.slow
 def test_folds_in_one_command_test_every_file_once(tmp_path, demo_small, tiny_stores):
     path = _exp_file(tmp_path, demo_small, tiny_stores)
     r = CliRunner().invoke(
@@ -190,6 +191,7 @@ def test_folds_in_one_command_test_every_file_once(tmp_path, demo_small, tiny_st
     assert loaded.dataset.fold == 0
 
 
+@pytest.mark.slow
 def test_the_default_experiment_learns_visibly(tmp_path, demo_medium, medium_stores):
     """`make train`'s experiment (on the smaller test demo, with epochs of 960 patches) on tunes
     it never trained on: the validation loss ends well below where it starts, and the test
