@@ -52,7 +52,7 @@ from .store import (
 
 FILENAME = "catalogue.sqlite"
 LOCKNAME = "catalogue.lock"
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"  # 4: views of format 4 only (runs); the audio hashes carry over from 3
 MODES = ("auto", "local", "network")
 NETWORK_FILESYSTEMS = (
     "nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "gpfs", "beegfs", "ceph", "glusterfs",
@@ -201,7 +201,11 @@ class Catalogue:
             row = con.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
             if row and row[0] == SCHEMA_VERSION:
                 return
-        for name in have:
+        # the audio hashes do not depend on the store format: reading the audio again costs
+        # as much as the audio itself, so they are kept
+        keep_audio = "audio" in have and [c[1] for c in con.execute("PRAGMA table_info(audio)")] == [
+            "path", "size", "mtime_ns", "hash", "info"]  # fmt: skip
+        for name in have - ({"audio"} if keep_audio else set()):
             con.execute(f"DROP TABLE IF EXISTS {name}")
         for stmt in SCHEMA.strip().split(";"):
             if stmt.strip():

@@ -473,3 +473,27 @@ def make_feature(
             file, "kind", f"unknown feature {kind!r}; {close_names(str(kind), list(FEATURES))}"
         )
     return FEATURES[kind](params, file)
+
+
+def _yaml_value(v: Any) -> str:
+    """A value as ``--set`` reads it back (YAML in flow style, one line)."""
+    import yaml
+
+    text = yaml.safe_dump(v, default_flow_style=True, width=10**6).strip()
+    return text[: -len("\n...")] if text.endswith("\n...") else text
+
+
+def feature_args(
+    feature: Feature | dict[str, Any], base: str | os.PathLike | None = None
+) -> list[str]:
+    """``--feature BASE [--set KEY=VALUE ...]``: the ``precompute run`` arguments that make
+    ``feature``'s values, as overrides of ``base`` (a shipped name or a YAML file; default the
+    feature's kind)."""
+    f = feature if isinstance(feature, Feature) else make_feature(feature)
+    base = base or f.kind
+    shipped = make_feature(base).value_params()
+    args = ["--feature", str(base)]
+    for k, v in sorted(f.value_params().items()):
+        if k != "kind" and shipped.get(k) != v:
+            args += ["--set", f"{k}={_yaml_value(v)}"]
+    return args

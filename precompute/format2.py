@@ -77,7 +77,8 @@ def read_format2(path: str | os.PathLike) -> Format2Store:
 
 def copy_view_parts(src: str | os.PathLike, files: np.ndarray) -> dict[str, Any]:
     """Targets, annotation marks (rows of ``files``) and attributes of a store, to write them
-    into a view (frame-level targets are read per file by the returned ``frame_targets``)."""
+    into a view (frame-level targets, dense rows there, are read per file and made runs by the
+    returned ``frame_runs``)."""
     with h5py.File(src, "r") as h:
         specs = [TargetSpec.from_attrs(n, ds.attrs) for n, ds in h["targets"].items()]
         per_file = {s.name: h[f"targets/{s.name}"][()][files] for s in specs if not s.frame_level}
@@ -85,9 +86,12 @@ def copy_view_parts(src: str | os.PathLike, files: np.ndarray) -> dict[str, Any]
         offsets, counts = h["files/offset"][()][files], h["files/n_frames"][()][files]
     frame_maps = {s.name: memmap_dataset(src, f"targets/{s.name}") for s in specs if s.frame_level}
 
-    def frame_targets(i: int) -> dict[str, np.ndarray]:
+    by_name = {s.name: s for s in specs}
+
+    def frame_runs(i: int) -> dict:
         o, n = int(offsets[i]), int(counts[i])
-        return {name: np.asarray(m[o : o + n]) for name, m in frame_maps.items()}
+        return {name: by_name[name].kind_class.runs_of_dense(by_name[name], np.asarray(m[o : o + n]))
+                for name, m in frame_maps.items()}  # fmt: skip
 
     return {"targets": specs, "file_targets": per_file, "annotated": marks,
-            "frame_targets": frame_targets}  # fmt: skip
+            "frame_runs": frame_runs}  # fmt: skip

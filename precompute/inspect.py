@@ -18,6 +18,7 @@ from common.store import (
     StoreTables,
     read_frame_target,
     read_rows,
+    read_runs,
     read_segment,
     read_tables,
     relative_to,
@@ -27,6 +28,7 @@ from common.store import (
     target_rows,
     view_files,
 )
+from common.targets import MAX_RUN
 
 
 def info(path: str | os.PathLike) -> dict[str, Any]:
@@ -119,6 +121,26 @@ def _check_tables(t) -> list[str]:
         rows = t.total_frames if spec.frame_level else t.n_files
         if counts[name] != rows:
             faults.append(f"target {name!r}: {counts[name]} rows, expected {rows}")
+        elif spec.frame_level:
+            faults += [f"target {name!r}: {f}" for f in _check_runs(t, spec)]
+    return faults
+
+
+def _check_runs(t: StoreTables, spec) -> list[str]:
+    """A frame-level target's runs: sorted, inside the view's frames, within their bounds."""
+    start, length, value = (np.asarray(c) for c in read_runs(t.path, spec.name))
+    faults = []
+    if (np.diff(start) < 0).any():
+        faults.append("runs are not sorted by their first frame")
+    if len(start) and (start.min() < 0 or (start + length).max() > t.total_frames):
+        faults.append(f"runs outside the view's {t.total_frames} frames")
+    if ((length < 1) | (length > MAX_RUN)).any():
+        faults.append(f"runs of fewer than 1 or more than {MAX_RUN} frames")
+    row_shape, _ = spec.row_layout()
+    if value.dtype.kind == "i" and len(value):
+        top = row_shape[0] if row_shape else len(spec.vocabulary)
+        if value.min() < 0 or value.max() >= top:
+            faults.append(f"values outside 0..{top - 1}")
     return faults
 
 

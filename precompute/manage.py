@@ -23,6 +23,7 @@ from common.store import (
     StoreError,
     read_attrs,
     read_tables,
+    rebuild_hint,
     relative_to,
     segment_files,
     view_files,
@@ -31,6 +32,16 @@ from common.store import (
 
 from .lock import LockedError, StoreLock
 from .migrate import migrating_segments
+
+
+def _old_format_hint(root: Path, attrs: dict) -> str:
+    version = attrs.get("format_version")
+    if version == 2:
+        return f"format 2: move its features into the pool with `precompute migrate {root}`"
+    if version == 3 and attrs.get("role") == "view":
+        return (f"a view of format 3 (dense frame targets): write it again, nothing recomputed, "
+                f"with `{rebuild_hint(attrs, root)}`; gc removes it once unused")  # fmt: skip
+    return f"format {version}: not usable, delete it"
 
 
 def _when(t: float) -> str:
@@ -67,13 +78,11 @@ def list_stores(stores: str | os.PathLike) -> list[str]:
         if Path(os.path.abspath(p)) in known:
             continue
         try:
-            version = read_attrs(p).get("format_version")
+            attrs = read_attrs(p)
         except OSError as e:
             lines.append(f"{p}: not usable ({e})")
             continue
-        hint = (f"format 2: move its features into the pool with `precompute migrate {root}`"
-                if version == 2 else f"format {version}: not usable, delete it")  # fmt: skip
-        lines.append(f"{p}: {hint}")
+        lines.append(f"{p}: {_old_format_hint(root, attrs)}")
     for p in sorted(root.glob(f"{POOL}/*/*.partial")):
         lines.append(f"{p}: unfinished segment; the `precompute run` that made it continues it")
     if len(lines) == 1 and not records:
@@ -139,6 +148,7 @@ def collect_garbage(
             freed += size
         finally:
             os.close(fd)
+    freed += _remove_old_views(root, cutoff, verb, dry_run, log)
     freed += remove_unneeded_segments(root, cat, grace_hours, dry_run, log)
     return freed + _remove_abandoned(root, cutoff, verb, dry_run, log)
 
@@ -168,6 +178,30 @@ def remove_unneeded_segments(
             if not dry_run:
                 p.unlink(missing_ok=True)
                 cat.forget_segment(p)
+            freed += size
+        finally:
+            os.close(fd)
+    return freed
+
+
+def _remove_old_views(root: Path, cutoff: float, verb: str, dry_run: bool, log) -> int:
+    """Views of format 3 (dense frame targets, read by no mirpatch since) unused since ``cutoff``
+    and held by nobody; their segments then go as any unneeded segment."""
+    freed = 0
+    for p in view_files(root):
+        try:
+            attrs = read_attrs(p)
+        except OSError:
+            continue
+        if (attrs.get("format_version"), attrs.get("role")) != (3, "view"):
+            continue
+        if p.stat().st_mtime >= cutoff or (fd := try_exclusive(p)) is None:
+            continue
+        try:
+            size = p.stat().st_size
+            log(f"{verb} {p} (a view of format 3, {_mb(size)})")
+            if not dry_run:
+                p.unlink(missing_ok=True)
             freed += size
         finally:
             os.close(fd)

@@ -156,7 +156,7 @@ def _write(path: Path, old, found) -> Path:
     attrs["failed"] = old.failed
     # written beside the store, then renamed over it: the store is whole until the view is
     return write_view(path, table, refs, old.frame_shape, old.dtype, parts["targets"],
-                      parts["file_targets"], parts["frame_targets"], attrs, parts["annotated"])  # fmt: skip
+                      parts["file_targets"], parts["frame_runs"], attrs, parts["annotated"])  # fmt: skip
 
 
 def _check_space(root: Path, need: int) -> None:

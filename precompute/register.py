@@ -22,7 +22,7 @@ from common.store import (
     finish_view,
     view_target_bytes,
 )
-from common.targets import annotated, file_targets, frame_targets
+from common.targets import annotated, annotation_points, file_targets, frame_runs
 
 from .compute import library_versions
 from .layout import RowPlan
@@ -30,8 +30,9 @@ from .plan import Plan
 
 
 def view_bytes(plan: Plan) -> int:
-    """About what the view of ``plan`` takes on disk (its frame-level targets, mostly)."""
-    return view_target_bytes(plan.targets, len(plan.files), sum(f.n_frames for f in plan.files))
+    """About what the view of ``plan`` takes on disk (its tables and targets)."""
+    entries = [f.entry for f in plan.files]
+    return view_target_bytes(plan.targets, len(entries), annotation_points(entries, plan.targets))
 
 
 def locate(plan: Plan, rows: RowPlan) -> tuple[list[int], list[SegmentRef], dict, list[dict]]:
@@ -95,7 +96,7 @@ def draft(plan: Plan, ok: list[int] | None = None) -> Path:
         _table(plan, ok, {}),
         plan.targets,
         file_targets(entries, plan.targets),
-        lambda k: frame_targets(entries[k], plan.targets, feat, n_frames[k]),
+        lambda k: frame_runs(entries[k], plan.targets, feat, n_frames[k]),
         view_attrs(plan, list(plan.failed)),
         annotated(entries, plan.targets),
     )

@@ -13,7 +13,7 @@ import torch
 
 from common.patches import patch_index
 from common.pyjama import read_pyjama, write_pyjama
-from common.store import StoreError, memmap_dataset
+from common.store import StoreError, memmap_dataset, read_tables
 from precompute.pipeline import run
 from train.data import StoreDataModule
 from train.dataset import (
@@ -25,6 +25,8 @@ from train.dataset import (
 )
 from train.samplers import EpochSampler, WorkBatchSampler
 
+from .dense_targets import dense_target, read_target
+
 
 @pytest.fixture(scope="session")
 def stores(tiny_stores):
@@ -33,6 +35,12 @@ def stores(tiny_stores):
 
 
 def direct(store, name="features"):
+    """The view's features as plain h5py reads them, or a target as mirpatch wrote it before
+    runs (dense rows from the reference code, for frame-level targets)."""
+    if name != "features":
+        target = name.removeprefix("targets/")
+        spec = read_tables(store).targets[target]
+        return dense_target(store, target) if spec.frame_level else read_target(store, target)
     with h5py.File(store) as h:
         return h[name][()]
 

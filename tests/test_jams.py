@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 
-import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from common.store import read_tables
 from precompute.cli import main
 from precompute.pipeline import run
 
 from .conftest import tone, write_json, write_wav
+from .dense_targets import read_target
 
 jams = pytest.importorskip("jams")
 
@@ -93,8 +94,7 @@ def _direct(root, names_genres_works):
 
 
 def _targets(store):
-    with h5py.File(store) as h:
-        return {n: ds[()] for n, ds in h["targets"].items()}
+    return {n: read_target(store, n) for n in read_tables(store).targets}
 
 
 @pytest.fixture

@@ -18,13 +18,14 @@ from click.testing import CliRunner
 from common.audio import load_audio
 from common.features import make_feature
 from common.pause import pause_env
-from common.store import memmap_dataset, read_features, read_file_targets, read_tables
+from common.store import read_features, read_file_targets, read_tables
 from precompute.cli import main
 from precompute.inspect import verify
 from precompute.lock import LockedError, StoreLock
 from precompute.pipeline import make_plan, run
 
 from .conftest import SR, done_markers, partial_segments, tone, wait_for, write_json, write_wav
+from .dense_targets import read_target
 
 GENRES = {
     "type_content": "text",
@@ -89,8 +90,8 @@ def test_targets_land_on_the_right_frames_and_bins(notes_dataset, tmp_path):
     assert s.ok and s.files == 2
     t = read_tables(s.store_path)
     feats = read_features(s.store_path)
-    pitch = np.asarray(memmap_dataset(s.store_path, "targets/pitchmidi"))
-    f0 = np.asarray(memmap_dataset(s.store_path, "targets/f0multi"))
+    pitch = read_target(s.store_path, "pitchmidi")
+    f0 = read_target(s.store_path, "f0multi")
     assert pitch.dtype == np.uint8 and pitch.shape == (t.total_frames, 360)
     n = int(t.n_frames[0])
     times = np.arange(n) * 512 / SR
@@ -132,14 +133,14 @@ def test_per_file_targets_vocabularies_and_works(notes_dataset, tmp_path):
     ]
     assert ft["tag"].dtype == np.uint8
     assert t.targets["work-id"].vocabulary == ["7"] and ft["work-id"].tolist() == [0, 0]
-    chord = np.asarray(memmap_dataset(s.store_path, "targets/chord"))
+    chord = read_target(s.store_path, "chord")
     times = np.arange(int(t.n_frames[0])) * 1024 / SR
     voc = t.targets["chord"].vocabulary
     # half-open segments: a chord from 0 s labels frame 0; the next one starts at its start
     expected = np.where(times < 1.0, voc.index("C:maj"), voc.index("G:maj"))
     assert np.array_equal(chord[: len(times)], expected)
     # lms has no pitch axis: pitch targets use a 128-MIDI grid
-    p = np.asarray(memmap_dataset(s.store_path, "targets/pitchmidi"))
+    p = read_target(s.store_path, "pitchmidi")
     assert (
         p.shape[1] == 128
         and p[: len(times), 60].astype(bool).tolist() == ((times >= 0.5) & (times < 1.5)).tolist()
@@ -164,7 +165,7 @@ def test_store_layout_and_features_equal_direct_computation(notes_dataset, tmp_p
         assert d.chunks is None and d.compression is None and d.dtype == np.dtype("<f4")
         assert d.shape[1:] == (6, 360) and d.id.get_offset() == segment.features_at
     assert s.store_path.stat().st_size < segment.path.stat().st_size / 5
-    assert json.loads(attrs["feature"])["kind"] == "hcqt" and attrs["format_version"] == 3
+    assert json.loads(attrs["feature"])["kind"] == "hcqt" and attrs["format_version"] == 4
     assert "patch_hop" not in json.loads(attrs["feature"])  # patches belong to the Dataset
     assert {"librosa", "numpy", "h5py"} <= set(json.loads(attrs["versions"]))
     feats = read_features(s.store_path)
@@ -188,7 +189,7 @@ def test_hcqt_pitch_targets_line_up_with_every_harmonic_channel(notes_dataset, t
     s = run(notes_dataset, "hcqt", tmp_path / "stores")
     t = read_tables(s.store_path)
     feats = read_features(s.store_path)
-    pitch = np.asarray(memmap_dataset(s.store_path, "targets/pitchmidi"))
+    pitch = read_target(s.store_path, "pitchmidi")
     n = int(t.n_frames[0])
     frames, bins = np.nonzero(pitch[:n])
     assert set(bins.tolist()) == {(60 - 24) * 5, (67 - 24) * 5}
@@ -479,7 +480,7 @@ def test_info_and_show(notes_dataset, tmp_path):
 
 def test_segments_are_half_open_at_the_start_and_at_the_end_of_a_file(tmp_path):
     from common.pyjama import read_pyjama
-    from common.targets import frame_targets
+    from common.targets import frame_runs
 
     write_wav(tmp_path / "a.wav", tone(60, 2.0))
     n = 1 + int(2.0 * SR) // 512
@@ -501,8 +502,11 @@ def test_segments_are_half_open_at_the_start_and_at_the_end_of_a_file(tmp_path):
     coll = read_pyjama(write_json(tmp_path / "d.pyjama", doc))
     feature = make_feature("cqt")
     plan = make_plan(tmp_path / "d.pyjama", feature, tmp_path / "s")
-    arrays = frame_targets(coll.entries[0], plan.targets, feature, n)
-    chord, pitch = arrays["chord"], arrays["pitchmidi"]
+    runs = frame_runs(coll.entries[0], plan.targets, feature, n)
+    chord, pitch = (s.kind_class.decode(s, (runs[s.name].start, runs[s.name].length,
+                                            runs[s.name].value), [0], n)[0]
+                    for s in sorted(plan.targets, key=lambda s: s.name != "chord")
+                    if s.frame_level)  # fmt: skip
     times = np.arange(n) * 512 / SR
     assert chord[0] == 0 and chord[-1] == 1  # [0, 0.5) holds frame 0; [end, ..) the last one
     assert (chord[(times >= 0.5) & (times < end)] == -1).all()
@@ -543,7 +547,7 @@ def test_pitch_units_and_pitches_off_the_grid_are_reported(tmp_path):
         "below": 1,
         "above": 1,
     }
-    f0 = np.asarray(memmap_dataset(store, "targets/f0"))
+    f0 = read_target(store, "f0")
     assert f0[:, (69 - 24) * 5].sum() >= 85  # A4 = 440 Hz at its bin in ~all 87 frames, not dropped
     # a unit given explicitly wins, and makes another store
     res = CliRunner().invoke(

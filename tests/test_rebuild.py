@@ -32,6 +32,7 @@ from train.data import StoreDataModule
 from train.dataset import DatasetError, StoreDataset
 
 from .conftest import done_markers, partial_segments, tone, wait_for, write_json, write_wav
+from .dense_targets import read_target
 from .test_precompute import _assert_same_store
 
 
@@ -81,7 +82,7 @@ def test_rebuilds_compute_only_what_changed_and_equal_a_fresh_build(tmp_path):
     assert (s.computed, s.reused) == (0, 8) and s.store_path != first.store_path
     assert _pool_bytes(stores) == pool and len(segment_files(stores)) == 1
     assert np.array_equal(_features(s.store_path), _features(first.store_path))
-    assert h5py.File(s.store_path)["targets/genre"][3] == 0
+    assert read_target(s.store_path, "genre")[3] == 0
     _assert_same_store(s.store_path, fresh("label"))
 
     # a file renamed in the dataset, same audio: nothing computed
@@ -359,7 +360,7 @@ def test_a_format_1_store_is_refused_with_the_command_that_rebuilds_it(tmp_path)
         h.create_dataset("features", data=np.zeros((4, 1, 8), np.float32))
     with pytest.raises(
         StoreError,
-        match=r"store format 1, this mirpatch reads format 3; delete it and rebuild with: precompute run --dataset demo.pyjama --feature lms",
+        match=r"store format 1, this mirpatch reads format 4; delete it and rebuild with: precompute run --dataset demo.pyjama --feature lms",
     ):
         read_tables(p)
     with pytest.raises(DatasetError, match="delete it and rebuild with"):

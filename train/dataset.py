@@ -24,12 +24,13 @@ from common.catalogue import touch
 from common.features import Feature, make_feature
 from common.holds import hold
 from common.patches import patch_index
-from common.store import StoreError, frame_target_location, read_file_targets, read_tables
+from common.store import StoreError, read_file_targets, read_tables
 from common.targets import TargetSpec
 
 from .batches import PatchBatch, collate_padded, collate_patches
 from .errors import DatasetError
 from .splits import SPLITS, assign_folds, assign_splits, file_splits, stable_fraction
+from .targets import FrameTargetRows
 from .views import Rows
 
 __all__ = [
@@ -184,13 +185,9 @@ class StoreDataset(torch.utils.data.Dataset):
         seg_start = self.features.starts[:-1]
         # each file's first row as an address over all segments
         self.file_row = (seg_start[t.segment] + t.first).astype(np.int64) if t.n_files else t.first
-        self.target_rows: Rows | None = None
+        self.target_rows: FrameTargetRows | None = None
         if spec is not None and spec.frame_level:
-            shape, dtype, at = frame_target_location(self.path, target)
-            self.target_rows = Rows(
-                [(self.path, at, shape[0])], shape[1:], dtype, _target_layout(shape), pin_memory
-            )
-            self.target_rows.fd(0)  # now: forked workers keep this file if the view is rewritten
+            self.target_rows = FrameTargetRows(self.path, spec, pin_memory)
         self._file_target: torch.Tensor | None = (
             torch.from_numpy(np.ascontiguousarray(self.file_targets[target]))
             if spec is not None and not spec.frame_level
@@ -395,16 +392,3 @@ class StoreDataset(torch.utils.data.Dataset):
             "starts": torch.from_numpy(starts.astype(np.int64)),
             "mask": mask,
         }
-
-
-class _target_layout:
-    """Frame-level target rows ``(T,)`` or ``(T, W)`` -> a patch ``(L,)`` or ``(W, L)``
-    (a class, not a closure: a spawned worker gets it pickled)."""
-
-    def __init__(self, shape: tuple[int, ...]):
-        self.width = int(shape[1]) if len(shape) > 1 else None
-
-    def __call__(self, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        if self.width is None:
-            return (length,), (1,)
-        return (self.width, length), (1, self.width)

@@ -232,7 +232,7 @@ class Rows:
         if out is not None:
             block = out.view(shape)
         elif pooled:
-            block = _BUFFERS.take(shape, self.dtype, self.pin_memory).view(shape)
+            block = BUFFERS.take(shape, self.dtype, self.pin_memory).view(shape)
         else:
             block = torch.from_numpy(np.empty(shape, self.dtype))
         if n and length:
@@ -446,4 +446,4 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
-_BUFFERS = Buffers()
+BUFFERS = Buffers()

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.config import ConfigError
 from common.errors import DiskFullError, MissingSegmentsError, StoreError
+from common.features import feature_args
 
-FORMAT_VERSION = 3
+SEGMENT_FORMAT = 3  # segments of the pool: unchanged since the pool began
+FORMAT_VERSION = 4  # views: 4 stores frame-level targets as runs (3 had dense rows)
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 CHECKSUM_BYTES = 32  # hex of a 16-byte blake2b digest
 SEGMENT_MAX_BYTES = (
@@ -28,6 +32,7 @@ __all__ = [
     "CHECKSUM_BYTES",
     "FORMAT_VERSION",
     "POOL",
+    "SEGMENT_FORMAT",
     "SEGMENT_MAX_BYTES",
     "STATUS_FAILED",
     "STATUS_OK",
@@ -117,17 +122,33 @@ def rows_checksum(rows) -> str:
     return hashlib.blake2b(memoryview(rows).cast("B"), digest_size=16).hexdigest()
 
 
-def rebuild_hint(attrs: dict[str, Any]) -> str:
-    """The ``precompute run`` command that builds a view again, from its attributes."""
+def rebuild_hint(attrs: dict[str, Any], stores: str | os.PathLike | None = None) -> str:
+    """The ``precompute run`` command that builds a view again, from its attributes (its
+    feature's values as ``--set`` overrides of the shipped ones)."""
     feature = attrs.get("feature") or {}
-    kind = feature.get("kind", "FEATURE") if isinstance(feature, dict) else "FEATURE"
     dataset = attrs.get("pyjama") or f"{attrs.get('dataset', 'DATASET')}.pyjama"
-    return f"precompute run --dataset {dataset} --feature {kind}"
+    try:
+        args = feature_args(feature)
+    except (ConfigError, TypeError, AttributeError):  # not a feature this mirpatch knows
+        kind = feature.get("kind", "FEATURE") if isinstance(feature, dict) else "FEATURE"
+        args = ["--feature", str(kind)]
+    cmd = ["precompute", "run", "--dataset", str(dataset), *args]
+    if stores is not None:
+        cmd += ["--stores", str(stores)]
+    if attrs.get("audio_root"):
+        cmd += ["--audio-root", str(attrs["audio_root"])]
+    return shlex.join(cmd)
 
 
 def format_error(path: Path, attrs: dict[str, Any]) -> StoreError:
     """What to do with a file that is not a view of this format."""
     version = attrs.get("format_version")
+    if version == 3 and attrs.get("role") == "view":
+        return StoreError(
+            f"{path}: a view of format 3, whose frame-level targets are dense rows; this mirpatch "
+            f"reads format {FORMAT_VERSION}. Its features are in the pool: write the view again "
+            f"(nothing is recomputed) with: {rebuild_hint(attrs)}"
+        )
     if version == 2:
         return StoreError(
             f"{path}: a store of format 2, which copies its features; move them into the pool "

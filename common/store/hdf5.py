@@ -53,12 +53,13 @@ def create_contiguous(h: h5py.File, name: str, shape: tuple, dtype: np.dtype) ->
     return h5py.Dataset(dsid)
 
 
-def write_attrs(h: h5py.File, attrs: dict[str, Any]) -> None:
-    """Attributes (mappings and lists as JSON), and this format's version."""
+def write_attrs(h: h5py.File, attrs: dict[str, Any], version: int = FORMAT_VERSION) -> None:
+    """Attributes (mappings and lists as JSON), and the format's version (a view's, unless
+    given: segments have their own)."""
     h.attrs.update(
         {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in attrs.items()}
     )
-    h.attrs["format_version"] = FORMAT_VERSION
+    h.attrs["format_version"] = version
 
 
 def decode(v: Any) -> Any:

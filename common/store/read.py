@@ -33,7 +33,7 @@ from .format import (
     relative_to,
     stores_root_of,
 )
-from .hdf5 import attrs_of, dataset_location
+from .hdf5 import attrs_of, dataset_location, memmap_dataset
 
 
 @dataclass
@@ -179,31 +179,37 @@ def read_features(path: str | os.PathLike) -> np.ndarray:
     )
 
 
-def frame_target_location(
+RUN_COLUMNS = ("start", "length", "value")
+
+
+def frame_target_runs(
     path: str | os.PathLike, name: str
-) -> tuple[tuple[int, ...], np.dtype, int]:
-    """``(shape, dtype, byte offset)`` of a view's frame-level target ``name``, to read it
-    without h5py (rows in the view's order: ``files/offset``)."""
-    return dataset_location(path, f"targets/{name}")
+) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """Where the runs of a view's frame-level target ``name`` are: per column (``start``,
+    ``length``, ``value``), ``(shape, dtype, byte offset)``, to map them without h5py."""
+    return {c: dataset_location(path, f"targets/{name}/{c}") for c in RUN_COLUMNS}
+
+
+def read_runs(path: str | os.PathLike, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of a frame-level target, mapped read-only: ``(start, length, value)``."""
+    return tuple(memmap_dataset(path, f"targets/{name}/{c}") for c in RUN_COLUMNS)
 
 
 def target_rows(path: str | os.PathLike) -> dict[str, int]:
-    """How many rows each target of a view has (files, or frames for frame-level ones)."""
+    """How many rows each target of a view stands for (files, or frames for frame-level
+    ones)."""
     with h5py.File(path, "r") as h:
-        return {n: int(ds.shape[0]) for n, ds in h["targets"].items()}
+        return {
+            n: int(x.attrs["frames"]) if isinstance(x, h5py.Group) else int(x.shape[0])
+            for n, x in h["targets"].items()
+        }
 
 
 def read_frame_target(t: StoreTables, name: str, i: int) -> np.ndarray:
-    """File ``i``'s rows of the frame-level target ``name`` (one pread)."""
-    shape, dtype, at = frame_target_location(t.path, name)
-    row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
-    out = np.empty((int(t.n_frames[i]), *shape[1:]), dtype=dtype)
-    fd = os.open(t.path, os.O_RDONLY)
-    try:
-        pread_into(fd, out, byte_address(at, int(t.offset[i]), row))
-    finally:
-        os.close(fd)
-    return out
+    """File ``i``'s dense rows ``(n_frames, ...)`` of the frame-level target ``name``."""
+    spec = t.targets[name]
+    runs = read_runs(t.path, name)
+    return spec.kind_class.decode(spec, runs, [int(t.offset[i])], int(t.n_frames[i]))[0]
 
 
 def read_file_targets(path: str | os.PathLike, names: Iterable[str]) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ import numpy as np
 
 from common.fileio import claim, pwrite_all, replace_file, reserve
 
-from .format import CHECKSUM_BYTES, FORMAT_VERSION, StoreError, byte_address
+from .format import CHECKSUM_BYTES, SEGMENT_FORMAT, StoreError, byte_address
 from .hdf5 import attrs_of, create_contiguous, disk_error, write_attrs
 
 
@@ -89,7 +89,7 @@ def lay_out_segment(
             h.create_dataset("rows/key", data=keys, dtype=h5py.string_dtype("utf-8"))
             h.create_dataset("rows/first", data=first)
             h.create_dataset("rows/n_frames", data=n)
-            write_attrs(h, {**attrs, "role": "segment"})
+            write_attrs(h, {**attrs, "role": "segment"}, SEGMENT_FORMAT)
             layout = SegmentLayout(
                 path, list(keys), first, n, tuple(frame_shape), dtype,
                 feats.id.get_offset() or 0, status.id.get_offset() or 0,
@@ -171,8 +171,8 @@ def read_segment(path: str | os.PathLike) -> SegmentTable:
         raise StoreError(f"{path}: not a readable segment ({e})") from None
     with h:
         attrs = attrs_of(h)
-        if attrs.get("role") != "segment" or attrs.get("format_version") != FORMAT_VERSION:
-            raise StoreError(f"{path}: not a segment of format {FORMAT_VERSION}")
+        if attrs.get("role") != "segment" or attrs.get("format_version") != SEGMENT_FORMAT:
+            raise StoreError(f"{path}: not a segment of format {SEGMENT_FORMAT}")
         feats, r = h["features"], h["rows"]
         return SegmentTable(
             path, str(attrs.get("feature_key", "")), r["key"].asstr()[()], r["first"][()],

@@ -21,9 +21,11 @@ A **view** is one file per (annotations, feature values)::
         /features             a virtual dataset over the segments (paths relative to this
                               file, so the stores folder can move): plain h5py reads the view's
                               features as one array; a missing segment reads as NaN
-        /targets/<name>       one dataset per pyjama description (attrs: kind, vocabulary, ...)
-                              per file: (n_files, ...); frame level: (total_frames, ...), in the
-                              view's order (``files/offset``)
+        /targets/<name>       per pyjama description (attrs: kind, vocabulary, ...): per file,
+                              a dataset (n_files, ...); frame level, a group of runs
+                              (``start`` int64 frame in the view's order, ``length`` int32,
+                              ``value`` int32 bin or class, or float32 rows), sorted by start,
+                              none longer than 256 frames (see :mod:`common.targets.runs`)
         /annotated/<name>     uint8 (n_files,): 1 where the entry carries the description
         attrs                 format_version, role="view", dataset, pyjama, pyjama_sha1,
                               audio_root, feature (JSON), feature_key, store_id, versions, skipped,
@@ -46,10 +48,10 @@ import h5py
 import numpy as np
 
 from common.fileio import claim, replace_file, temporary_name
-from common.targets import TargetSpec
+from common.targets import Runs, TargetSpec
 
 from .format import CHECKSUM_BYTES, SegmentRef, relative_to, stores_root_of
-from .hdf5 import create_contiguous, removed_on_error, write_attrs
+from .hdf5 import removed_on_error, write_attrs
 from .read import read_tables
 
 
@@ -146,44 +148,33 @@ def _write_locations(
     _virtual_features(h, view, files, segments, frame_shape, np.dtype(dtype).newbyteorder("<"))
 
 
-def _write_frame_targets(
-    frame_ds: dict[str, h5py.Dataset],
-    offsets: np.ndarray,
-    n_frames: np.ndarray,
-    frame_targets: Callable[[int], dict[str, np.ndarray]],
-    block_bytes: int = 32 << 20,
-) -> None:
-    """Each file's frame-level targets at its offset, written in blocks of neighbouring files
-    (one HDF5 write per block, memory bounded by ``block_bytes``)."""
-    pending: dict[str, list[np.ndarray]] = {name: [] for name in frame_ds}
-    start, size = 0, 0
-
-    def write() -> None:
-        nonlocal size
-        for name, parts in pending.items():
-            if parts:
-                block = np.concatenate(parts)
-                frame_ds[name][start : start + len(block)] = block
-                parts.clear()
-        size = 0
-
-    for i in range(len(n_frames)):
-        if not n_frames[i]:
-            continue
-        if size == 0:
-            start = int(offsets[i])
-        for name, arr in frame_targets(i).items():
-            pending[name].append(arr)
-            size += arr.nbytes
-        if size >= block_bytes:
-            write()
-    write()
+def _frame_runs(
+    files: ViewFiles, targets: list[TargetSpec], frame_runs: Callable[[int], dict[str, Runs]]
+) -> dict[str, Runs]:
+    """Every file's runs of each frame-level target, in the view's frame order."""
+    offsets, n_frames = files.offset, np.asarray(files.n_frames, np.int64)
+    parts: dict[str, list[Runs]] = {s.name: [] for s in targets if s.frame_level}
+    for i in range(len(files)):
+        if n_frames[i]:
+            for name, runs in frame_runs(i).items():
+                parts[name].append(runs.shifted(int(offsets[i])))
+    layouts = {s.name: s.kind_class.value_layout(s) for s in targets if s.frame_level}
+    return {name: Runs.concat(p, *layouts[name]) for name, p in parts.items()}
 
 
-def view_target_bytes(targets: list[TargetSpec], n_files: int, total_frames: int) -> int:
-    """About what a view's targets take on disk."""
-    per_frame = sum(s.row_bytes() for s in targets if s.frame_level)
-    return total_frames * per_frame + n_files * 1024 + (1 << 20)
+def _write_runs(h: h5py.File, spec: TargetSpec, runs: Runs, total_frames: int) -> None:
+    """A frame-level target as runs: ``targets/<name>/{start, length, value}``, contiguous."""
+    g = h.require_group(f"targets/{spec.name}")
+    for column in ("start", "length", "value"):
+        g.create_dataset(column, data=getattr(runs, column))
+    g.attrs.update({**spec.to_attrs(), "frames": total_frames})
+
+
+def view_target_bytes(targets: list[TargetSpec], n_files: int, annotation_points: int) -> int:
+    """About what a view's tables and targets take on disk: a run or less per annotated point
+    (a segment, a marker, a breakpoint of a track), a row per file."""
+    per_file = 1024 + sum(s.row_bytes() for s in targets if not s.frame_level)
+    return annotation_points * 32 + n_files * per_file + (1 << 20)
 
 
 def draft_view(
@@ -191,40 +182,35 @@ def draft_view(
     files: ViewFiles,
     targets: list[TargetSpec],
     file_targets: dict[str, np.ndarray],
-    frame_targets: Callable[[int], dict[str, np.ndarray]],
+    frame_runs: Callable[[int], dict[str, Runs]],
     attrs: dict[str, Any],
     annotated: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """All of a view but where its rows are, under a temporary name (it can be written while
     the features are still being computed); :func:`finish_view` completes it.
 
-    ``file_targets`` have one row per file of ``files``; ``frame_targets(i)`` gives file ``i``'s
-    frame-level targets (one file at a time, so memory does not grow with the dataset).
+    ``file_targets`` have one row per file of ``files``; ``frame_runs(i)`` gives file ``i``'s
+    frame-level targets as runs counted from its first frame.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
-    offsets, n_frames = files.offset, np.asarray(files.n_frames, np.int64)
-    total = int(n_frames.sum())
+    total = int(np.sum(files.n_frames))
     with removed_on_error(tmp, path):
-        claim(tmp, view_target_bytes(targets, len(files), total))
+        runs = _frame_runs(files, targets, frame_runs)
+        size = sum(a.nbytes for r in runs.values() for a in (r.start, r.length, r.value))
+        claim(tmp, size + view_target_bytes(targets, len(files), 0))
         with h5py.File(tmp, "w", libver="latest") as h:
             _write_file_columns(h, files)
             h.require_group("targets")
-            frame_ds = {}
             for spec in targets:
                 if spec.frame_level:
-                    row, dt = spec.row_layout()
-                    frame_ds[spec.name] = create_contiguous(
-                        h, f"targets/{spec.name}", (total, *row), dt
-                    )
+                    _write_runs(h, spec, runs[spec.name], total)
                 else:
                     h.create_dataset(f"targets/{spec.name}", data=file_targets[spec.name])
-                h[f"targets/{spec.name}"].attrs.update(spec.to_attrs())
+                    h[f"targets/{spec.name}"].attrs.update(spec.to_attrs())
             for name, mask in (annotated or {}).items():
                 h.create_dataset(f"annotated/{name}", data=np.asarray(mask, dtype=np.uint8))
-            if frame_ds:
-                _write_frame_targets(frame_ds, offsets, n_frames, frame_targets)
             write_attrs(h, attrs)
     return tmp
 
@@ -255,12 +241,12 @@ def write_view(
     dtype: np.dtype,
     targets: list[TargetSpec],
     file_targets: dict[str, np.ndarray],
-    frame_targets: Callable[[int], dict[str, np.ndarray]],
+    frame_runs: Callable[[int], dict[str, Runs]],
     attrs: dict[str, Any],
     annotated: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a view: under a temporary name, flushed, then renamed (never half visible)."""
-    draft = draft_view(path, files, targets, file_targets, frame_targets, attrs, annotated)
+    draft = draft_view(path, files, targets, file_targets, frame_runs, attrs, annotated)
     return finish_view(draft, path, files, segments, frame_shape, dtype)
 
 

@@ -121,15 +121,34 @@ class FileKind(TargetKind):
 
 
 class FrameKind(TargetKind):
-    """One row per feature frame."""
+    """One row per feature frame, stored as runs (:mod:`common.targets.runs`): the view's size
+    follows the annotations, and readers get dense rows back (:meth:`decode`)."""
 
     frame_level = True
     order = 200
 
     @classmethod
-    def encode_frames(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
-        """The rows ``(len(times), ...)`` of one file from its atoms of the description (none
-        when the file does not carry it), on the frame times ``times`` (seconds)."""
+    def encode_runs(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
+        """The :class:`~common.targets.runs.Runs` of one file (frames counted from its first)
+        from its atoms of the description (none when the file does not carry it), on the
+        frame times ``times`` (seconds)."""
+        raise NotImplementedError
+
+    @classmethod
+    def runs_of_dense(cls, spec: TargetSpec, rows: np.ndarray):
+        """The runs of dense rows ``(n_frames, ...)`` (stores of older formats)."""
+        raise NotImplementedError
+
+    @classmethod
+    def value_layout(cls, spec: TargetSpec) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of one run's value: a bin or class (int32), or a row of numbers."""
+        return (), np.dtype("<i4")
+
+    @classmethod
+    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out: np.ndarray | None = None):
+        """Dense rows ``(len(addrs), n, *row shape)`` of the windows ``[a, a + n)`` of the
+        frames, from ``runs`` (start, length, value arrays, sorted by start); into ``out``
+        when given."""
         raise NotImplementedError
 
 

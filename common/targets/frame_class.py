@@ -1,5 +1,6 @@
 """``frame_class``: a class per frame from text segments (chords, sections): int32
-``(n_frames,)``, -1 where no segment is; where segments overlap, the later one."""
+``(n_frames,)``, -1 where no segment is; where segments overlap, the later one. Stored as runs
+``(first frame, frames, class)``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from .base import Description, FrameKind, TargetSpec, register
 from .frames import segments_frames
+from .runs import decode_classes, runs_of_sequence
 
 
 @register
@@ -24,9 +26,17 @@ class FrameClass(FrameKind):
         return (), np.dtype("<i4")
 
     @classmethod
-    def encode_frames(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
+    def encode_runs(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
         index = {v: i for i, v in enumerate(spec.vocabulary)}
-        arr = np.full(len(times), -1, dtype=np.int32)
+        arr = np.full(len(times), -1, dtype=np.int32)  # one int per frame: a later one wins
         for lo, hi, a in zip(*segments_frames(times, atoms), atoms):
             arr[lo:hi] = index[str(a.value)]
-        return arr
+        return runs_of_sequence(arr, -1)
+
+    @classmethod
+    def runs_of_dense(cls, spec: TargetSpec, rows: np.ndarray):
+        return runs_of_sequence(rows, -1)
+
+    @classmethod
+    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None):
+        return decode_classes(*runs, addrs, n, out)

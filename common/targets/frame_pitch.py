@@ -1,5 +1,6 @@
 """``frame_pitch``: which pitches sound in each frame, on the feature's own pitch grid (MIDI
-notes as segments, f0 tracks as breakpoints): multi-hot uint8 ``(n_frames, n_pitch_bins)``.
+notes as segments, f0 tracks as breakpoints): multi-hot uint8 ``(n_frames, n_pitch_bins)``, stored as runs ``(first frame, frames, bin)``:
+one per note, one per stretch of an f0 track on one bin.
 
 Silence (0, negative, NaN) sets no bin; pitches off the grid set none and are counted
 (:func:`common.targets.pitch.pitches_off_grid`)."""
@@ -13,6 +14,7 @@ from common.pyjama import BREAKPOINT_EXTENTS
 from .base import Description, FrameKind, TargetSpec, register
 from .frames import nearest, segment_atoms, segments_frames, track_atoms
 from .pitch import is_pitch, midi_of, pitch_bins, pitch_unit
+from .runs import Runs, decode_multi_hot, make_runs, runs_of_multi_hot, runs_of_sequence
 
 
 @register
@@ -36,22 +38,32 @@ class FramePitch(FrameKind):
         return len(spec.pitch_midi)
 
     @classmethod
-    def encode_frames(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
+    def encode_runs(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
         grid = np.asarray(spec.pitch_midi)
         n = len(times)
-        arr = np.zeros((n, len(grid)), dtype=np.uint8)
         segments = segment_atoms(atoms)
         bins = pitch_bins(midi_of([a.value for a in segments], spec.unit), grid)
-        for lo, hi, b in zip(*segments_frames(times, segments), bins):
-            if b >= 0:
-                arr[lo:hi, b] = 1
+        lo, hi = segments_frames(times, segments)
+        parts = [make_runs(lo[bins >= 0], hi[bins >= 0], bins[bins >= 0])]
         for a in track_atoms(atoms):
             rows = midi_of(np.asarray(a.value, dtype=np.float64), spec.unit)
             k = nearest(times, np.asarray(a.time))
             inside = k >= 0
             for row in rows:
-                bins = np.full(n, -1)
-                bins[inside] = pitch_bins(row[k[inside]], grid)
-                on = bins >= 0
-                arr[np.nonzero(on)[0], bins[on]] = 1
-        return arr
+                b = np.full(n, -1)
+                b[inside] = pitch_bins(row[k[inside]], grid)
+                parts.append(runs_of_sequence(b, -1))
+        return _sorted(Runs.concat(parts))
+
+    @classmethod
+    def runs_of_dense(cls, spec: TargetSpec, rows: np.ndarray):
+        return runs_of_multi_hot(rows)
+
+    @classmethod
+    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None):
+        return decode_multi_hot(*runs, addrs, n, len(spec.pitch_midi), out)
+
+
+def _sorted(r: Runs) -> Runs:
+    order = np.argsort(r.start, kind="stable")
+    return Runs(r.start[order], r.length[order], r.value[order])

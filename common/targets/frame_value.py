@@ -1,5 +1,6 @@
 """``frame_value``: numbers per frame (a numeric segment, or the rows of a numeric breakpoint
-track that is not a pitch): float32 ``(n_frames, n_dims)``, NaN where nothing is annotated."""
+track that is not a pitch): float32 ``(n_frames, n_dims)``, NaN where nothing is annotated. Stored as runs of equal rows
+``(first frame, frames, row)``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from .base import Description, FrameKind, TargetSpec, register
 from .frames import nearest, segment_atoms, segments_frames, track_atoms
+from .runs import decode_rows, runs_of_rows
 
 
 @register
@@ -30,7 +32,7 @@ class FrameValue(FrameKind):
         return (len(spec.vocabulary),), np.dtype("<f4")
 
     @classmethod
-    def encode_frames(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
+    def encode_runs(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
         arr = np.full((len(times), len(spec.vocabulary)), np.nan, dtype=np.float32)
         segments = segment_atoms(atoms)
         for lo, hi, a in zip(*segments_frames(times, segments), segments):
@@ -39,4 +41,16 @@ class FrameValue(FrameKind):
             k = nearest(times, np.asarray(a.time))
             inside = k >= 0
             arr[inside] = np.asarray(a.value, dtype=np.float32).T[k[inside]]
-        return arr
+        return runs_of_rows(arr)
+
+    @classmethod
+    def runs_of_dense(cls, spec: TargetSpec, rows: np.ndarray):
+        return runs_of_rows(rows)
+
+    @classmethod
+    def value_layout(cls, spec: TargetSpec) -> tuple[tuple[int, ...], np.dtype]:
+        return (len(spec.vocabulary),), np.dtype("<f4")
+
+    @classmethod
+    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None):
+        return decode_rows(*runs, addrs, n, len(spec.vocabulary), out)

@@ -11,6 +11,9 @@
 | numeric pitch segment/breakpoint| frame_pitch    | uint8 (n_frames, n_pitch_bins)         |
 | other numeric breakpoint/segment| frame_value    | float32 (n_frames, n_dims), NaN = none |
 
+Frame-level targets are read as these dense rows, and stored in a view as runs
+(:mod:`common.targets.runs`).
+
 Each row of the table is a kind of its own module (see :mod:`common.targets.base`). Targets
 are stored in the smallest dtype that holds them (uint8 for multi-hot), never float64.
 """
@@ -52,8 +55,9 @@ def file_targets(entries: list, specs: list[TargetSpec]) -> dict[str, np.ndarray
     return {s.name: s.kind_class.encode_files(s, entries) for s in specs if not s.frame_level}
 
 
-def frame_targets(entry, specs: list[TargetSpec], feature, n_frames: int) -> dict[str, np.ndarray]:
-    """Frame-level targets of one file on the feature's frame grid."""
+def frame_runs(entry, specs: list[TargetSpec], feature, n_frames: int) -> dict:
+    """Frame-level targets of one file on the feature's frame grid, as
+    :class:`~common.targets.runs.Runs` counted from the file's first frame."""
     times = feature.frame_times(n_frames)
     frame_s = feature.hop_length / feature.sr
     out = {}
@@ -61,8 +65,22 @@ def frame_targets(entry, specs: list[TargetSpec], feature, n_frames: int) -> dic
         if spec.frame_level:
             d = entry.descriptions.get(spec.name)
             atoms = d.atoms if d else []
-            out[spec.name] = spec.kind_class.encode_frames(spec, atoms, times, frame_s)
+            out[spec.name] = spec.kind_class.encode_runs(spec, atoms, times, frame_s)
     return out
+
+
+def annotation_points(entries: list, specs: list[TargetSpec]) -> int:
+    """How many annotated points the frame-level targets of ``entries`` have (a segment or a
+    marker is one, a breakpoint track one per time and row): what a view's runs are bounded by."""
+    n = 0
+    for spec in specs:
+        if not spec.frame_level:
+            continue
+        for e in entries:
+            d = e.descriptions.get(spec.name)
+            for a in d.atoms if d else ():
+                n += len(a.time) * max(1, len(a.value)) if isinstance(a.time, list) else 1
+    return n
 
 
 def annotated(entries: list, specs: list[TargetSpec]) -> dict[str, np.ndarray]:
