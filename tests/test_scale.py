@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from common.pause import pause_env
 from precompute.pipeline import execute, make_plan, run
 
 from .conftest import done_markers, wait_for
@@ -133,6 +134,7 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
             "samples_per_epoch": 48,
             "optimizer": "sgd",
             "lr": 0.05,
+            "checkpoint_every": 2,
         },
     )
     cfg_path = tmp_path / "ddp.yaml"
@@ -198,6 +200,30 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
     c = load_checkpoint(run_part / "last.pt")["model"]
     for k in b:
         assert torch.equal(b[k], c[k]), k
+
+    # killed (kill -9, both ranks) in mid-epoch, once both wait after the checkpoint of step 4,
+    # and resumed on 2 ranks: every rank goes on at step 5, to the same weights exactly
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    cmd = [*torchrun, "-m", "train", "run", "--config", str(cfg_path), "--out",
+           str(tmp_path / "mid"), "-q"]  # fmt: skip
+    killed = subprocess.Popen(cmd, env={**env, **pause_env("step", 2, pause)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True)  # fmt: skip
+    wait_for(lambda: (pause / "step.paused").exists(), killed, "the checkpoint of step 4")
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    (run_mid,) = list((tmp_path / "mid").iterdir())
+    pos = load_checkpoint(run_mid / "last.pt")["position"]
+    assert (pos["epoch"], pos["batch"], pos["seen"]) == (0, 4, 32)  # both ranks' 4 x 4 patches
+    resumed = train_run(torchrun, "mid", "--resume", str(run_mid))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    d = load_checkpoint(run_mid / "last.pt")["model"]
+    for k in b:
+        assert torch.equal(b[k], d[k]), k
+    assert json.loads((run_mid / "ranks.json").read_text())["identical_weights"]
+    with open(run_mid / "metrics.csv") as f:
+        assert [int(r["samples"]) for r in csv.DictReader(f)] == [48, 48]
 
 
 @pytest.mark.slow

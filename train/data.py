@@ -160,6 +160,9 @@ class StoreDataModule:
         self.shuffle_blocks_per_draw = shuffle_blocks_per_draw
         self.train_ds = self.valid_ds = self.test_ds = None
         self._samplers: list[Any] = []
+        # where training is: batches done in the current epoch, and where a resumed run starts
+        self.epoch, self.batch = 0, 0
+        self._resume_at: tuple[int, int] | None = None
 
     @classmethod
     def from_experiment(cls, cfg, store=None, rank: int = 0, world: int = 1) -> StoreDataModule:
@@ -255,15 +258,19 @@ class StoreDataModule:
         self, ds: StoreDataset, batch_size: int, train: bool, **kw
     ) -> torch.utils.data.DataLoader:
         workers = self.num_workers
-        extra = {}
+        # the training loader seeds its workers from a generator of its own: starting an epoch
+        # (or resuming one) draws nothing from torch's global RNG, whose draws (dropout) a
+        # resumed run must repeat exactly
+        extra = {"generator": torch.Generator().manual_seed(self.seed)} if train else {}
         if workers > 0:
-            extra = {
+            extra |= {
                 "persistent_workers": self.persistent_workers,
                 "prefetch_factor": self.prefetch_factor,
                 "multiprocessing_context": self.multiprocessing_context,
             }
         collate = {"file": collate_padded, "patch": collate_patches}.get(ds.unit)
-        return torch.utils.data.DataLoader(
+        cls = ResumableLoader if train else torch.utils.data.DataLoader
+        loader = cls(
             ds,
             num_workers=workers,
             pin_memory=self.pin_memory,
@@ -272,6 +279,9 @@ class StoreDataModule:
             **kw,
             **({"batch_size": batch_size} if "batch_sampler" not in kw else {}),
         )
+        if train:
+            loader.data = self
+        return loader
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         ds = self._nonempty(self.train_ds)
@@ -327,9 +337,54 @@ class StoreDataModule:
         return self.eval_dataloader(self.test_ds)
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for ``epoch`` (same order in every process for the same seed and epoch)."""
-        for s in self._samplers:
-            s.set_epoch(epoch)
+        """Reshuffle for ``epoch`` (same order in every process for the same seed and epoch).
+        After :meth:`resume_at` that epoch, its training loader leaves out the batches done."""
+        skip = 0
+        if self._resume_at is not None and self._resume_at[0] == epoch:
+            skip = self._resume_at[1]
+        self._resume_at = None
+        self.epoch, self.batch = epoch, skip
+        self._position_samplers(epoch, skip)
         for ds in (self.train_ds, self.valid_ds, self.test_ds):
             if ds is not None:
                 ds.set_epoch(epoch)
+
+    @property
+    def _local_batch(self) -> int:
+        """Patches of one training batch in this process (its share of the global batch)."""
+        return self.batch_size // self.world if self.world > 1 else self.batch_size
+
+    def batch_done(self) -> None:
+        """One more training batch of the epoch is done (what a checkpoint records)."""
+        self.batch += 1
+
+    def position(self) -> dict[str, int]:
+        """Where training is: the epoch, and the batches of it done."""
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def resume_at(self, epoch: int, batch: int) -> None:
+        """Training goes on after the first ``batch`` batches of ``epoch``: the training loader
+        starts there now (Lightning draws a first batch before it says which epoch it is), and
+        so does the next :meth:`set_epoch` of that epoch."""
+        self._resume_at = (int(epoch), int(batch))
+        self._position_samplers(*self._resume_at)
+
+    def _position_samplers(self, epoch: int, skip_batches: int) -> None:
+        for s in self._samplers:
+            per_batch = 1 if isinstance(s, WorkBatchSampler) else self._local_batch
+            s.set_epoch(epoch, skip_batches * per_batch)
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """A training DataLoader that says where training is in its epoch (``state_dict``) and
+    starts there again (``load_state_dict``), as Lightning's mid-epoch checkpoints and
+    torchdata's loaders expect: the batches done are not read again, the others come in the
+    order of an uninterrupted epoch."""
+
+    data: StoreDataModule
+
+    def state_dict(self) -> dict[str, int]:
+        return self.data.position()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.data.resume_at(state["epoch"], state["batch"])

@@ -80,6 +80,9 @@ class TrainSettings:
     # steps between reading the loss back to the host (progress bar, NaN check); default
     # 1 on CPU, 20 on a GPU, whose queue a read-back would drain at every step
     sync_every: int | None = setting(None, "int", nullable=True)
+    # steps between mid-epoch checkpoints (last.pt with where the epoch is): a run killed in
+    # mid-epoch resumes at the last one (--resume) to the weights of an uninterrupted run
+    checkpoint_every: int | None = setting(None, "int", nullable=True)
     margin: float = setting(0.3, "float")
     mining: str = setting("semihard", "str", choices=["random", "semihard", "hard"])
     works_per_batch: int = setting(8, "int")
@@ -161,6 +164,10 @@ def _check(cfg: Experiment, path: Path) -> None:
             raise ConfigError(
                 path, "dataset.folds", "dataset.split_key names each file's split; drop one"
             )
+    if t.checkpoint_every is not None and t.checkpoint_every < 1:
+        raise ConfigError(
+            path, "train.checkpoint_every", f"must be 1 or more, got {t.checkpoint_every}"
+        )
     for key in ("lr", "batch_size", "epochs"):
         if getattr(t, key) <= 0:
             raise ConfigError(path, f"train.{key}", f"must be > 0, got {getattr(t, key)}")

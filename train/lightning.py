@@ -11,6 +11,11 @@
     trainer.fit(model, datamodule=data)
     print(model.evaluate("test"))  # the project's own evaluation: patches and whole files
 
+Checkpoints in mid-epoch (``ModelCheckpoint(every_n_train_steps=N)``) resume there: the training
+loader gives ``state_dict`` / ``load_state_dict`` (the batches of the epoch done), and the
+module keeps torch's RNG state in the checkpoint, so a resumed fit ends on the weights of an
+uninterrupted one.
+
 The data side delegates to :class:`train.data.StoreDataModule`; under DDP, rank and world come
 from the trainer and every rank reads its own share (whole works for the cover task), so
 Lightning must not wrap the samplers: ``use_distributed_sampler=False`` is required. Both
@@ -28,8 +33,10 @@ import numpy as np
 import torch
 
 from common.errors import UserError
+from common.pause import pause_point
 
 from .augment import make_augmentations
+from .checkpoints import rng_state, set_rng_state
 from .data import StoreDataModule
 from .devices import amp_settings
 from .evaluate import evaluate_split
@@ -106,6 +113,7 @@ class MirpatchModule(L.LightningModule):
         self.core: torch.nn.Module | None = None
         self.automatic_optimization = False
         self._scored: list[tuple] = []
+        self._rng: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.core is not None:
@@ -133,9 +141,23 @@ class MirpatchModule(L.LightningModule):
         self._data.set_epoch(self.current_epoch)  # both samplers, works or patches
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self._rng is not None:  # resumed: the draws (dropout) go on as they were saved
+            set_rng_state(self._rng)
+            self._rng = None
         loss, n = self._step(batch, self.current_epoch, self.global_step, self.manual_backward)
+        self._data.data.batch_done()  # the training loader's position, for mid-epoch checkpoints
         self.log("train_loss", loss.detach(), batch_size=n, on_step=False, on_epoch=True)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        pause_point("step")  # after the step's checkpoint, if one was due (tests kill here)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mirpatch_rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # restored at the first training step: Lightning draws from the RNG in between
+        self._rng = checkpoint.get("mirpatch_rng")
 
     def on_train_epoch_end(self) -> None:
         sched = self.lr_schedulers()

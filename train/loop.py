@@ -23,6 +23,7 @@ import torch
 import yaml
 from torch.distributed.algorithms.join import Join
 
+from common.pause import pause_point
 from common.progress import progress as progress_bar
 
 from . import distributed
@@ -69,7 +70,11 @@ class Training:
     ranks: distributed.Ranks
     store: Path
     sync_every: int
+    dm: StoreDataModule | None = None
+    folder: Path | None = None
     start_epoch: int = 0
+    start_batch: int = 0  # batches of ``start_epoch`` done before a mid-epoch resume
+    partial: dict = field(default_factory=dict)  # that epoch's loss sum, samples, wait so far
     step: int = 0
     best: float | None = None
     best_weights: dict | None = None  # the core's weights at the best epoch, on the CPU
@@ -117,7 +122,8 @@ def fit(
     if not ranks.main:  # one voice: rank 0 logs, shows progress and writes the run folder
         log, progress = (lambda m: None), False
     dm, state = set_up(cfg, ranks, device)
-    folder = open_run(state, resume, out, log, folder)
+    folder = state.folder = open_run(state, resume, out, log, folder)
+    dm.resume_at(state.start_epoch, state.start_batch)
     log(f"run folder: {folder}")
     log(
         f"{state.task.name} on '{cfg.target.name}': {len(dm.train_ds)} train / "
@@ -182,7 +188,7 @@ def set_up(cfg: Experiment, ranks, device) -> tuple[StoreDataModule, Training]:
     state = Training(
         cfg=cfg, task=task, step_fn=step_fn, model=model, core=core, opt=opt,
         sched=make_scheduler(opt, t), scaler=scaler, device=device, amp=amp, ranks=ranks,
-        store=Path(store), sync_every=t.sync_every or (1 if device.type == "cpu" else 20),
+        store=Path(store), sync_every=t.sync_every or (1 if device.type == "cpu" else 20), dm=dm,
     )  # fmt: skip
     state.meta = {
         "config": cfg.to_dict(),
@@ -207,9 +213,15 @@ def open_run(state: Training, resume, out, log, folder=None) -> Path:
             state.sched.load_state_dict(ck["scheduler"])
         state.scaler.load_state_dict(ck["scaler"])
         state.step, state.best, state.bad_epochs = ck["step"], ck["best"], ck["bad_epochs"]
-        state.start_epoch = ck["epoch"] + 1
+        # where to go on: in mid-epoch (a checkpoint every train.checkpoint_every steps), or at
+        # the next epoch (checkpoints of epoch ends, and of runs from before mid-epoch resume)
+        at = ck.get("position") or {"epoch": ck["epoch"] + 1, "batch": 0}
+        state.start_epoch, state.start_batch = at["epoch"], at["batch"]
+        if state.ranks.main:  # rank 0 goes on from the epoch's sums so far, the others from 0
+            state.partial = {k: at[k] for k in ("loss_sum", "seen", "data_s") if k in at}
         set_rng_state(ck["rng"])
-        log(f"resuming {folder} at epoch {ck['epoch'] + 1} (step {state.step})")
+        where = f", batch {at['batch']}" if at["batch"] else ""
+        log(f"resuming {folder} at epoch {at['epoch']}{where} (step {state.step})")
         return folder
     if folder is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -232,7 +244,9 @@ def train_epoch(state: Training, loader, epoch: int, progress: bool) -> dict[str
     """One epoch of training steps; the epoch's loss, throughput and time waiting for data."""
     s, t = state, state.cfg.train
     s.model.train()
-    t0, data_s, seen, loss_sum = time.perf_counter(), 0.0, 0, 0.0
+    resumed = s.partial if epoch == s.start_epoch else {}
+    t0, data_s = time.perf_counter(), resumed.get("data_s", 0.0)
+    seen, loss_sum = resumed.get("seen", 0), resumed.get("loss_sum", 0.0)
     pending: list[tuple[torch.Tensor, int, int]] = []  # (loss, batch size, step) not read yet
     # on a GPU the host is idle while the device computes: the next batch is made then; on
     # the CPU the step already uses every core, and making it aside measured slower
@@ -249,12 +263,15 @@ def train_epoch(state: Training, loader, epoch: int, progress: bool) -> dict[str
                 break
             loss, n = s.step_fn(batch, epoch, s.step)
             s.step += 1
+            s.dm.batch_done()
             # the loss is read back (a host-device sync) every sync_every steps: on a GPU the
             # host meanwhile prepares the next batches; on CPU it costs nothing, so every step
             pending.append((loss.detach(), n, s.step - 1))
-            if len(pending) >= s.sync_every:
-                loss_sum += read_losses(pending, epoch, t, s.store, bar)
             seen += n
+            if len(pending) >= s.sync_every or _checkpoint_due(s):
+                loss_sum += read_losses(pending, epoch, t, s.store, bar)
+            if _checkpoint_due(s):
+                mid_epoch_checkpoint(s, {"loss_sum": loss_sum, "seen": seen, "data_s": data_s})
             bar.update()
             if t.max_steps and s.step >= t.max_steps:
                 break
@@ -277,6 +294,46 @@ def train_epoch(state: Training, loader, epoch: int, progress: bool) -> dict[str
         "samples_per_s": seen / epoch_s,
         "data_wait_share": data_s / epoch_s,
     }
+
+
+def _checkpoint_due(s: Training) -> bool:
+    every = s.cfg.train.checkpoint_every
+    return bool(every) and s.step % every == 0
+
+
+def mid_epoch_checkpoint(s: Training, sums: dict[str, float]) -> None:
+    """``last.pt`` with where the epoch is, written by rank 0, then a pause point for tests.
+
+    Under DDP the epoch's loss and sample counts so far are summed over the ranks first
+    (rank 0 goes on from the sum, the others from 0), unless the ranks' shares of the epoch
+    differ (shuffling by blocks), where a collective could wait on a rank already done: then
+    only rank 0's part is kept, and the resumed epoch's reported loss leaves the other ranks'
+    earlier batches out. The weights are the same either way."""
+    if s.ranks.enabled and not (s.dm.shuffle_block_mb and s.dm.unit == "patch"):
+        loss_sum, seen, data_s = s.ranks.sum(sums["loss_sum"], sums["seen"], sums["data_s"])
+        sums = {"loss_sum": loss_sum, "seen": int(seen), "data_s": data_s / s.ranks.world}
+    if s.ranks.main:
+        position = {**s.dm.position(), **sums}
+        save_checkpoint(s.folder / "last.pt", **_training_state(s, s.dm.epoch - 1, position))
+    pause_point("step")
+
+
+def _training_state(s: Training, epoch: int, position: dict) -> dict[str, Any]:
+    """What a checkpoint holds: weights, optimiser, scheduler, scaler, RNG, counters, where
+    training goes on (``position``), and the run's description (``meta``)."""
+    return dict(
+        model=s.core.state_dict(),
+        optimizer=s.opt.state_dict(),
+        scheduler=s.sched.state_dict() if s.sched else None,
+        scaler=s.scaler.state_dict(),
+        epoch=epoch,
+        position=position,
+        step=s.step,
+        best=s.best,
+        bad_epochs=s.bad_epochs,
+        rng=rng_state(),
+        **s.meta,
+    )
 
 
 def read_losses(pending: list, epoch: int, t, store, bar) -> float:
@@ -328,18 +385,7 @@ def validate(state: Training, loader, row: dict) -> bool:
 def checkpoint(state: Training, folder: Path, epoch: int, improved: bool, row: dict, tb) -> None:
     """``last.pt`` every epoch, ``best.pt`` at each improvement, the metrics row; rank 0 only."""
     s = state
-    ck = dict(
-        model=s.core.state_dict(),
-        optimizer=s.opt.state_dict(),
-        scheduler=s.sched.state_dict() if s.sched else None,
-        scaler=s.scaler.state_dict(),
-        epoch=epoch,
-        step=s.step,
-        best=s.best,
-        bad_epochs=s.bad_epochs,
-        rng=rng_state(),
-        **s.meta,
-    )
+    ck = _training_state(s, epoch, {"epoch": epoch + 1, "batch": 0})
     if s.ranks.main:
         _append_metrics(folder, row, tb)
         if improved:

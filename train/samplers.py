@@ -47,15 +47,20 @@ class EpochSampler(torch.utils.data.Sampler[int]):
             edges = np.flatnonzero(np.diff(blocks[order])) + 1
             self._members = np.split(order, edges) if n else []
         self.num_samples = n if num_samples is None else int(num_samples)
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
         if world > 1 and blocks is None and (global_batch is None or global_batch % world):
             raise ValueError(
                 f"the global batch ({global_batch}) must be a multiple of the {world} ranks"
             )
         self.rank, self.world, self.global_batch = rank, world, global_batch
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int | None = None) -> None:
+        """Shuffle for ``epoch``; the next pass starts ``skip`` indices into it (where a
+        training stopped in mid-epoch resumes: its first batches are not read again). Without
+        ``skip`` (as Lightning calls it), a start set for this very epoch stays."""
+        if skip is None:
+            skip = self.skip if epoch == self.epoch else 0
+        self.epoch, self.skip = epoch, skip
 
     def indices(self) -> np.ndarray:
         if self.n == 0:
@@ -104,12 +109,13 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         # with_epoch: (index, epoch) pairs, for datasets whose items draw at random per epoch
         # (persistent workers keep their own copy of the dataset, so its epoch travels with the index)
+        order = self.indices()[self.skip :].tolist()
         if self.with_epoch:
-            return iter([(i, self.epoch) for i in self.indices().tolist()])
-        return iter(self.indices().tolist())
+            return iter([(i, self.epoch) for i in order])
+        return iter(order)
 
-    def __len__(self) -> int:
-        return self.num_samples if self.world == 1 else len(self.indices())
+    def __len__(self) -> int:  # a whole epoch's, also when resumed in mid-epoch (as Lightning
+        return self.num_samples if self.world == 1 else len(self.indices())  # counts batches)
 
 
 class WorkBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -152,16 +158,21 @@ class WorkBatchSampler(torch.utils.data.Sampler[list[int]]):
         if world > self.P:
             raise ValueError(f"{world} ranks need at least as many works per batch, have {self.P}")
         self.batches = batches_per_epoch or max(1, len(self.patch_file) // (self.P * self.K))
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int | None = None) -> None:
+        """Draw the batches of ``epoch``; the next pass leaves out its first ``skip`` (kept,
+        when not given, for this very epoch)."""
+        if skip is None:
+            skip = self.skip if epoch == self.epoch else 0
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[list[int]]:
         """Every rank draws the same global batches and keeps its share of their works
         (whole works: each anchor keeps its positives in its rank's batch)."""
         rng = np.random.default_rng([self.seed, self.epoch, 7])
         edges = np.linspace(0, self.P, self.world + 1).round().astype(int)
-        for _ in range(self.batches):
+        for b in range(self.batches):
             batch = []
             works = rng.choice(self.works, size=self.P, replace=False)
             for k, w in enumerate(works):
@@ -170,7 +181,8 @@ class WorkBatchSampler(torch.utils.data.Sampler[list[int]]):
                 picks = [int(rng.choice(self.by_work[int(w)][int(f)])) for f in chosen]
                 if edges[self.rank] <= k < edges[self.rank + 1]:
                     batch += picks
-            yield batch
+            if b >= self.skip:  # skipped batches are drawn all the same: the draws that follow
+                yield batch  # are the uninterrupted epoch's
 
     def __len__(self) -> int:
         return self.batches
