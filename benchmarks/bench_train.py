@@ -1,14 +1,20 @@
-"""Trained patches per second from the store against the same training fed from RAM.
+"""Trained patches per second from the store, against the same training fed from RAM and from
+the device's own memory (the ceiling: what the model's steps alone allow).
 
 For each experiment and worker count, the same model (same seed, same initial weights) is
-trained for a few epochs twice, in alternation: once from the experiment's own DataLoader
-(StoreDataset over the store, its EpochSampler, its collate), once from a DataLoader over an
-in-RAM ``TensorDataset`` holding exactly the training patches and targets, contiguous, with an
-EpochSampler of the same seed, the same batch size and workers. The figure is the trainer's own
-per-epoch throughput (steps, forward, backward, update: what a run reports), the first epoch of
-each left out (start-up). The ratio store / in-RAM is printed per pair and as the median.
+trained for a few epochs three times, in turn:
+- ``store``: from the experiment's own DataLoader (StoreDataset over the store, its sampler,
+  its collate), as ``train run`` trains;
+- ``ram``: from a DataLoader over an in-RAM ``TensorDataset`` holding exactly the training
+  patches and targets, contiguous, with a sampler of the same seed, batch size and workers;
+- ``device``: from those patches put on the device once, each batch indexed there: no loader,
+  no transfer, only the steps.
+The figure is the trainer's own per-epoch throughput (steps, forward, backward, update: what a
+run reports), the first epoch of each left out (start-up), and the store-fed run's share of each
+step spent waiting for data. On a GPU the question is whether the store keeps the device busy:
+store / device near 1 and a small wait share.
 
-    make features && .venv/bin/python benchmarks/bench_train.py \
+    make features && .venv/bin/python benchmarks/bench_train.py [--device cuda] \
         [--config configs/experiments/demo_genre.yaml ...] [--workers 0 2] [--epochs 3] [--pairs 3]
 """
 
@@ -54,18 +60,50 @@ def in_ram_loader(dm, workers: int) -> torch.utils.data.DataLoader:
     )  # fmt: skip
 
 
-def throughput(cfg, workers: int, source: str, epochs: int) -> float:
+class OnDevice:
+    """The training patches on the device, in the order of the experiment's sampler: batches
+    indexed there, nothing read, nothing moved (the ceiling)."""
+
+    num_workers = 0
+
+    def __init__(self, dm, device: torch.device):
+        ram = in_ram_loader(dm, 0)
+        data = ram.dataset
+        xs = [data[i]["X"] for i in range(len(data))]
+        ys = [data[i]["y"] for i in range(len(data))]
+        self.X, self.Y = torch.stack(xs).to(device), torch.stack(ys).to(device)
+        self.sampler, self.batch_size, self.drop_last = ram.sampler, ram.batch_size, ram.drop_last
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = torch.as_tensor(list(iter(self.sampler)), device=self.X.device)
+        for k in range(len(self)):
+            idx = order[k * self.batch_size : (k + 1) * self.batch_size]
+            yield {"X": self.X[idx], "y": self.Y[idx]}
+
+
+def throughput(cfg, workers: int, source: str, epochs: int, device: str) -> tuple[float, float]:
+    """Mean patches/s and share of time waiting for data over the epochs after the first."""
     torch.manual_seed(cfg.train.seed)
-    ranks, device = distributed.setup(pick_device("cpu"))
-    dm, state = set_up(cfg, ranks, device)
-    loader = dm.train_dataloader() if source == "store" else in_ram_loader(dm, workers)
-    rates = []
+    ranks, dev = distributed.setup(pick_device(device))
+    dm, state = set_up(cfg, ranks, dev)
+    if source == "store":
+        loader = dm.train_dataloader()
+    elif source == "ram":
+        loader = in_ram_loader(dm, workers)
+    else:
+        loader = OnDevice(dm, dev)
+    rows = []
     for epoch in range(epochs):
         dm.set_epoch(epoch)
         for s in dm._samplers:
             s.set_epoch(epoch)
-        rates.append(train_epoch(state, loader, epoch, False)["samples_per_s"])
-    return float(np.mean(rates[1:]))
+        rows.append(train_epoch(state, loader, epoch, False))
+    return (float(np.mean([r["samples_per_s"] for r in rows[1:]])),
+            float(np.mean([r["data_wait_share"] for r in rows[1:]])))  # fmt: skip
 
 
 def main() -> None:
@@ -77,23 +115,32 @@ def main() -> None:
         nargs="+",
         default=["configs/experiments/demo_genre.yaml", "configs/experiments/demo_pitch.yaml"],
     )
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (or auto)")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--sources", nargs="+", default=["store", "ram", "device"])
     args = ap.parse_args()
     for path in args.config:
         for workers in args.workers:
-            cfg = load_experiment(path, [f"train.num_workers={workers}", "train.device=cpu"])
-            pairs = []
+            cfg = load_experiment(path, [f"train.num_workers={workers}",
+                                         f"train.device={args.device}"])  # fmt: skip
+            runs: dict[str, list[tuple[float, float]]] = {s: [] for s in args.sources}
             for _ in range(args.pairs):
-                s = throughput(cfg, workers, "store", args.epochs)
-                r = throughput(cfg, workers, "ram", args.epochs)
-                pairs.append((s, r))
-            ratios = [s / r for s, r in pairs]
-            print(f"{path} {workers} workers: store {statistics.median(p[0] for p in pairs):.0f} "
-                  f"patches/s, in-RAM {statistics.median(p[1] for p in pairs):.0f}; pair ratios "
-                  f"{', '.join(f'{x:.3f}' for x in ratios)}; median {statistics.median(ratios):.3f}x",
-                  flush=True)  # fmt: skip
+                for src in args.sources:
+                    runs[src].append(throughput(cfg, workers, src, args.epochs, args.device))
+            med = {s: statistics.median(r[0] for r in v) for s, v in runs.items()}
+            line = f"{path} {args.device} {workers} workers: " + ", ".join(
+                f"{s} {med[s]:.0f} patches/s" for s in args.sources)  # fmt: skip
+            if "store" in runs:
+                wait = statistics.median(r[1] for r in runs["store"])
+                line += f"; store's data wait {100 * wait:.1f}%"
+                for other in ("ram", "device"):
+                    if other in runs:
+                        ratios = [a[0] / b[0] for a, b in zip(runs["store"], runs[other])]
+                        line += (f"; store / {other} {statistics.median(ratios):.3f}x "
+                                 f"({', '.join(f'{x:.3f}' for x in ratios)})")  # fmt: skip
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

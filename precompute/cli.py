@@ -253,12 +253,16 @@ def run_cmd(
     from common.store import DiskFullError
 
     from .backends import BackendError
-    from .pipeline import LockedError, PlanError, StrictStop, execute, make_plan
+    from .pipeline import LockedError, PlanError, StrictStop, execute, find_built, make_plan
 
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     try:
         feat = make_feature(feature, {k[0]: v for k, v in map(parse_override, overrides)})
         units = dict(_pitch_unit(u) for u in pitch_units)
+        built = None if units else find_built(dataset, feat, stores, audio_root)
+        if built is not None:  # a no-op: found without reading the pyjama
+            _report(built)
+            sys.exit(0)
         plan = make_plan(dataset, feat, stores, audio_root, strict, pitch_units=units)
         for p in plan.collection.problems:
             click.echo(f"skipped: {p}", err=True)

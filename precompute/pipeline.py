@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from common.catalogue import Catalogue, touch
+from common.features import Feature, make_feature
 from common.holds import hold
 from common.pause import pause_point
-from common.pyjama import PyjamaError
+from common.pyjama import PyjamaError, resolve_audio_path
 from common.store import (
     DiskFullError,
     MissingSegmentsError,
@@ -254,6 +256,56 @@ def _warnings(plan: Plan) -> list[str]:
     return out
 
 
+def find_built(
+    dataset: str | os.PathLike,
+    feature: Feature,
+    stores: str | os.PathLike = "stores",
+    audio_root: str | os.PathLike | None = None,
+) -> Summary | None:
+    """The summary of the view this request would build, when it is built already, found
+    without reading the pyjama: a view of this very pyjama (its sha1) and feature, every file
+    of it complete and its audio unchanged (size and mtime as when it was hashed, that hash the
+    view's). None otherwise, and then a plan decides (a real dataset's pyjama takes seconds to
+    read, a no-op run must not)."""
+    t0 = time.perf_counter()
+    dataset = Path(dataset).absolute()
+    if not dataset.is_file() or not Path(stores).is_dir():
+        return None
+    catalogue = Catalogue(stores)
+    root = str(Path(audio_root).absolute()) if audio_root is not None else None
+    sha1 = hashlib.sha1(dataset.read_bytes()).hexdigest()
+    for rec in catalogue.find_store(dataset, feature.key(), root):
+        if rec.pyjama_sha1 != sha1:
+            continue
+        try:
+            t = read_tables(rec.path)
+        except StoreError:
+            return None  # segments gone, or another format: a plan repairs or rebuilds it
+        if t.failed or t.attrs.get("skipped") or not _audio_unchanged(catalogue, t, dataset, root):
+            return None
+        touch(rec.path)
+        path = Path(stores) / rec.path.parent.name / rec.path.name  # as a plan names it
+        return Summary(path, files=t.n_files, reused=t.n_files, existed=True,
+                       warnings=list(t.attrs.get("warnings") or []),
+                       audio_s=float(t.duration_s.sum()), seconds=time.perf_counter() - t0)  # fmt: skip
+    return None
+
+
+def _audio_unchanged(catalogue: Catalogue, t, dataset: Path, audio_root: str | None) -> bool:
+    paths = [str(resolve_audio_path(str(n), dataset.parent, audio_root).absolute())
+             for n in t.names]  # fmt: skip
+    known = catalogue.audio(paths)
+    for p, content in zip(paths, t.content):
+        k = known.get(p)
+        try:
+            st = os.stat(p)
+        except OSError:
+            return False
+        if k is None or (k[0], k[1], k[2]) != (st.st_size, st.st_mtime_ns, content):
+            return False
+    return True
+
+
 def run(
     dataset: str | os.PathLike,
     feature: str | os.PathLike,
@@ -269,7 +321,11 @@ def run(
     pitch_units: dict[str, str] | None = None,
 ) -> Summary:
     """Plan and execute in one call (the Python face of ``precompute run``)."""
-    plan = make_plan(dataset, feature, stores, audio_root, strict, pitch_units=pitch_units)
+    feat = feature if isinstance(feature, Feature) else make_feature(feature)
+    built = None if pitch_units else find_built(dataset, feat, stores, audio_root)
+    if built is not None:
+        return built
+    plan = make_plan(dataset, feat, stores, audio_root, strict, pitch_units=pitch_units)
     return execute(
         plan,
         jobs=jobs,

@@ -30,6 +30,7 @@ from common.store import FORMAT_VERSION, pool_dir, store_path
 from common.targets import (
     TargetSpec,
     annotation_warnings,
+    numbers_of,
     pitch_unit,
     pitches_off_grid,
     plan_targets,
@@ -175,11 +176,10 @@ def _pitch_notes(collection, targets, files, feature, given) -> tuple[list[str],
     for spec in targets:
         if spec.kind != "frame_pitch":
             continue
-        values = [
-            a.value for e in collection.entries if spec.name in e.descriptions
-            for a in e.descriptions[spec.name].atoms
-        ]  # fmt: skip
-        _, why = pitch_unit(spec.name, collection, values, given.get(spec.name))
+        descs = [
+            e.descriptions[spec.name] for e in collection.entries if spec.name in e.descriptions
+        ]
+        _, why = pitch_unit(spec.name, collection, numbers_of(descs), given.get(spec.name))
         grid = np.asarray(spec.pitch_midi)
         if why != "the pyjama default":  # said only when it was not the obvious reading
             notes.append(

@@ -410,3 +410,31 @@ def test_memory_does_not_grow_with_100000_files_in_20_segments(tmp_path):
     assert out[100_000][0] == 100_000 and out[100_000][2] == 20  # each segment opened once
     # what grows is the tables (numpy, tens of bytes a file), nothing per file or per segment
     assert out[100_000][1] - out[1000][1] < 40, out
+
+
+def test_a_run_of_a_built_store_reads_no_pyjama_and_sees_changed_audio(tmp_path, monkeypatch):
+    """A no-op finds its view by the pyjama's sha1 and the audio's size and mtime, without
+    reading the pyjama (seconds for a real dataset's notes); audio touched since is looked at."""
+    from common.pyjama import read as reader
+
+    ds = _dataset(tmp_path)
+    stores = tmp_path / "stores"
+    first = run(ds, "lms", stores)
+
+    def no_parse(*a, **kw):
+        raise AssertionError("the pyjama was read")
+
+    monkeypatch.setattr(reader, "parse_pyjama", no_parse)
+    again = run(ds, "lms", stores)
+    assert again.existed and again.store_path == first.store_path and again.files == first.files
+    res = CliRunner().invoke(main, ["run", "--dataset", str(ds), "--feature", "lms", "--stores",
+                                    str(stores), "-q"])  # fmt: skip
+    assert res.exit_code == 0 and res.output.strip().splitlines()[-1] == str(first.store_path)
+    monkeypatch.undo()
+    audio = sorted((tmp_path / "audio-set").glob("*.wav"))[0]
+    os.utime(audio, ns=(audio.stat().st_atime_ns, audio.stat().st_mtime_ns + 10**9))
+    calls = []
+    real = reader.parse_pyjama
+    monkeypatch.setattr(reader, "parse_pyjama", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    third = run(ds, "lms", stores)  # planned again; the content is the same: the same store
+    assert calls and third.existed and third.store_path == first.store_path

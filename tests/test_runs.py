@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from common.features import make_feature
+from common.pyjama import Atom, Description
 from common.targets import MAX_RUN, Runs, TargetSpec
 from common.targets.runs import runs_of_multi_hot, runs_of_rows, runs_of_sequence
 from precompute.pipeline import run
@@ -23,31 +24,37 @@ GRID = FEATURE.pitch_midi().tolist()
 
 
 def _atom(value, time=None, duration=None):
-    return SimpleNamespace(value=value, time=time, duration=duration)
+    return Atom(value=value, time=time, duration=duration)
 
 
-def _random_atoms(kind: str, rng: np.random.Generator, seconds: float) -> list:
+def _random_description(kind: str, rng: np.random.Generator, seconds: float) -> Description:
     """Annotations as real files have them: overlapping notes (some silent, some off the grid,
     some past the end), f0 tracks with unvoiced stretches, markers, overlapping segments."""
-    n = int(rng.integers(0, 40))
-    t = np.sort(rng.uniform(-0.2, seconds + 0.3, n))
+    n = int(rng.integers(1, 40))
+    t = np.sort(rng.uniform(0, seconds + 0.3, n))
     d = rng.exponential(0.4, n) * (rng.random(n) < 0.9)  # some of zero length
-    if kind == "frame_pitch":
-        notes = [_atom(float(rng.choice([0, -3, 10, 130, *range(30, 90)])), a, b)
-                 for a, b in zip(t, d)]  # fmt: skip
+    track = kind in ("frame_pitch", "frame_value") and rng.random() < 0.5
+    if kind == "frame_pitch" and track:
         times = np.round(np.arange(0, seconds, 0.01), 2)
         rows = rng.choice([0.0, 48.0, 48.4, 60.2, 72.0, np.nan], size=(3, len(times)))
         rows = np.repeat(rows[:, ::25], 25, axis=1)[:, : len(times)]  # held pitches
-        return [*notes, _atom(rows.tolist(), times.tolist())]
-    if kind == "frame_class":
-        return [_atom(str(rng.choice(["C", "G", "Am"])), a, b) for a, b in zip(t, d)]
-    if kind == "frame_events":
-        return [_atom(str(rng.choice(["beat", "down"])), a) for a in t]
-    times = np.round(np.arange(0, seconds, 0.05), 2)
-    vals = np.repeat(rng.normal(size=(2, len(times) // 4 + 1)), 4, axis=1)[:, : len(times)]
-    return [_atom(float(rng.normal()), a, b) for a, b in zip(t[:3], d[:3])] + [
-        _atom(vals.tolist(), times.tolist())
-    ]
+        atoms = [_atom(rows.tolist(), times.tolist())]
+    elif kind == "frame_pitch":
+        atoms = [_atom(float(rng.choice([0, -3, 10, 130, *range(30, 90)])), a, b)
+                 for a, b in zip(t, d)]  # fmt: skip
+    elif kind == "frame_class":
+        atoms = [_atom(str(rng.choice(["C", "G", "Am"])), a, b) for a, b in zip(t, d)]
+    elif kind == "frame_events":
+        atoms = [_atom(str(rng.choice(["beat", "down"])), a) for a in t]
+    elif track:
+        times = np.round(np.arange(0, seconds, 0.05), 2)
+        vals = np.repeat(rng.normal(size=(2, len(times) // 4 + 1)), 4, axis=1)[:, : len(times)]
+        atoms = [_atom(vals.tolist(), times.tolist())]
+    else:
+        atoms = [_atom(float(rng.normal()), a, b) for a, b in zip(t, d)]
+    extent = "breakpoint" if track else "marker" if kind == "frame_events" else "segment"
+    content = "text" if kind in ("frame_class", "frame_events") else "numeric"
+    return Description(SPECS[kind].name, extent, content, atoms)
 
 
 SPECS = {
@@ -65,11 +72,11 @@ def test_runs_of_random_annotations_decode_to_the_dense_rows_of_format_3(kind):
     for trial in range(25):
         seconds = float(rng.uniform(0.5, 12.0))
         n = FEATURE.n_frames(int(seconds * FEATURE.sr))
-        atoms = _random_atoms(kind, rng, seconds)
-        entry = SimpleNamespace(descriptions={spec.name: SimpleNamespace(atoms=atoms)})
+        desc = _random_description(kind, rng, seconds)
+        entry = SimpleNamespace(descriptions={spec.name: desc})
         dense = frame_targets(entry, [spec], FEATURE, n)[spec.name]
         times, frame_s = FEATURE.frame_times(n), FEATURE.hop_length / FEATURE.sr
-        runs = spec.kind_class.encode_runs(spec, atoms, times, frame_s).shifted(1000)
+        runs = spec.kind_class.encode_runs(spec, desc, times, frame_s).shifted(1000)
         assert np.all(np.diff(runs.start) >= 0) and (runs.length >= 1).all()
         assert (runs.length <= MAX_RUN).all()
         cols = (runs.start, runs.length, runs.value)

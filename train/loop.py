@@ -315,7 +315,7 @@ def mid_epoch_checkpoint(s: Training, sums: dict[str, float]) -> None:
     if s.ranks.main:
         position = {**s.dm.position(), **sums}
         save_checkpoint(s.folder / "last.pt", **_training_state(s, s.dm.epoch - 1, position))
-    pause_point("step")
+        pause_point("step")  # the others wait at the next step's gradients for it
 
 
 def _training_state(s: Training, epoch: int, position: dict) -> dict[str, Any]:

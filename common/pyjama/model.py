@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.errors import UserError
 from common.fileio import atomic_write
 
@@ -120,12 +122,68 @@ class Atom:
         return {k: getattr(self, k) for k in ATOM_FIELDS if getattr(self, k) is not None}
 
 
-@dataclass
 class Description:
-    name: str
-    extent: str
-    content: str
-    atoms: list[Atom]
+    """One description of one entry: its extent, content and atoms.
+
+    A reader that validated a description's atoms as plain JSON objects keeps them so
+    (``raw``): :class:`Atom` objects are made only when :attr:`atoms` is read, and
+    :meth:`column` gives one field of every atom as an array, which is how targets read the
+    hundreds of thousands of notes of a real dataset.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        extent: str,
+        content: str,
+        atoms: list[Atom] | None = None,
+        raw: list[dict] | None = None,
+        columns: dict[str, np.ndarray] | None = None,
+    ):
+        self.name, self.extent, self.content = name, extent, content
+        self._atoms = list(atoms) if atoms is not None else None
+        self._raw = raw if atoms is None else None
+        self._columns: dict[str, np.ndarray] = dict(columns or {})
+
+    @property
+    def atoms(self) -> list[Atom]:
+        if self._atoms is None:
+            self._atoms = [Atom(**a) for a in self._raw or ()]
+            self._raw = None
+        return self._atoms
+
+    def __len__(self) -> int:
+        return len(self._raw) if self._raw is not None else len(self._atoms or ())
+
+    def values(self) -> list:
+        """Every atom's ``value`` (None where it has none)."""
+        if self._raw is not None:
+            return [a.get("value") for a in self._raw]
+        return [a.value for a in self.atoms]
+
+    def column(self, key: str) -> np.ndarray:
+        """Field ``key`` (``time``, ``duration`` or a numeric ``value``) of every atom, as
+        float64 (NaN where an atom has none): for segments and markers."""
+        found = self._columns.get(key)
+        if found is None:
+            vals = (
+                [a.get(key) for a in self._raw]
+                if self._raw is not None
+                else [getattr(a, key) for a in self.atoms]
+            )
+            found = np.array([np.nan if v is None else v for v in vals] if None in vals else vals,
+                             dtype=np.float64)  # fmt: skip
+            self._columns[key] = found
+        return found
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Description):
+            return NotImplemented
+        return (self.name, self.extent, self.content, self.atoms) == (
+            other.name, other.extent, other.content, other.atoms)  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"Description({self.name!r}, {self.extent!r}, {self.content!r}, {len(self)} atoms)"
 
 
 @dataclass

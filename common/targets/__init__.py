@@ -22,7 +22,7 @@ from . import (  # noqa: F401 - each registers its kind
     work,
 )
 from .base import KINDS, Description, FileKind, FrameKind, TargetKind, TargetSpec, kind_of
-from .pitch import PITCH_UNITS, midi_of, pitch_bins, pitch_unit, pitches_off_grid
+from .pitch import PITCH_UNITS, midi_of, numbers_of, pitch_bins, pitch_unit, pitches_off_grid
 from .plan import (
     annotated,
     annotation_points,
@@ -50,6 +50,7 @@ __all__ = [
     "frame_runs",
     "kind_of",
     "midi_of",
+    "numbers_of",
     "pitch_bins",
     "pitch_unit",
     "pitches_off_grid",

@@ -74,7 +74,7 @@ class Description:
     content: str
     definition: Any  # common.pyjama.Definition
     descs: list  # the entries' common.pyjama.Description of it
-    values: list  # every atom's value
+    values: list  # every atom's value, of text and global descriptions
     vocabulary: list[str]  # text: the definition's labels, then the others seen, sorted
     collection: Any  # common.pyjama.Collection
     feature: Any  # common.features.Feature
@@ -128,10 +128,10 @@ class FrameKind(TargetKind):
     order = 200
 
     @classmethod
-    def encode_runs(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
+    def encode_runs(cls, spec: TargetSpec, d, times: np.ndarray, frame_s: float):
         """The :class:`~common.targets.runs.Runs` of one file (frames counted from its first)
-        from its atoms of the description (none when the file does not carry it), on the
-        frame times ``times`` (seconds)."""
+        from its description ``d`` (a :class:`common.pyjama.Description`; None when the file
+        does not carry it), on the frame times ``times`` (seconds)."""
         raise NotImplementedError
 
     @classmethod

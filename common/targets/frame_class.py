@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Description, FrameKind, TargetSpec, register
-from .frames import segments_frames
+from .frames import segment_values, segments_frames
 from .runs import decode_classes, runs_of_sequence
 
 
@@ -26,11 +26,11 @@ class FrameClass(FrameKind):
         return (), np.dtype("<i4")
 
     @classmethod
-    def encode_runs(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
+    def encode_runs(cls, spec: TargetSpec, d, times: np.ndarray, frame_s: float):
         index = {v: i for i, v in enumerate(spec.vocabulary)}
         arr = np.full(len(times), -1, dtype=np.int32)  # one int per frame: a later one wins
-        for lo, hi, a in zip(*segments_frames(times, atoms), atoms):
-            arr[lo:hi] = index[str(a.value)]
+        for lo, hi, v in zip(*segments_frames(times, d), segment_values(d)):
+            arr[lo:hi] = index[str(v)]
         return runs_of_sequence(arr, -1)
 
     @classmethod

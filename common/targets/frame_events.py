@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Description, FrameKind, TargetSpec, register
+from .frames import is_track
 from .runs import decode_multi_hot, make_runs, runs_of_multi_hot
 
 
@@ -25,17 +26,23 @@ class FrameEvents(FrameKind):
         return (max(1, len(spec.vocabulary)),), np.dtype("u1")
 
     @classmethod
-    def encode_runs(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
-        index = {v: i for i, v in enumerate(spec.vocabulary)}
+    def encode_runs(cls, spec: TargetSpec, d, times: np.ndarray, frame_s: float):
         n = len(times)
-        frames, labels = [], []
-        for a in atoms:
-            k = int(np.argmin(np.abs(times - a.time))) if n else -1
-            if 0 <= k < n and abs(times[k] - a.time) <= frame_s:
-                frames.append(k)
-                labels.append(index[str(a.value)] if spec.vocabulary else 0)
-        frames_a = np.asarray(frames, np.int64)
-        return make_runs(frames_a, frames_a + 1, np.asarray(labels, np.int32))
+        if d is None or not n or is_track(d):
+            return make_runs([], [], [])
+        at = d.column("time")
+        j = np.clip(np.searchsorted(times, at), 1, max(1, n - 1))
+        left = np.maximum(j - 1, 0)
+        right = np.minimum(j, n - 1)
+        # the nearest frame; on a tie the earlier one (as argmin of the distances picks)
+        k = np.where(np.abs(times[left] - at) <= np.abs(times[right] - at), left, right)
+        ok = np.abs(times[k] - at) <= frame_s
+        if spec.vocabulary:
+            index = {v: i for i, v in enumerate(spec.vocabulary)}
+            labels = np.array([index[str(v)] for v in d.values()], np.int32)
+        else:
+            labels = np.zeros(len(at), np.int32)
+        return make_runs(k[ok], k[ok] + 1, labels[ok])
 
     @classmethod
     def runs_of_dense(cls, spec: TargetSpec, rows: np.ndarray):

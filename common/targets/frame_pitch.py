@@ -12,8 +12,8 @@ import numpy as np
 from common.pyjama import BREAKPOINT_EXTENTS
 
 from .base import Description, FrameKind, TargetSpec, register
-from .frames import nearest, segment_atoms, segments_frames, track_atoms
-from .pitch import is_pitch, midi_of, pitch_bins, pitch_unit
+from .frames import nearest, segments_frames, tracks
+from .pitch import is_pitch, midi_of, numbers_of, pitch_bins, pitch_unit
 from .runs import Runs, decode_multi_hot, make_runs, runs_of_multi_hot, runs_of_sequence
 
 
@@ -26,7 +26,7 @@ class FramePitch(FrameKind):
     def plan(cls, d: Description) -> TargetSpec | None:
         if d.extent not in ("segment", *BREAKPOINT_EXTENTS) or not is_pitch(d.name, d.content):
             return None
-        unit, _ = pitch_unit(d.name, d.collection, d.values, d.unit)
+        unit, _ = pitch_unit(d.name, d.collection, numbers_of(d.descs), d.unit)
         return TargetSpec(d.name, cls.name, pitch_midi=d.feature.pitch_midi().tolist(), unit=unit)
 
     @classmethod
@@ -38,14 +38,14 @@ class FramePitch(FrameKind):
         return len(spec.pitch_midi)
 
     @classmethod
-    def encode_runs(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
+    def encode_runs(cls, spec: TargetSpec, d, times: np.ndarray, frame_s: float):
         grid = np.asarray(spec.pitch_midi)
         n = len(times)
-        segments = segment_atoms(atoms)
-        bins = pitch_bins(midi_of([a.value for a in segments], spec.unit), grid)
-        lo, hi = segments_frames(times, segments)
+        lo, hi = segments_frames(times, d)
+        values = d.column("value") if len(lo) else np.zeros(0)
+        bins = pitch_bins(midi_of(values, spec.unit), grid)
         parts = [make_runs(lo[bins >= 0], hi[bins >= 0], bins[bins >= 0])]
-        for a in track_atoms(atoms):
+        for a in tracks(d):
             rows = midi_of(np.asarray(a.value, dtype=np.float64), spec.unit)
             k = nearest(times, np.asarray(a.time))
             inside = k >= 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Description, FrameKind, TargetSpec, register
-from .frames import nearest, segment_atoms, segments_frames, track_atoms
+from .frames import nearest, segment_values, segments_frames, tracks
 from .runs import decode_rows, runs_of_rows
 
 
@@ -32,12 +32,11 @@ class FrameValue(FrameKind):
         return (len(spec.vocabulary),), np.dtype("<f4")
 
     @classmethod
-    def encode_runs(cls, spec: TargetSpec, atoms: list, times: np.ndarray, frame_s: float):
+    def encode_runs(cls, spec: TargetSpec, d, times: np.ndarray, frame_s: float):
         arr = np.full((len(times), len(spec.vocabulary)), np.nan, dtype=np.float32)
-        segments = segment_atoms(atoms)
-        for lo, hi, a in zip(*segments_frames(times, segments), segments):
-            arr[lo:hi, 0] = a.value
-        for a in track_atoms(atoms):
+        for lo, hi, v in zip(*segments_frames(times, d), segment_values(d)):
+            arr[lo:hi, 0] = v
+        for a in tracks(d):
             k = nearest(times, np.asarray(a.time))
             inside = k >= 0
             arr[inside] = np.asarray(a.value, dtype=np.float32).T[k[inside]]

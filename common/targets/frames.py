@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.pyjama import BREAKPOINT_EXTENTS
 
-def segments_frames(times: np.ndarray, atoms: list) -> tuple[np.ndarray, np.ndarray]:
-    """Frames inside each segment atom, ``start <= t < start + duration``: slices ``[lo, hi)``."""
-    start = np.array([a.time for a in atoms], dtype=np.float64)
-    end = start + np.array([a.duration for a in atoms], dtype=np.float64)
+
+def segments_frames(times: np.ndarray, d) -> tuple[np.ndarray, np.ndarray]:
+    """Frames inside each segment of description ``d``, ``start <= t < start + duration``:
+    slices ``[lo, hi)`` (none when ``d`` is None or a breakpoint track)."""
+    if d is None or is_track(d):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    start = d.column("time")
+    end = start + d.column("duration")
     return np.searchsorted(times, start, side="left"), np.searchsorted(times, end, side="left")
 
 
@@ -34,11 +39,16 @@ def nearest(times: np.ndarray, annot_times: np.ndarray) -> np.ndarray:
     return np.where(inside, k, -1)
 
 
-def segment_atoms(atoms: list) -> list:
-    """The atoms of a description that are segments (not breakpoint tracks)."""
-    return [a for a in atoms if not isinstance(a.time, list)]
+def is_track(d) -> bool:
+    """Whether description ``d`` is made of breakpoint tracks (a list of times each)."""
+    return d.extent in BREAKPOINT_EXTENTS
 
 
-def track_atoms(atoms: list) -> list:
-    """The atoms that are breakpoint tracks (a list of times, a matrix of values)."""
-    return [a for a in atoms if isinstance(a.time, list)]
+def tracks(d) -> list:
+    """The breakpoint atoms of description ``d`` (a list of times, a matrix of values each)."""
+    return d.atoms if d is not None and is_track(d) else []
+
+
+def segment_values(d) -> list:
+    """The values of description ``d``'s segments or markers (none for a track, or no ``d``)."""
+    return [] if d is None or is_track(d) else d.values()

@@ -15,7 +15,7 @@ class Multilabel(FileKind):
 
     @classmethod
     def plan(cls, d: Description) -> TargetSpec | None:
-        several = max(len(x.atoms) for x in d.descs) > 1
+        several = max(len(x) for x in d.descs) > 1
         return (
             TargetSpec(d.name, cls.name, d.vocabulary) if d.extent == "global" and several else None
         )

@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 
+from common.pyjama import BREAKPOINT_EXTENTS
+
 _PITCH = re.compile(r"pitch|f0|midi|note|melody", re.IGNORECASE)
 PITCH_UNITS = ("midi", "hz")
 _MIDI_TOP = 135.0  # above any MIDI note: such a value is a frequency
@@ -20,7 +22,16 @@ def is_pitch(name: str, content: str) -> bool:
     return content == "numeric" and bool(_PITCH.search(name))
 
 
-def pitch_unit(name: str, collection, values: list, given: str | None = None) -> tuple[str, str]:
+def numbers_of(descs: list) -> np.ndarray:
+    """Every number of the values of these descriptions (segments a column at a time)."""
+    parts = [all_numbers(d.values()) if d.extent in BREAKPOINT_EXTENTS else d.column("value")
+             for d in descs]  # fmt: skip
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def pitch_unit(
+    name: str, collection, values: list | np.ndarray, given: str | None = None
+) -> tuple[str, str]:
     """``(unit, why)`` of a pitch description's values: ``"midi"`` or ``"hz"``.
 
     In order: the unit given for it (``precompute run --pitch-unit NAME=hz``); its definition
@@ -35,7 +46,7 @@ def pitch_unit(name: str, collection, values: list, given: str | None = None) ->
         return ("midi" if m.group(1).lower() == "midi" else "hz"), "its definition"
     if re.search(r"(^|[_\W])hz($|[_\W])", name, re.IGNORECASE):
         return "hz", "its name"
-    flat = all_numbers(values)
+    flat = values if isinstance(values, np.ndarray) else all_numbers(values)
     if flat.size and np.nanmax(np.where(flat > 0, flat, np.nan), initial=0) > _MIDI_TOP:
         return "hz", f"its values (up to {np.nanmax(flat):.0f}, above MIDI's range)"
     return "midi", "the pyjama default"
@@ -98,6 +109,7 @@ def pitches_off_grid(entry, spec) -> tuple[int, int]:
         return 0, 0
     grid = np.asarray(spec.pitch_midi)
     half = (grid[1] - grid[0]) / 2 if len(grid) > 1 else 0.5
-    midi = midi_of(all_numbers([a.value for a in d.atoms]), spec.unit)
+    values = all_numbers(d.values()) if d.extent in BREAKPOINT_EXTENTS else d.column("value")
+    midi = midi_of(values, spec.unit)
     voiced = midi[np.isfinite(midi)]
     return int((voiced < grid[0] - half).sum()), int((voiced > grid[-1] + half).sum())

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.pyjama import BREAKPOINT_EXTENTS
+
 from .base import KINDS, Description, TargetSpec
 
 
@@ -37,9 +39,11 @@ def plan_targets(collection, feature, units: dict[str, str] | None = None) -> li
         descs = [e.descriptions[name] for e in collection.entries if name in e.descriptions]
         if not descs:
             continue
-        values = [a.value for d in descs for a in d.atoms if a.value is not None]
+        text, glob = descs[0].content == "text", descs[0].extent == "global"
+        # the values themselves are for labels and work ids; numbers go by column (pitch_unit)
+        values = [v for d in descs for v in d.values() if v is not None] if text or glob else []
         vocab: list[str] = []
-        if descs[0].content == "text":
+        if text:
             vocab = list(definition.dictionary or [])
             vocab += sorted({str(v) for v in values} - set(vocab))
         d = Description(name, descs[0].extent, descs[0].content, definition, descs, values,
@@ -64,8 +68,7 @@ def frame_runs(entry, specs: list[TargetSpec], feature, n_frames: int) -> dict:
     for spec in specs:
         if spec.frame_level:
             d = entry.descriptions.get(spec.name)
-            atoms = d.atoms if d else []
-            out[spec.name] = spec.kind_class.encode_runs(spec, atoms, times, frame_s)
+            out[spec.name] = spec.kind_class.encode_runs(spec, d, times, frame_s)
     return out
 
 
@@ -78,8 +81,12 @@ def annotation_points(entries: list, specs: list[TargetSpec]) -> int:
             continue
         for e in entries:
             d = e.descriptions.get(spec.name)
-            for a in d.atoms if d else ():
-                n += len(a.time) * max(1, len(a.value)) if isinstance(a.time, list) else 1
+            if d is None:
+                continue
+            if d.extent in BREAKPOINT_EXTENTS:
+                n += sum(len(a.time) * max(1, len(a.value)) for a in d.atoms)
+            else:
+                n += len(d)
     return n
 
 
@@ -99,14 +106,13 @@ def annotation_warnings(entry, specs: list[TargetSpec], feature, duration_s: flo
         d = entry.descriptions.get(spec.name) if spec.frame_level else None
         if d is None:
             continue
-        late = [
-            a
-            for a in d.atoms
-            if (max(a.time) if isinstance(a.time, list) else (a.time or 0) + (a.duration or 0))
-            > duration_s + frame_s
-        ]
+        if d.extent in BREAKPOINT_EXTENTS:
+            ends = np.array([max(a.time) for a in d.atoms], np.float64)
+        else:
+            ends = np.nan_to_num(d.column("time")) + np.nan_to_num(d.column("duration"))
+        late = int((ends > duration_s + frame_s).sum())
         if late:
             out.append(
-                f"'{spec.name}': {len(late)} annotation(s) end past the audio ({duration_s:.2f} s), clipped"
+                f"'{spec.name}': {late} annotation(s) end past the audio ({duration_s:.2f} s), clipped"
             )
     return out
