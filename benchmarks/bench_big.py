@@ -3,6 +3,7 @@ rebuilt after edits, verified, read for whole epochs and trained on, each agains
 alternative, in one run.
 
     .venv/bin/python benchmarks/bench_big.py [--hours H] [--root data/big] [--jobs 2] [--keep]
+        [--skip-train] [--reads-only]
 
 ``--hours`` is the audio of the final store (default: enough for 1.3x this machine's RAM in
 float16 HCQT features); ``--hours 1`` is a quick run. Steps, through the CLI as a user runs
@@ -67,12 +68,16 @@ def drop_caches() -> None:
         print("warning: cannot drop the page cache (not root): reads may come from memory")
 
 
-def rss_mb(pid: int | str = "self") -> float:
+def rss_mb(pid: int | str = "self", shmem: bool = False) -> float:
+    """Private and file-mapped resident memory in MB (``shmem``: the shared memory instead,
+    such as the batch blocks a worker lends to the main process)."""
     fields = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             k, _, v = line.partition(":")
             fields[k] = v
+    if shmem:
+        return int(fields["RssShmem"].split()[0]) / 1024
     return (int(fields["RssAnon"].split()[0]) + int(fields["RssFile"].split()[0])) / 1024
 
 
@@ -171,7 +176,7 @@ def _pread_all(ranges: list[tuple[str, int, int]], threads: int) -> int:
 
 def _rss_collate(items):
     batch = collate_patches(items)
-    batch["rss"] = torch.tensor([os.getpid(), rss_mb()], dtype=torch.float64)
+    batch["rss"] = torch.tensor([os.getpid(), rss_mb(), rss_mb(shmem=True)], dtype=torch.float64)
     return batch
 
 
@@ -182,13 +187,14 @@ def epoch_vs_pread(view: Path, workers: int, out: dict) -> None:
     loader = torch.utils.data.DataLoader(ds, batch_size=64, sampler=order.tolist(),
                                          collate_fn=_rss_collate, num_workers=workers)  # fmt: skip
     drop_caches()
-    main0, main_peak, first, peak, n = rss_mb(), 0.0, {}, {}, 0
+    main0, main_peak, first, peak, shm, n = rss_mb(), 0.0, {}, {}, {}, 0
     s = time.perf_counter()
     for b in loader:
         n += len(b["X"])
         pid, rss = int(b["rss"][0]), float(b["rss"][1])
         first.setdefault(pid, rss)
         peak[pid] = max(peak.get(pid, 0.0), rss)
+        shm[pid] = max(shm.get(pid, 0.0), float(b["rss"][2]))
         main_peak = max(main_peak, rss_mb())
     took = time.perf_counter() - s
     ranges = [(str(p), a, nb) for p, a, nb in ds.byte_ranges(order)]
@@ -201,6 +207,7 @@ def epoch_vs_pread(view: Path, workers: int, out: dict) -> None:
         "pread_patches_per_s": n / pread_s, "loader_over_pread": pread_s / took,
         "main_rss_start_mb": main0, "main_rss_peak_mb": main_peak,
         "workers_rss_growth_mb": {str(p): peak[p] - first[p] for p in first},
+        "workers_shmem_peak_mb": {str(p): shm[p] for p in shm},
     }  # fmt: skip
 
 
@@ -244,10 +251,16 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the audio and stores")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--reads-only", action="store_true",
+                    help="steps 4-6 only, on the store that a run with --keep left in ROOT")  # fmt: skip
     args = ap.parse_args()
     feat_per_h = 3600 * 22050 / 512 * 6 * 360 * 2  # float16 HCQT bytes per audio hour
     hours = args.hours or round(1.3 * ram_bytes() / feat_per_h + 0.5, 1)
     root = Path(args.root)
+    if args.reads_only:
+        pool = sum(p.stat().st_size for p in segment_files(root / "stores"))
+        reads(root, {"pool_gb": pool / 1e9, "pool_over_ram": pool / ram_bytes()}, args)
+        return
     root.mkdir(parents=True, exist_ok=True)
     need = hours * (feat_per_h + 3600 * AUDIO_BYTES_PER_S) * 1.05
     free = shutil.disk_usage(root).free
@@ -276,7 +289,15 @@ def main() -> None:
         "disk_used_growth_gb": (shutil.disk_usage(root).used - out["disk_before"]) / 1e9,
     }  # fmt: skip
     print(json.dumps(out, indent=1), flush=True)
+    reads(root, out, args)
+
+
+def reads(root: Path, out: dict, args) -> None:
+    """Steps 4-6 on the final store of ``root``; the figures saved, the data deleted unless
+    ``--keep``."""
+    (view,) = (root / "stores" / "big").glob("hcqt-*.h5")
     verify_vs_pread(view, out)
+    print(json.dumps(out["verify"], indent=1), flush=True)
     for workers in (0, 2):
         epoch_vs_pread(view, workers, out)
         print(json.dumps(out[f"epoch_{workers}_workers"], indent=1), flush=True)

@@ -32,8 +32,11 @@ def pause_point(name: str) -> None:
         return
     folder_p = Path(folder)
     go = folder_p / f"{name}.go"
+    parent = os.getppid()
     (folder_p / f"{name}.paused").write_text(str(os.getpid()))
     while not go.exists():  # an interrupt (Ctrl-C, a signal) ends the wait as it would the work
+        if os.getppid() != parent:  # whoever started us is gone: nobody will say go
+            os._exit(1)
         time.sleep(0.01)
 
 

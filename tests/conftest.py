@@ -87,3 +87,35 @@ def wait_for(event, proc=None, what: str = "the event"):
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}")
         time.sleep(0.01)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living process below ``pid`` (from /proc), children first found first."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def kill_tree(proc) -> None:
+    """``kill -9`` a launcher and every process below it, in whatever session each one runs
+    (torchrun starts each rank in a session of its own), then reap the launcher."""
+    import contextlib
+    import os
+    import signal
+
+    below = descendants(proc.pid)  # before the launcher dies and they move to init
+    for pid in [proc.pid, *below]:  # the launcher first: it cannot start another rank
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()

@@ -66,8 +66,8 @@ def test_patch_items_are_views_equal_to_a_direct_slice_of_the_store(stores):
         assert item["X"].shape == (1, 128, 64) and item["X"].dtype == torch.float32
         # a view of the whole map, in the model's layout: nothing was copied
         assert item["X"].untyped_storage().nbytes() == direct(stores["lms"]).nbytes
-        # the label as stored: int32
-        assert item["y"].dtype == torch.int32 and int(item["y"]) == genre[ds.patch_file[idx]]
+        # a class index as cross_entropy takes it (stored as int32)
+        assert item["y"].dtype == torch.int64 and int(item["y"]) == genre[ds.patch_file[idx]]
 
 
 @pytest.mark.parametrize("feature", ["lms", "cqt"])
@@ -257,6 +257,47 @@ def test_workers_give_the_same_batches_as_no_workers(stores, context):
     for a, b in zip(ref, par):
         assert torch.equal(a["X"], b["X"]) and torch.equal(a["y"], b["y"])
         assert a["X"].stride() == b["X"].stride()  # the same time-major block from workers
+
+
+def _shm_inode(t: torch.Tensor) -> int:
+    """The shared-memory file under a batch tensor received from a worker."""
+    fd, _ = t.untyped_storage()._share_fd_cpu_()
+    return os.fstat(fd).st_ino
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_workers_lend_their_blocks_and_fill_them_again_once_given_back(stores, keep, monkeypatch):
+    """Workers read batches into blocks they lend to the main process: a block is filled again
+    only once the main process has let go of every tensor on it; a consumer that keeps its
+    batches gets fresh memory once every block is lent. Either way, the batches of no workers."""
+    from train import lending
+
+    monkeypatch.setattr(lending.LENDER, "slots", 4)  # 2 batches (X and y) per worker
+    monkeypatch.setattr(lending.LENDER, "_pid", -1)
+
+    def loader(workers):
+        dm = StoreDataModule(stores["cqt"], target="pitchmidi", batch_size=4, num_workers=workers,
+                             seed=3, multiprocessing_context="fork" if workers else None,
+                             persistent_workers=False, prefetch_factor=1)  # fmt: skip
+        dm.setup()
+        return dm.train_dataloader()
+
+    ref = [(b["X"].clone(), b["y"].clone()) for b in loader(0)]
+    assert len(ref) > 8
+    kept, inodes = [], []
+    for (x, y), b in zip(ref, loader(2), strict=True):
+        assert torch.equal(x, b["X"]) and torch.equal(y, b["y"])
+        assert x.stride() == b["X"].stride()
+        inodes.append(_shm_inode(b["X"]))
+        if keep:
+            kept.append(b)
+        del b
+    if keep:  # nothing given back: every batch in a block of its own, each still as it came
+        assert len(set(inodes)) == len(inodes)
+        for (x, y), b in zip(ref, kept):
+            assert torch.equal(x, b["X"]) and torch.equal(y, b["y"])
+    else:  # each worker fills its first blocks again and again
+        assert len(set(inodes)) <= 4 < len(inodes)
 
 
 def test_dataset_pickles_without_its_descriptors_and_maps(stores):

@@ -14,7 +14,7 @@ import pytest
 from common.pause import pause_env
 from precompute.pipeline import execute, make_plan, run
 
-from .conftest import done_markers, wait_for
+from .conftest import done_markers, kill_tree, wait_for
 from .test_precompute import _assert_same_store, _many
 
 distributed = pytest.importorskip("distributed")
@@ -211,8 +211,7 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               start_new_session=True)  # fmt: skip
     wait_for(lambda: (pause / "step.paused").exists(), killed, "the checkpoint of step 4")
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
+    kill_tree(killed)  # the launcher and both ranks
     (run_mid,) = list((tmp_path / "mid").iterdir())
     pos = load_checkpoint(run_mid / "last.pt")["position"]
     assert (pos["epoch"], pos["batch"], pos["seen"]) == (0, 4, 32)  # both ranks' 4 x 4 patches

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .lending import LENDER
+
 
 class PatchBatch(Sequence):
     """The patches of one ``__getitems__`` call, as ``(file, start)`` pairs.
@@ -42,11 +44,12 @@ class PatchBatch(Sequence):
 
 
 def collate_patches(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Collate for patch units: a :class:`PatchBatch` in the main process becomes the batch
-    directly; otherwise torch's ``default_collate`` (in a DataLoader worker, it stacks into the
-    shared memory torch hands over, with one copy)."""
-    if isinstance(items, PatchBatch) and torch.utils.data.get_worker_info() is None:
-        return items.ds.batch(items.files, items.starts)
+    """Collate for patch units: a :class:`PatchBatch` becomes the batch directly (read, in a
+    DataLoader worker, into blocks it lends to the main process: :mod:`train.lending`);
+    anything else goes to torch's ``default_collate``."""
+    if isinstance(items, PatchBatch):
+        in_worker = torch.utils.data.get_worker_info() is not None
+        return items.ds.batch(items.files, items.starts, LENDER if in_worker else None)
     return torch.utils.data.default_collate(items)
 
 

@@ -29,6 +29,9 @@ from common.targets import TargetSpec
 
 from .batches import PatchBatch, collate_padded, collate_patches
 from .errors import DatasetError
+from .experiment import Experiment, load_experiment
+from .find import find_store
+from .lending import Lender
 from .splits import SPLITS, assign_folds, assign_splits, file_splits, stable_fraction
 from .targets import FrameTargetRows
 from .views import Rows
@@ -68,17 +71,20 @@ class StoreDataset(torch.utils.data.Dataset):
         the store in its dtype (float32, or float16), mapped copy-on-write: writing to an item
         changes what this process reads there later (as with any in-memory dataset that hands
         out views), never the file; ``.clone()`` an item to change it on its own
-    target : name of a target of the store (a pyjama description), or None. ``y`` is as
-        stored: a class or work index int32 (-1: none), multi-hot uint8 (labels,), a value
-        float32, frame-level pitch or events uint8 (bins, L), frame classes int32 (L,)
+    target : name of a target of the store (a pyjama description), or None. ``y``: a class
+        or work index int64 (as ``cross_entropy`` takes it), multi-hot uint8 (labels,), a value
+        float32, frame-level pitch or events uint8 (bins, L), frame classes int64 (L,) (-1: no
+        segment). :attr:`classes` names the labels.
     split : ``"train"``, ``"valid"``, ``"test"`` or None (all files)
     patch_frames, patch_hop : patch length and hop; default the store's. Other values
         re-derive the patch index from the frame counts, no feature is recomputed.
     split_seed, split_fractions : the hash split (default 80/10/10)
     split_key : a per-file text target of the store naming each file's split
         (``train``/``valid``/``test``), for datasets that ship their own
-    split_by : ``"auto"`` (by work when the store has a work target, else by file),
-        ``"file"`` or ``"work"``
+    split_by : ``"auto"`` (by group when there is one, else by work when the store has a work
+        target, else by file), ``"file"``, ``"work"`` or ``"group"``
+    split_group : a per-file label whose files are kept in one split and fold (default: the
+        label ``group``, as ``precompute import folder --group-by`` writes it, if any)
     folds, fold : K-fold cross-validation (see :func:`train.splits.assign_folds`): fold
         ``fold`` of ``folds`` is the test split, validation comes from the other folds at the
         share ``split_fractions`` gives it; None: the fractional split
@@ -104,6 +110,7 @@ class StoreDataset(torch.utils.data.Dataset):
         split_by: str = "auto",
         folds: int | None = None,
         fold: int | None = None,
+        split_group: str | None = None,
         feature: dict | Feature | None = None,
         whole_file: bool = False,
         versions: int = 2,
@@ -123,14 +130,7 @@ class StoreDataset(torch.utils.data.Dataset):
         self.feature = self._feature(feature)
         self.unit, self.split, self.whole_file = unit, split, whole_file
         self.versions, self.seed, self.epoch = versions, seed, 0
-        self.target = target
-        self.spec: TargetSpec | None = None
-        if target is not None:
-            if target not in t.targets:
-                raise DatasetError(
-                    f"{self.path} has no target {target!r}; it has: {', '.join(sorted(t.targets)) or 'none'}"
-                )
-            self.spec = t.targets[target]
+        self.target, self.spec = target, self._spec_of(target)
         default = self.feature
         self.patch_frames = int(patch_frames or default.patch_frames)
         self.patch_hop = int(
@@ -153,9 +153,12 @@ class StoreDataset(torch.utils.data.Dataset):
         self.labelled = self._labelled()
         self.unlabelled = int((~self.labelled).sum())
         self.folds, self.fold = folds, fold
+        if split_group is None and "group" in t.targets and t.targets["group"].kind == "class":
+            split_group = "group"  # as `precompute import folder --group-by` names it
+        self.split_group = split_group
         self.file_split = file_splits(t, self.file_targets, self.work_name, self.labelled,
                                       split_key, split_seed, split_fractions, split_by, folds,
-                                      fold)  # fmt: skip
+                                      fold, split_group)  # fmt: skip
         in_split = (
             np.ones(t.n_files, bool) if split is None else self.file_split == SPLITS.index(split)
         )
@@ -168,6 +171,13 @@ class StoreDataset(torch.utils.data.Dataset):
         if unit == "work":
             self._index_works()
         self._prepare_reading(pin_memory)
+
+    def _spec_of(self, target: str | None) -> TargetSpec | None:
+        targets = self.tables.targets
+        if target is not None and target not in targets:
+            raise DatasetError(f"{self.path} has no target {target!r}; it has: "
+                               f"{', '.join(sorted(targets)) or 'none'}")  # fmt: skip
+        return None if target is None else targets[target]
 
     def _prepare_reading(self, pin_memory: bool) -> None:
         """Where the rows are, found once (workers read them without h5py), the shared locks
@@ -189,7 +199,7 @@ class StoreDataset(torch.utils.data.Dataset):
         if spec is not None and spec.frame_level:
             self.target_rows = FrameTargetRows(self.path, spec, pin_memory)
         self._file_target: torch.Tensor | None = (
-            torch.from_numpy(np.ascontiguousarray(self.file_targets[target]))
+            torch.from_numpy(self.file_targets[target].astype(spec.kind_class.item_dtype(spec)))
             if spec is not None and not spec.frame_level
             else None
         )
@@ -271,6 +281,42 @@ class StoreDataset(torch.utils.data.Dataset):
         return tuple(self.feature.view_layout(self.patch_frames)[0])
 
     @property
+    def classes(self) -> list[str]:
+        """What the target's indices name: its labels (classes, tags, work ids, chords), or
+        the MIDI pitch of each bin of a pitch target; empty for numbers or no target."""
+        s = self.spec
+        if s is None:
+            return []
+        return list(s.vocabulary) or [f"{m:g}" for m in s.pitch_midi]
+
+    vocabulary = classes
+
+    @classmethod
+    def from_experiment(
+        cls,
+        experiment: str | os.PathLike | Experiment,
+        split: str | None = "test",
+        unit: str = "patch",
+        overrides: Sequence[str] = (),
+        **kw: Any,
+    ) -> StoreDataset:
+        """The ``split`` of an experiment YAML (or :class:`Experiment`), exactly as ``train
+        run`` splits it: its store (found in the catalogue), target, patch length and hop,
+        split settings and folds. ``overrides``: ``--set`` values; ``kw``: other arguments of
+        :class:`StoreDataset` (``whole_file``, ``pin_memory``)."""
+        cfg = experiment if isinstance(experiment, Experiment) else load_experiment(
+            experiment, list(overrides))  # fmt: skip
+        d, feature = cfg.dataset, make_feature(cfg.feature)
+        store = find_store(d.pyjama, feature, d.stores, d.audio_root, cfg.feature_file)
+        args = {"unit": unit, "target": cfg.target.name, "split": split,
+                "patch_frames": cfg.patch.frames, "patch_hop": cfg.patch.hop,
+                "split_seed": d.split_seed, "split_fractions": d.split_fractions,
+                "split_key": d.split_key, "folds": d.folds, "fold": d.fold,
+                "split_group": d.split_group, "feature": feature,
+                "versions": cfg.train.versions_per_work, "seed": cfg.train.seed}  # fmt: skip
+        return cls(store, **{**args, **kw})
+
+    @property
     def n_out(self) -> int | None:
         """Output size a model needs for the target: classes, labels or pitch bins."""
         return None if self.spec is None else self.spec.n_out
@@ -295,16 +341,19 @@ class StoreDataset(torch.utils.data.Dataset):
             self._file_target_list = list(self._file_target.unbind(0))
         return self._file_target_list
 
-    def batch(self, files: np.ndarray, starts: np.ndarray) -> dict[str, torch.Tensor]:
+    def batch(
+        self, files: np.ndarray, starts: np.ndarray, lender: Lender | None = None
+    ) -> dict[str, torch.Tensor]:
         """Patches ``(file, start)`` stacked: ``X (B, *item_shape)`` and ``y``, each one
-        time-major block seen in the model's layout, as stacking their items would give."""
+        time-major block seen in the model's layout, as stacking their items would give; in
+        blocks of ``lender`` (a DataLoader worker's) when it has one free."""
         L = self.patch_frames
-        out = {"X": self.features.batch(self.file_row[files] + starts, L)}
+        out = {"X": _lent(self.features, self.file_row[files] + starts, L, lender)}
         if self.spec is not None:
             out["y"] = (
-                self.target_rows.batch(self.tables.offset[files] + starts, L)
+                _lent(self.target_rows, self.tables.offset[files] + starts, L, lender)
                 if self.target_rows is not None
-                else torch.from_numpy(self.file_targets[self.target][files])
+                else self._file_target[torch.from_numpy(np.asarray(files, np.int64))]
             )
         return out
 
@@ -392,3 +441,12 @@ class StoreDataset(torch.utils.data.Dataset):
             "starts": torch.from_numpy(starts.astype(np.int64)),
             "mask": mask,
         }
+
+
+def _lent(rows: Rows | FrameTargetRows, addrs, length: int, lender: Lender | None) -> torch.Tensor:
+    """A batch of ``rows``, in a block of ``lender``'s when it has one free."""
+    taken = lender.take(len(addrs) * length * rows.row_elems, rows.dtype) if lender else None
+    if taken is None:
+        return rows.batch(addrs, length)
+    block, slot = taken
+    return lender.lend(rows.batch(addrs, length, out=block), slot)
