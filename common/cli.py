@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 
 import click
 
@@ -53,3 +54,23 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"{e.filename}: {e.strerror}"
     return str(e)
+
+
+def command_line(ctx: click.Context) -> str:
+    """The command being run, as a user would type it again: its name and every option and
+    argument given a value other than its default."""
+    parts = ctx.command_path.split()
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or value is False or value == ():
+            continue
+        if isinstance(param, click.Argument):
+            parts += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+            continue
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            parts.append(flag)
+        else:
+            for v in value if param.multiple else [value]:
+                parts += [flag, str(v)]
+    return shlex.join(parts)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .config import ConfigError, Field, load_yaml, validate
+from .octaves import early_downsamples, octave_groups
 
 # Bump when a feature's code changes its values: every content key changes with it.
 FEATURE_CODE_VERSION = 1
@@ -132,6 +133,15 @@ class Feature:
     def compute(self, y: np.ndarray) -> np.ndarray:
         """Feature of mono audio ``y`` at ``self.sr`` [shape=(channels, n_bins, n_frames)], float32."""
         raise NotImplementedError
+
+    def max_hz(self) -> float:
+        """The highest frequency the feature looks at (audio recorded at a lower Nyquist leaves
+        the bins above it empty)."""
+        return self.sr / 2
+
+    def narrower(self, nyquist: float) -> dict[str, Any] | None:
+        """Parameters that keep the feature below ``nyquist`` (``--set`` values), if any."""
+        return None
 
     # -- identity -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -243,6 +253,12 @@ class LogMel(Feature):
     def n_bins(self) -> int:
         return self.params["n_mels"]
 
+    def max_hz(self) -> float:
+        return min(self.params["fmax"] or self.sr / 2, self.sr / 2)
+
+    def narrower(self, nyquist: float) -> dict[str, Any] | None:
+        return {"fmax": float(nyquist)}
+
     def compute(self, y: np.ndarray) -> np.ndarray:
         import librosa
 
@@ -259,45 +275,6 @@ class LogMel(Feature):
             power=p["power"],
         )
         return np.log1p(p["log_gain"] * mel).astype(np.float32)[None]
-
-
-def octave_groups(
-    harmonics: list[float], shared: bool = True
-) -> list[tuple[float, list[tuple[int, int]]]]:
-    """Harmonics an octave apart: ``[(base, [(channel, k), ...]), ...]`` with ``h = base * 2**k``.
-
-    Grouped by their odd part: [0.5, 1, 2, 3, 4, 5] gives bases 1 (k = -1, 0, 1, 2), 3 and 5.
-    A harmonic that is not an odd number times a power of two is a group of its own, as is
-    every harmonic with ``shared=False``. Channels are listed highest ``k`` first.
-    """
-    groups: dict[float, list[tuple[int, int]]] = {}
-    for c, h in enumerate(harmonics):
-        base, k = float(h), 0
-        if shared:
-            for e in range(-12, 13):
-                m = h / 2.0**e
-                if abs(m - round(m)) < 1e-9 and round(m) % 2 == 1:
-                    base, k = float(round(m)), e
-                    break
-        groups.setdefault(base, []).append((c, k))
-    return [(b, sorted(m, key=lambda ck: -ck[1])) for b, m in groups.items()]
-
-
-def _early_downsamples(p: dict[str, Any], fmin: float, n_bins: int) -> int:
-    """How many times librosa's CQT halves the signal before its top octave (librosa 0.10/0.11,
-    ``constantq.__early_downsample_count``): from the top filter's cutoff and the hop."""
-    import librosa
-
-    bpo = p["bins_per_octave"]
-    freqs = librosa.cqt_frequencies(n_bins, fmin=fmin, bins_per_octave=bpo)
-    alpha = (2.0 ** (2 / bpo) - 1) / (2.0 ** (2 / bpo) + 1)  # an equal-tempered grid's bandwidth
-    _, cutoff = librosa.filters.wavelet_lengths(
-        freqs=freqs, sr=p["sr"], filter_scale=p["filter_scale"], gamma=0, alpha=alpha
-    )
-    by_cutoff = max(0, int(np.ceil(np.log2(p["sr"] / 2 / cutoff))) - 1) - 1
-    twos = (p["hop_length"] & -p["hop_length"]).bit_length() - 1
-    by_hop = max(0, twos - int(np.ceil(n_bins / bpo)) + 1)
-    return max(0, min(by_cutoff, by_hop))
 
 
 class HCQT(Feature):
@@ -383,9 +360,9 @@ class HCQT(Feature):
         p = self.params
         top, low = part[0][1], part[-1][1]
         bpo = p["bins_per_octave"]
-        shared = _early_downsamples(p, p["fmin"] * base * 2.0**low, p["n_bins"] + (top - low) * bpo)
+        shared = early_downsamples(p, p["fmin"] * base * 2.0**low, p["n_bins"] + (top - low) * bpo)
         return all(
-            shared + (top - k) == _early_downsamples(p, p["fmin"] * base * 2.0**k, p["n_bins"])
+            shared + (top - k) == early_downsamples(p, p["fmin"] * base * 2.0**k, p["n_bins"])
             for _, k in part
         )
 
@@ -405,6 +382,17 @@ class HCQT(Feature):
         p = self.params
         midi0 = 12 * np.log2(p["fmin"] / 440.0) + 69
         return midi0 + np.arange(p["n_bins"]) * (12 / p["bins_per_octave"])
+
+    def max_hz(self) -> float:
+        top = 440.0 * 2 ** ((self.pitch_midi()[-1] - 69) / 12)
+        return min(top * max(self.params["harmonics"]), self.sr / 2)
+
+    def narrower(self, nyquist: float) -> dict[str, Any] | None:
+        """Fewer bins, so that the highest harmonic of the top bin stays below ``nyquist``."""
+        p = self.params
+        octaves = np.log2(nyquist / (p["fmin"] * max(p["harmonics"])))
+        n = int(np.floor(octaves * p["bins_per_octave"])) + 1
+        return {"n_bins": n} if 0 < n < p["n_bins"] else None
 
     def compute(self, y: np.ndarray) -> np.ndarray:
         import librosa

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from common.cli import Group, debugging
+from common.cli import Group, command_line, debugging
 from common.config import ConfigError
 from common.pyjama import PyjamaError, write_pyjama
 
@@ -45,14 +45,16 @@ def import_() -> None:
 @click.option(
     "-o", "--out", required=True, type=click.Path(dir_okay=False), help="the .pyjama to write"
 )
-def import_folder_cmd(root: str, key: str, out: str) -> None:
+@click.option(
+    "--group-by",
+    help="record a 'group' per file, kept in one split and fold: 'stem' (files of one name in "
+    "several folders) or a regular expression on the path under ROOT (its first group)",
+)
+def import_folder_cmd(root: str, key: str, out: str, group_by: str | None) -> None:
     """ROOT/<label>/*.wav (GTZAN-style) -> a global text description KEY."""
-    from .importers import ImportError_, import_folder
+    from .importers import import_folder
 
-    try:
-        coll = import_folder(root, key, Path(out).parent)
-    except ImportError_ as e:
-        raise click.ClickException(str(e)) from None
+    coll = import_folder(root, key, Path(out).parent, group_by)
     write_pyjama(coll, out)
     click.echo(
         f"{len(coll.entries)} entries, {len(coll.definitions[key].dictionary)} labels -> {out}"
@@ -80,12 +82,9 @@ def import_lab_cmd(
     audio_root: str, key: str, out: str, labels_dir: str | None, columns: str
 ) -> None:
     """AUDIO_ROOT/**/x.wav with x.lab or x.csv (start end label) -> a segment description KEY."""
-    from .importers import ImportError_, import_lab
+    from .importers import import_lab
 
-    try:
-        coll = import_lab(audio_root, key, Path(out).parent, labels_dir, columns)
-    except ImportError_ as e:
-        raise click.ClickException(str(e)) from None
+    coll = import_lab(audio_root, key, Path(out).parent, labels_dir, columns)
     write_pyjama(coll, out)
     for m in coll.skipped:
         click.echo(f"warning: {m}: no .lab or .csv found, left out", err=True)
@@ -106,12 +105,9 @@ def import_jams_cmd(folder: str, out: str, audio_root: str | None) -> None:
     """FOLDER/**/*.jams (JAMS, as GuitarSet and mirdata ship them) -> a .pyjama.
 
     Exit status 1 when some files could not be imported (each is named, the rest are)."""
-    from .jams_import import JamsError, import_jams
+    from .jams_import import import_jams
 
-    try:
-        result = import_jams(folder, Path(out).parent, audio_root)
-    except JamsError as e:
-        raise click.ClickException(str(e)) from None
+    result = import_jams(folder, Path(out).parent, audio_root)
     _write_import(result, out)
 
 
@@ -137,13 +133,10 @@ def import_mirdata_cmd(
     """A dataset mirdata loads (gtzan_genre, medleydb_pitch, guitarset, ...) -> a .pyjama.
 
     Exit status 1 when some tracks could not be imported (each is named, the rest are)."""
-    from .mirdata_import import MirdataError, import_mirdata
+    from .mirdata_import import import_mirdata
 
     out = out or str(Path(data_home) / f"{name}.pyjama")
-    try:
-        result = import_mirdata(name, data_home, Path(out).parent, version, index)
-    except MirdataError as e:
-        raise click.ClickException(str(e)) from None
+    result = import_mirdata(name, data_home, Path(out).parent, version, index)
     _write_import(result, out)
 
 
@@ -167,10 +160,7 @@ def validate_cmd(pyjama: str, audio_root: str | None) -> None:
     """Check a .pyjama and list every problem (exit 1 if any)."""
     from common.pyjama import read_pyjama
 
-    try:
-        coll = read_pyjama(pyjama, audio_root=audio_root, on_error="skip")
-    except PyjamaError as e:
-        raise click.ClickException(str(e)) from None
+    coll = read_pyjama(pyjama, audio_root=audio_root, on_error="skip")
     for p in coll.problems:
         click.echo(str(p), err=True)
     missing = [e for e in coll.entries if not e.audio_path.is_file()]
@@ -246,7 +236,8 @@ def run_cmd(
 
     Exit status: 0 all files computed; 1 the store was written but some entries or files
     were bad (each is listed); 2 nothing was written (bad pyjama, config, or --strict stop);
-    3 another process is building the same store; 4 the disk is full (a rerun continues).
+    3 another process is building the same store; 4 the disk is full (a rerun continues);
+    130 interrupted (Ctrl-C): the files finished are kept, the same command continues.
     """
     from common.config import parse_override
     from common.features import make_feature
@@ -289,8 +280,25 @@ def run_cmd(
         _fail(f"error: {e}", 3)
     except DiskFullError as e:
         _fail(f"error: {e}", 4)
+    except KeyboardInterrupt:
+        _interrupted(stores)
     _report(summary)
     sys.exit(0 if summary.ok else 1)
+
+
+def _interrupted(stores: str) -> None:
+    """Ctrl-C: what is kept, and the command that continues (exit 130)."""
+    from .layout import size_text
+
+    if debugging():
+        raise KeyboardInterrupt
+    click.echo(f"interrupted: the files finished are kept; continue with: "
+               f"{command_line(click.get_current_context())}", err=True)  # fmt: skip
+    for p in sorted(Path(stores).glob("pool/*/*.partial")):
+        click.echo(f"the unfinished segment {p} ({size_text(p.stat().st_size)}) stays for that "
+                   f"run; if it is abandoned, `precompute gc {stores} --older-than DAYS` removes "
+                   "it once DAYS days old", err=True)  # fmt: skip
+    sys.exit(130)
 
 
 def _report(summary) -> None:
@@ -343,7 +351,8 @@ def _pitch_unit(text: str) -> tuple[str, str]:
 @main.command("ls")
 @click.argument("stores", default="stores", type=click.Path(file_okay=False))
 def ls_cmd(stores: str) -> None:
-    """List the stores of STORES: dataset, feature, files, hours, size, created, last used."""
+    """List the stores of STORES: dataset, feature, files, hours, the view's size and its
+    features' (in the pool, shared with other views of the same audio), created, last used."""
     from .manage import list_stores
 
     for line in list_stores(stores):
@@ -410,12 +419,12 @@ def info_cmd(store: str) -> None:
 def verify_cmd(store: str) -> None:
     """Check a store (or every store and segment of a stores folder): tables, parameters, and
     every file's rows against their checksum; exit 1 on any fault, each named by its file."""
-    from .inspect import verify
+    from .inspect import verified, verify
 
     faults = verify(store)
     for f in faults:
         click.echo(f"{store}: {f}", err=True)
-    click.echo("ok" if not faults else f"{len(faults)} fault(s)")
+    click.echo(f"ok: {verified(store)}" if not faults else f"{len(faults)} fault(s)")
     sys.exit(1 if faults else 0)
 
 
@@ -430,10 +439,7 @@ def show_cmd(store: str, name: str, out: str, channel: int | None) -> None:
     """Draw a file's feature with its patch grid and frame-level targets over it."""
     from .inspect import show
 
-    try:
-        click.echo(show(store, name, out, channel))
-    except KeyError as e:
-        raise click.ClickException(str(e.args[0])) from None
+    click.echo(show(store, name, out, channel))
 
 
 def _fail(line: str, code: int) -> None:

@@ -29,10 +29,28 @@ def _rel(path: Path, out_dir: Path) -> str:
     return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
 
 
-def import_folder(root: str | os.PathLike, key: str, out_dir: str | os.PathLike) -> Collection:
+def group_of(path: Path, root: Path, group_by: str | None) -> str | None:
+    """The group of an audio file: its stem (``stem``), or what a regular expression finds in
+    its path relative to ``root`` (its first group, or all it matches); None without either."""
+    if not group_by:
+        return None
+    if group_by == "stem":
+        return path.stem
+    found = re.search(group_by, path.relative_to(root).as_posix())
+    if found is None:
+        raise ImportError_(f"--group-by {group_by!r} finds nothing in {path.relative_to(root)}")
+    return found.group(1) if found.groups() else found.group(0)
+
+
+def import_folder(
+    root: str | os.PathLike, key: str, out_dir: str | os.PathLike, group_by: str | None = None
+) -> Collection:
     """``root/<label>/**/<audio>`` -> one entry per audio file with ``key: [{"value": label}]``.
 
-    Paths are written relative to ``out_dir`` (where the pyjama will be).
+    Paths are written relative to ``out_dir`` (where the pyjama will be). ``group_by``
+    (``stem`` or a regular expression on the path under ``root``) adds a ``group`` label: the
+    files of one group (the same prompt read in several languages, the takes of one
+    performer) are kept in one split, and in one fold.
     """
     root, out_dir = Path(root), Path(out_dir)
     if not root.is_dir():
@@ -42,13 +60,20 @@ def import_folder(root: str | os.PathLike, key: str, out_dir: str | os.PathLike)
         files = _audio_files(sub)
         if files:
             labels.append(sub.name)
-        items += [(_rel(f, out_dir), {key: [Atom(value=sub.name)]}) for f in files]
+        for f in files:
+            descs = {key: [Atom(value=sub.name)]}
+            group = group_of(f, root, group_by)
+            if group is not None:
+                descs["group"] = [Atom(value=group)]
+            items.append((_rel(f, out_dir), descs))
     if not items:
         raise ImportError_(
             f"{root}: no audio files in class sub-folders (expected {root}/<label>/*"
             f"{'|'.join(AUDIO_EXTENSIONS)})"
         )
     definitions = {key: Definition("text", "global", "value_in_dictionary", labels)}
+    if group_by:
+        definitions["group"] = Definition("text", "global", "free")
     return make_collection(items, definitions, base_dir=out_dir)
 
 

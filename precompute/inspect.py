@@ -16,6 +16,7 @@ from common.store import (
     STATUS_OK,
     StoreError,
     StoreTables,
+    read_file_targets,
     read_frame_target,
     read_rows,
     read_runs,
@@ -57,9 +58,28 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
             for n, s in t.targets.items()
         },
         "failed": len(t.failed),
+        "shorter_than_a_patch": _short_files(t, feature.patch_frames),
+        "sample_rates": {
+            int(sr): int(n) for sr, n in zip(*np.unique(t.orig_sr, return_counts=True))
+        },
+        "warnings": list(t.attrs.get("warnings") or []),
         "versions": t.attrs.get("versions"),
         "format_version": t.attrs.get("format_version"),
     }
+
+
+def _short_files(t: StoreTables, patch_frames: int) -> dict[str, Any]:
+    """Files with fewer frames than one patch (they have no patch to train on), counted, and
+    per label of each class target."""
+    short = t.n_frames < patch_frames
+    out: dict[str, Any] = {"files": int(short.sum()), "patch_frames": patch_frames}
+    if short.any():
+        names = [n for n, s in t.targets.items() if s.kind == "class"]
+        for name, labels in read_file_targets(t.path, names).items():
+            vocab = t.targets[name].vocabulary
+            values, counts = np.unique(labels[short], return_counts=True)
+            out[name] = {vocab[v] if v >= 0 else "(none)": int(c) for v, c in zip(values, counts)}
+    return out
 
 
 def verify(path: str | os.PathLike) -> list[str]:
@@ -85,6 +105,21 @@ def verify(path: str | os.PathLike) -> list[str]:
         if fault:
             faults.append(f"{t.names[i]}: {fault}")
     return faults
+
+
+def verified(path: str | os.PathLike) -> str:
+    """What a clean :func:`verify` checked, in words."""
+    path = Path(path)
+    if path.is_dir():
+        segs, views = segment_files(path), view_files(path)
+        mb = sum(p.stat().st_size for p in segs) / 2**20
+        return (f"{len(segs)} segment(s) ({mb:,.1f} MB): every file's rows match their "
+                f"checksums; {len(views)} store(s): tables, targets and parameters consistent")  # fmt: skip
+    t = read_tables(path, missing_ok=True)
+    mb = t.total_frames * t.frame_bytes / 2**20
+    return (f"{t.n_files} files ({mb:,.1f} MB of features in {len(t.segments)} segment(s)): "
+            "their rows match their checksums, hold no NaN or Inf; tables, targets and "
+            "parameters consistent")  # fmt: skip
 
 
 def _check_tables(t) -> list[str]:
@@ -230,17 +265,26 @@ def _check_segment(seg, names: dict[str, str]) -> list[str]:
     return faults
 
 
-def _file_index(t: StoreTables, name: str) -> int:
-    hits = [
-        i
-        for i, n in enumerate(t.names)
-        if n == name or Path(n).name == name or Path(n).stem == name
-    ]
-    if not hits:
-        raise KeyError(
-            f"{t.path}: no file {name!r} (first files: {', '.join(map(str, t.names[:5]))})"
-        )
-    return hits[0]
+def file_index(t: StoreTables, name: str) -> int:
+    """The file of a view ``name`` designates: its filepath as in the pyjama, the end of its
+    path (``it/p01.wav`` for ``../speech/it/p01.wav``, a path relative to the dataset's
+    folder), its file name or its stem. Refused, with the candidates, when several match."""
+    want = Path(name).as_posix().lstrip("./")
+    names = [Path(str(n)).as_posix() for n in t.names]
+    for match in (
+        lambda n: n == want,
+        lambda n: n.endswith("/" + want),
+        lambda n: Path(n).name == want,
+        lambda n: Path(n).stem == want,
+    ):
+        hits = [i for i, n in enumerate(names) if match(n)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            shown = ", ".join(names[i] for i in hits[:6]) + (" ..." if len(hits) > 6 else "")
+            raise StoreError(f"{t.path}: {name!r} names {len(hits)} files ({shown}); give more "
+                             "of its path")  # fmt: skip
+    raise StoreError(f"{t.path}: no file {name!r} (first files: {', '.join(names[:5])})")
 
 
 def show(
@@ -253,7 +297,7 @@ def show(
     import matplotlib.pyplot as plt
 
     t = read_tables(path)
-    i = _file_index(t, name)
+    i = file_index(t, name)
     feature = make_feature(t.feature)
     n = int(t.n_frames[i])
     times = feature.frame_times(n)

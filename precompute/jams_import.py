@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import UserError
 from common.pyjama import AUDIO_EXTENSIONS, Atom
 
 from .entries import (
@@ -45,7 +46,7 @@ TEXT_SEGMENTS = re.compile(r"^(chord.*|key_mode|segment_.*|lyrics.*)$")
 WORK_KEYS = ("work_id", "work-id", "work", "workid")
 
 
-class JamsError(ValueError):
+class JamsError(UserError, ValueError):
     """A JAMS file that cannot be imported, and why."""
 
 

@@ -16,7 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from common.catalogue import Catalogue
+from common.config import ConfigError
+from common.features import make_feature
 from common.holds import try_exclusive
 from common.store import (
     POOL,
@@ -44,6 +48,15 @@ def _old_format_hint(root: Path, attrs: dict) -> str:
     return f"format {version}: not usable, delete it"
 
 
+def _frame_bytes(feature: dict) -> int:
+    """Bytes of one frame of a store's features (its rows live in the pool)."""
+    try:
+        f = make_feature(feature)
+    except (ConfigError, TypeError):
+        return 0
+    return int(np.prod(f.frame_shape)) * np.dtype(f.store_dtype).itemsize
+
+
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
@@ -57,10 +70,12 @@ def list_stores(stores: str | os.PathLike) -> list[str]:
     root = Path(stores)
     cat = Catalogue(root)
     records = cat.views()
-    rows = [("store", "dataset", "feature", "files", "hours", "size", "created", "last used")]
+    rows = [("store", "dataset", "feature", "files", "hours", "view", "features", "created",
+             "last used")]  # fmt: skip
     for r in records:
         rows.append((relative_to(root, r.path), r.dataset, r.feature_kind, str(r.files),
-                     f"{r.audio_s / 3600:.2f}", _mb(r.path.stat().st_size), _when(r.created),
+                     f"{r.audio_s / 3600:.2f}", _mb(r.path.stat().st_size),
+                     _mb(r.frames * _frame_bytes(r.feature)), _when(r.created),
                      _when(r.last_used)))  # fmt: skip
     widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]

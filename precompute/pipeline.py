@@ -100,7 +100,7 @@ def execute(
         plan.store_path,
         skipped=[str(p) for p in plan.collection.problems],
         changed=list(plan.changed),
-        warnings=_warnings(plan),
+        warnings=plan.warnings,
     )
     catalogue = Catalogue(plan.stores)
     try:
@@ -242,18 +242,6 @@ def _close(builds: list[SegmentBuild]) -> None:
             b.flush()
         finally:
             b.close()
-
-
-def _warnings(plan: Plan) -> list[str]:
-    out = []
-    for f in plan.files:
-        where = f"entry {f.entry.index} ({f.entry.filepath})"
-        out += [f"{where}: {w}" for w in f.warnings]
-        if f.n_frames < plan.feature.patch_frames:
-            out.append(
-                f"{where}: shorter than one patch ({f.n_frames} < {plan.feature.patch_frames} frames): kept, 0 patches"
-            )
-    return out
 
 
 def find_built(

@@ -80,6 +80,21 @@ class Plan:
         return self.store_path.with_name(self.store_path.name + ".lock")
 
     @property
+    def warnings(self) -> list[str]:
+        """What a user should know of the files: annotations clipped or off the pitch grid,
+        files shorter than one patch, audio whose band the feature exceeds. Printed by every
+        build and kept in the view (``precompute info`` shows them)."""
+        out = []
+        patch = self.feature.patch_frames
+        for f in self.files:
+            where = f"entry {f.entry.index} ({f.entry.filepath})"
+            out += [f"{where}: {w}" for w in f.warnings]
+            if f.n_frames < patch:
+                out.append(f"{where}: shorter than one patch ({f.n_frames} < {patch} frames): "
+                           "kept, 0 patches")  # fmt: skip
+        return out + nyquist_warnings(self.files, self.feature)
+
+    @property
     def pool(self) -> Path:
         """Where the segments of this feature's values are."""
         return pool_dir(self.stores, self.feature_key)
@@ -167,6 +182,25 @@ def _store_identity(feature_key: str, sha1: str, collection, files, targets) -> 
             "targets": [(t.name, t.kind, t.unit) for t in targets],
         }
     )[:16]
+
+
+def nyquist_warnings(files: list[PlannedFile], feature: Feature) -> list[str]:
+    """One line per sample rate whose Nyquist frequency is below the feature's top: those
+    files' bins above it hold nothing (the resampler adds no content), with the ``--set`` that
+    keeps the feature within their band."""
+    top, out = feature.max_hz(), []
+    rates = sorted({f.info.orig_sr for f in files if f.info.orig_sr / 2 < top})
+    for sr in rates:
+        n = sum(f.info.orig_sr == sr for f in files)
+        fix = feature.narrower(sr / 2)
+        choice = (f"; to keep within their band: precompute run ... "
+                  f"{' '.join(f'--set {k}={v:g}' for k, v in fix.items())}" if fix else "")  # fmt: skip
+        out.append(
+            f"{n} of {len(files)} file(s) recorded at {sr} Hz: this {feature.kind} reaches "
+            f"{top:.0f} Hz, above their Nyquist frequency ({sr / 2:.0f} Hz), so its bins there "
+            f"are empty for them{choice}"
+        )
+    return out
 
 
 def _pitch_notes(collection, targets, files, feature, given) -> tuple[list[str], dict]:

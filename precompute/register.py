@@ -132,11 +132,7 @@ def view_attrs(plan: Plan, failed: list[dict]) -> dict:
         "versions": library_versions(),
         "skipped": [str(p) for p in plan.collection.problems],
         "failed": failed,
-        "warnings": [
-            f"entry {f.entry.index} ({f.entry.filepath}): {w}"
-            for f in plan.files
-            for w in f.warnings
-        ],
+        "warnings": plan.warnings,
         "notes": plan.notes,
         "off_grid": plan.off_grid,
     }

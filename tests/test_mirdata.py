@@ -169,6 +169,6 @@ def test_a_missing_index_says_how_to_get_it(tmp_path):
     res = CliRunner().invoke(
         main, ["import", "mirdata", "gtzan_genre", "--data-home", str(tmp_path)]
     )
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # a user's error, said as "error: ..."
     assert "no index of gtzan_genre at " in res.output and "--index FILE" in res.output
     assert "download(partial_download=['index'])" in res.output

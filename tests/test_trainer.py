@@ -333,12 +333,17 @@ def test_experiment_errors_name_file_and_key(tmp_path, demo_small, tiny_stores):
 
     cfg = experiment(tmp_path, demo_small, tiny_stores)
     p = Path(cfg.source)
-    with pytest.raises(ConfigError, match=r"exp.yaml: train.lr: expected a number, got 'fast'"):
+    # what --set gave is said to come from --set, not from the file
+    with pytest.raises(ConfigError, match=r"^--set: train.lr: expected a number, got 'fast'"):
         load_experiment(p, ["train.lr=fast"])
     with pytest.raises(
-        ConfigError, match=r"exp.yaml: train.optimiser: unknown key; did you mean 'optimizer'"
+        ConfigError, match=r"^--set: train.optimiser: unknown key; did you mean 'optimizer'"
     ):
         load_experiment(p, ["train.optimiser=adam"])
+    bad = p.with_name("bad.yaml")
+    bad.write_text(p.read_text().replace("epochs:", "epochz:"))
+    with pytest.raises(ConfigError, match=r"bad.yaml: train.epochz: unknown key"):
+        load_experiment(bad, ["train.lr=0.1"])
 
 
 # -- triplet mining against brute force ------------------------------------------------------------

@@ -137,12 +137,60 @@ def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet, seeds, fol
             progress=not quiet,
             log=lambda m: click.echo(m),
         )
-    except KeyboardInterrupt:
-        click.echo(
-            "interrupted; the last finished epoch is in last.pt: continue with train run --resume RUN_DIR",
-            err=True,
-        )
+    except KeyboardInterrupt:  # the run has said where it is and how to go on
         sys.exit(130)
+
+
+@main.command("baseline")
+@click.option(
+    "--config", required=True, type=click.Path(exists=True, dir_okay=False), help="experiment YAML"
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a value")
+@click.option("--folds", type=int, help="each fold's test split, as `train run --folds K` makes it")
+@click.option(
+    "--on", type=click.Path(exists=True, dir_okay=False), help="every file of another dataset"
+)
+@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False))
+def baseline_cmd(config, overrides, folds, on, out) -> None:
+    """The training-free cover-song baseline (the 2D Fourier magnitude of beat-synchronous
+    chroma, from the experiment's CQT store) on the files `train run` tests: the experiment's
+    test split, the test split of each of --folds K folds, or every file of --on PYJAMA. Mean ±
+    std over folds, written to OUT/baseline-<name>....json."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from . import baselines, repeats
+    from .dataset import StoreDataset
+    from .experiment import load_experiment
+
+    cfg = load_experiment(config, list(overrides))
+    if cfg.target.task != "work":
+        raise click.UsageError(f"{config}: the baseline scores work identification, this "
+                               f"experiment's task is {cfg.target.task!r}")  # fmt: skip
+    runs = []
+    if on:
+        d = dataclasses.replace(cfg.dataset, pyjama=str(Path(on).absolute()), folds=None,
+                                fold=None, split_key=None)  # fmt: skip
+        ds = StoreDataset.from_experiment(dataclasses.replace(cfg, dataset=d), split=None)
+        runs.append({"label": f"on-{Path(on).stem}", "folder": "", "metrics": baselines.score(ds)})
+    for k in range(folds) if folds and not on else ([None] if not on else []):
+        sets = [f"dataset.folds={folds}", f"dataset.fold={k}"] if k is not None else []
+        ds = StoreDataset.from_experiment(config, split="test", overrides=[*overrides, *sets])
+        label = f"fold-{k}" if k is not None else "test"
+        runs.append({"label": label, "folder": "", "metrics": baselines.score(ds)})
+        click.echo(f"{label}: MAP {runs[-1]['metrics']['MAP']:.4f}")
+    args = " ".join(f"--set {o}" for o in overrides)
+    command = f"train baseline --config {config} {args}".strip() + (
+        f" --folds {folds}" if folds else "") + (f" --on {on}" if on else "")  # fmt: skip
+    split = runs[0]["label"] if on else "test"
+    summary = repeats.summarize(runs, command, split)
+    click.echo(repeats.format_table(summary, ("MAP", "MRR", "P@1", "P@10", "mean_rank")))
+    name = f"baseline-{cfg.name}" + (f"-folds{folds}" if folds else "") + (
+        f"-on-{Path(on).stem}" if on else "")  # fmt: skip
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"{name}.json").write_text(json.dumps(summary, indent=1))
+    click.echo(f"summary: {Path(out) / f'{name}.json'}")
 
 
 @main.command("eval")
@@ -150,20 +198,42 @@ def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet, seeds, fol
 @click.option(
     "--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True
 )
-def eval_cmd(run_dir: str, split: str) -> None:
-    """Metrics of a run's best weights on a split, as JSON (also written to the run folder).
-    A summary folder (``--seeds``/``--folds``): every run scored, and the summary table."""
+@click.option(
+    "--on",
+    type=click.Path(exists=True, dir_okay=False),
+    help="another dataset's pyjama: every file of it, scored (cross-dataset); its store must "
+    "be built with the run's feature",
+)
+@click.option("--json", "as_json", is_flag=True, help="print every metric as JSON instead")
+def eval_cmd(run_dir: str, split: str, on: str | None, as_json: bool) -> None:
+    """A run's best weights scored on a split: a table of the headline metrics (and the
+    recall of each class), every metric in RUN_DIR/metrics_<split>.json, one row per file in
+    RUN_DIR/predictions_<split>.csv. With ``--on``, on every file of another dataset instead
+    (metrics_on-<name>.json). A summary folder (``--seeds``/``--folds``): every run scored, and
+    the summary table (summary_<split>.json, summary_on-<name>.json)."""
     import json
+    from pathlib import Path
 
     from . import repeats
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_on, evaluate_run, metrics_table
+    from .tasks import TASKS
 
+    name = f"on-{Path(on).stem}" if on else split
     if repeats.is_summary(run_dir):
-        summary = repeats.evaluate_summary(run_dir, split)
-        click.echo(json.dumps(summary, indent=1))
+        summary = repeats.evaluate_summary(run_dir, split, on)
+        if as_json:
+            click.echo(json.dumps(summary, indent=1))
         click.echo(repeats.format_table(summary, repeats.headline_of(summary)))
+        click.echo(f"summary: {Path(run_dir) / f'summary_{name}.json'}")
         return
-    click.echo(json.dumps(evaluate_run(run_dir, split), indent=1))
+    metrics = evaluate_on(run_dir, on) if on else evaluate_run(run_dir, split)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=1))
+        return
+    task = TASKS[repeats.task_of(run_dir)]
+    click.echo(metrics_table(metrics, task(None)))
+    click.echo(f"every metric: {Path(run_dir) / f'metrics_{name}.json'}; a row per file: "
+               f"{Path(run_dir) / f'predictions_{name}.csv'}")  # fmt: skip
 
 
 @main.command("predict")

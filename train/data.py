@@ -3,85 +3,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.catalogue import Catalogue, touch
 from common.features import Feature, make_feature
 from common.store import read_tables
 
 from .batches import collate_padded, collate_patches
 from .dataset import StoreDataset, feature_mismatch
 from .errors import DatasetError
+from .find import find_store, precompute_command
 from .samplers import EpochSampler, WorkBatchSampler
-
-
-def find_store(
-    dataset: str | os.PathLike,
-    feature: Feature,
-    stores: str | os.PathLike,
-    audio_root: str | os.PathLike | None = None,
-    feature_arg: str | os.PathLike | None = None,
-) -> Path:
-    """The store ``precompute run`` built for this pyjama and feature, found in the catalogue.
-
-    The pyjama is not parsed: its sha1 must be the one the store was built from, else the
-    store is out of date and the error gives the command that updates it.
-    """
-    dataset = Path(dataset).absolute()
-    cmd = precompute_command(dataset, feature_arg or feature.kind, stores, audio_root)
-    if not dataset.is_file():
-        raise DatasetError(f"dataset.pyjama: {dataset} does not exist")
-    root = str(Path(audio_root).absolute()) if audio_root is not None else None
-    catalogue = Catalogue(stores)
-    found = catalogue.find_store(dataset, feature.key(), root)
-    sha1 = hashlib.sha1(dataset.read_bytes()).hexdigest()
-    for rec in found:
-        if rec.pyjama_sha1 == sha1:
-            touch(rec.path)
-            return rec.path
-    if found:
-        raise DatasetError(
-            f"{dataset.name} has changed since its {feature.kind} store was built "
-            f"({found[0].path}); update it with:\n  {cmd}"
-        )
-    others = [
-        r for r in catalogue.views() if r.pyjama == str(dataset) and r.feature_kind == feature.kind
-    ]
-    hint = (
-        f" ({len(others)} {feature.kind} store(s) of it exist with other feature values or library versions)"
-        if others
-        else ""
-    )
-    raise DatasetError(
-        f"no {feature.kind} store of {dataset.name} in {stores}{hint}; make it with:\n  {cmd}"
-    )
-
-
-def precompute_command(
-    dataset, feature_file, stores, audio_root=None, overrides: dict | None = None
-) -> str:
-    parts = [
-        "precompute",
-        "run",
-        "--dataset",
-        str(dataset),
-        "--feature",
-        str(feature_file),
-        "--stores",
-        str(stores),
-    ]
-    if audio_root:
-        parts += ["--audio-root", str(audio_root)]
-    for k, v in (overrides or {}).items():
-        parts += ["--set", f"{k}={v}"]
-    return shlex.join(parts)
 
 
 class StoreDataModule:
@@ -100,6 +36,7 @@ class StoreDataModule:
         *,
         dataset: str | os.PathLike | None = None,
         feature: str | os.PathLike | dict | Feature | None = None,
+        feature_file: str | os.PathLike | None = None,
         stores: str | os.PathLike = "stores",
         audio_root: str | os.PathLike | None = None,
         unit: str = "patch",
@@ -112,6 +49,7 @@ class StoreDataModule:
         split_key: str | None = None,
         folds: int | None = None,
         fold: int | None = None,
+        split_group: str | None = None,
         patch_frames: int | None = None,
         patch_hop: int | None = None,
         samples_per_epoch: int | None = None,
@@ -131,7 +69,7 @@ class StoreDataModule:
             raise DatasetError("give a store path, or a dataset (pyjama) and a feature")
         self.store = Path(store) if store is not None else None
         self.dataset, self.stores, self.audio_root = dataset, stores, audio_root
-        self.feature_spec = feature
+        self.feature_spec, self.feature_file = feature, feature_file
         self.feature = (
             None
             if feature is None
@@ -146,6 +84,7 @@ class StoreDataModule:
             "split_key": split_key,
             "folds": folds,
             "fold": fold,
+            "split_group": split_group,
         }
         self.patch_frames, self.patch_hop = patch_frames, patch_hop
         self.samples_per_epoch = samples_per_epoch
@@ -173,6 +112,7 @@ class StoreDataModule:
             store,
             dataset=d.pyjama,
             feature=cfg.feature,
+            feature_file=cfg.feature_file,
             stores=d.stores,
             audio_root=d.audio_root,
             unit="patch",
@@ -185,6 +125,7 @@ class StoreDataModule:
             split_key=d.split_key,
             folds=d.folds,
             fold=d.fold,
+            split_group=d.split_group,
             patch_frames=cfg.patch.frames,
             patch_hop=cfg.patch.hop,
             samples_per_epoch=t.samples_per_epoch,
@@ -199,19 +140,20 @@ class StoreDataModule:
 
     def prepare_data(self) -> Path:
         """Find the store and check it matches the feature; otherwise say how to make it."""
-        feature_arg = (
+        feature_file = (
             self.feature_spec
             if isinstance(self.feature_spec, (str, os.PathLike))
-            else getattr(self.feature, "kind", "FEATURE")
+            else self.feature_file
         )
         if self.store is None:
             self.store = find_store(
-                self.dataset, self.feature, self.stores, self.audio_root, feature_arg
+                self.dataset, self.feature, self.stores, self.audio_root, feature_file
             )
         if not self.store.is_file():
-            cmd = precompute_command(
-                self.dataset or "DATASET.pyjama", feature_arg, self.stores, self.audio_root
-            )
+            if self.feature is None:
+                raise DatasetError(f"no store at {self.store}")
+            cmd = precompute_command(self.dataset or "DATASET.pyjama", self.feature, self.stores,
+                                     self.audio_root, feature_file)  # fmt: skip
             raise DatasetError(f"no store at {self.store}; make it with:\n  {cmd}")
         if self.feature is not None:
             diffs = feature_mismatch(read_tables(self.store).feature, self.feature.value_params())

@@ -9,13 +9,17 @@ plots; the trainer calls it at the end of a run with what it has in memory, ``tr
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from common.errors import UserError
 from common.features import Feature
 
 from .checkpoints import load_run
@@ -63,11 +67,33 @@ def file_outputs(model, ds: StoreDataset, task: Task, device, amp=AMP_OFF) -> li
     ]
 
 
+@dataclass
+class Evaluation:
+    """A split scored: its metrics, its first file for the plots, and a row per file."""
+
+    metrics: dict[str, Any]
+    example: Example | None
+    rows: list[dict[str, Any]]
+
+    def write(self, folder: str | Path) -> list[Path]:
+        """``metrics_<split>.json`` and ``predictions_<split>.csv`` (a row per file)."""
+        split = self.metrics["split"]
+        folder = Path(folder)
+        paths = [folder / f"metrics_{split}.json", folder / f"predictions_{split}.csv"]
+        paths[0].write_text(json.dumps(self.metrics, indent=1))
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        with open(paths[1], "w", newline="") as f:
+            w = csv.DictWriter(f, columns)
+            w.writeheader()
+            w.writerows(self.rows)
+        return paths
+
+
 def evaluate_split(
     model, dm: StoreDataModule, task: Task, split: str, device, amp=AMP_OFF
-) -> tuple[dict[str, Any], Example | None]:
-    """Metrics of ``model`` on ``split`` of a set-up data module, each file computed once; and
-    the split's first file as an :class:`Example` for the plots (None when it has no file)."""
+) -> Evaluation:
+    """``model`` scored on ``split`` of a set-up data module, each file computed once: the
+    metrics (patches and whole files), the split's first file for the plots, a row per file."""
     ds = {"train": dm.train_ds, "valid": dm.valid_ds, "test": dm.test_ds}[split]
     res = evaluate_patches(model, dm.eval_dataloader(ds), task, device, amp)
     metrics: dict[str, Any] = {"split": split, "loss": res["loss"], "patches": len(ds)}
@@ -79,7 +105,9 @@ def evaluate_split(
     outs = file_outputs(model, ds, task, device, amp)
     metrics |= task.file_metrics(outs, ds, ds.files, **settings) | settings
     metrics |= {"files": len(ds.files), "vocabulary": ds.spec.vocabulary}
-    return metrics, _example(ds, task, outs)
+    names = [str(ds.tables.names[f]) for f in ds.files]
+    rows = [{"file": n, **r} for n, r in zip(names, task.file_rows(outs, ds, ds.files, **settings))]
+    return Evaluation(metrics, _example(ds, task, outs), rows)
 
 
 def _example(ds: StoreDataset, task: Task, outs: list[np.ndarray]) -> Example | None:
@@ -90,12 +118,6 @@ def _example(ds: StoreDataset, task: Task, outs: list[np.ndarray]) -> Example | 
     n = int(ds.tables.n_frames[first[0]])
     return Example(str(ds.tables.names[first[0]]), outs[0], truth[0] if truth else None,
                    ds.feature.frame_times(n), ds.spec)  # fmt: skip
-
-
-def write_metrics(folder: Path, metrics: dict[str, Any]) -> Path:
-    path = Path(folder) / f"metrics_{metrics['split']}.json"
-    path.write_text(json.dumps(metrics, indent=1))
-    return path
 
 
 def evaluate_run(
@@ -110,6 +132,64 @@ def evaluate_run(
     dm = StoreDataModule.from_experiment(cfg, store=ck["store"])
     dm.setup()
     task = task_for(cfg.target.task, dm.train_ds.spec, cfg.train)
-    metrics, _ = evaluate_split(model, dm, task, split, device, amp_settings(device, cfg.train.amp))
-    write_metrics(folder, metrics)
+    ev = evaluate_split(model, dm, task, split, device, amp_settings(device, cfg.train.amp))
+    ev.write(folder)
+    return ev.metrics
+
+
+def evaluate_on(
+    folder: str | Path, pyjama: str | Path, device: torch.device | None = None
+) -> dict[str, Any]:
+    """A run's best weights on every file of another dataset (its store built with the run's
+    feature): whole-file metrics, with settings (thresholds) chosen on the run's own validation
+    files, written to ``metrics_on-<name>.json`` and ``predictions_on-<name>.csv``. For work
+    identification this is the cross-dataset test: works the model has never heard."""
+    folder, pyjama = Path(folder), Path(pyjama).absolute()
+    device = device or pick_device("auto")
+    model, ck = load_run(folder, "best", device)
+    cfg = reload_resolved(ck["config"])
+    d = dataclasses.replace(cfg.dataset, pyjama=str(pyjama), split_key=None, folds=None,
+                            fold=None)  # fmt: skip
+    ds = StoreDataset.from_experiment(dataclasses.replace(cfg, dataset=d), split=None)
+    own = StoreDataset.from_experiment(cfg, split="valid")
+    task = task_for(cfg.target.task, own.spec, cfg.train)
+    if task.n_out(own.spec) is not None and ds.spec.vocabulary != own.spec.vocabulary:
+        raise UserError(f"{pyjama}: target {cfg.target.name!r} has the classes "
+                        f"{ds.spec.vocabulary}, the run was trained on {own.spec.vocabulary}")  # fmt: skip
+    amp = amp_settings(device, cfg.train.amp)
+    settings = {}
+    truth = task.file_truth(own, own.files)
+    if truth is not None:
+        settings = task.calibrate(file_outputs(model, own, task, device, amp), truth)
+    outs = file_outputs(model, ds, task, device, amp)
+    name = f"on-{pyjama.stem}"
+    metrics = {"split": name, "dataset": str(pyjama)}
+    metrics |= task.file_metrics(outs, ds, ds.files, **settings) | settings
+    metrics |= {"files": len(ds.files)}
+    names = [str(ds.tables.names[f]) for f in ds.files]
+    rows = [{"file": n, **r} for n, r in zip(names, task.file_rows(outs, ds, ds.files, **settings))]
+    Evaluation(metrics, None, rows).write(folder)
     return metrics
+
+
+def metrics_table(metrics: dict[str, Any], task: Task) -> str:
+    """The headline metrics of a split, and per class the recall of its files and patches
+    (where the task has classes): what ``train eval`` prints (the JSON has everything)."""
+    lines = [f"{metrics['split']}: {metrics.get('files', '?')} files, "
+             f"{metrics.get('patches', '?')} patches"]  # fmt: skip
+    for k in task.headline:
+        if k in metrics:
+            lines.append(f"  {k:<20} {metrics[k]:.4f}")
+    vocab = metrics.get("vocabulary") or []
+    cms = {n: np.asarray(metrics[k]) for n, k in (("files", "file_confusion"),
+                                                  ("patches", "confusion")) if k in metrics}  # fmt: skip
+    if cms and vocab:
+        width = max(len(v) for v in vocab)
+        lines.append(f"  {'recall per class':<{width}}  " + "  ".join(f"{n:>8}" for n in cms))
+        for i, v in enumerate(vocab):
+            cells = []
+            for cm in cms.values():
+                total = cm[i].sum()
+                cells.append(f"{cm[i, i] / total:>8.3f}" if total else f"{'-':>8}")
+            lines.append(f"  {v:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)

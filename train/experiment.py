@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, from_dict, load_config, schema_of, section, setting, validate
+from common.config import (
+    ConfigError,
+    from_dict,
+    load_config,
+    parse_override,
+    schema_of,
+    section,
+    setting,
+    validate,
+)
 from common.features import make_feature
 
 from .tasks import TASKS
@@ -29,6 +38,8 @@ class DatasetSettings:
     split_seed: int = setting(0, "int")
     split_fractions: list[float] = setting([0.8, 0.1, 0.1], "list", item="number")
     split_key: str | None = setting(None, "str", nullable=True)
+    # a per-file label whose files stay in one split and fold (default: ``group``, if any)
+    split_group: str | None = setting(None, "str", nullable=True)
     # K-fold cross-validation: fold ``fold`` of ``folds`` is the test split (by work, or by
     # file where there are no works); ``train run --folds K`` runs every fold
     folds: int | None = setting(None, "int", nullable=True)
@@ -126,7 +137,13 @@ def load_experiment(
     """Load, inline, override and check an experiment; dataset paths made absolute."""
     path = Path(path)
     raw = load_config(path, overrides, references=("feature", "model"))
-    cfg = from_dict(Experiment, validate(raw, SCHEMA, path))
+    try:
+        cfg = from_dict(Experiment, validate(raw, SCHEMA, path))
+    except ConfigError as e:  # a key or value given with --set is said to be from --set
+        given = {".".join(parse_override(o)[0]) for o in overrides}
+        if e.key is not None and any(e.key == k or e.key.startswith(k + ".") for k in given):
+            raise ConfigError("--set", e.key, e.reason) from None
+        raise
     base = path.resolve().parent
     d = cfg.dataset
     for key in ("pyjama", "audio_root", "stores"):

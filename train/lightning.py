@@ -186,9 +186,8 @@ class MirpatchModule(L.LightningModule):
     def evaluate(self, split: str = "test") -> dict[str, Any]:
         """The split's metrics as ``train eval`` scores them: patches, then whole files (with
         settings chosen on the validation files where the task has some), in eval mode."""
-        metrics, _ = evaluate_split(self.core, self._data.data, self.task, split, self.device,
-                                    self.amp)  # fmt: skip
-        return metrics
+        ev = evaluate_split(self.core, self._data.data, self.task, split, self.device, self.amp)
+        return ev.metrics
 
 
 def _scalar(v: Any) -> bool:

@@ -32,7 +32,7 @@ from .checkpoints import load_checkpoint, load_weights, rng_state, save_checkpoi
 from .data import StoreDataModule
 from .dataset import StoreDataset
 from .devices import TrainingError, amp_settings, pick_device
-from .evaluate import evaluate_patches, evaluate_split, write_metrics
+from .evaluate import evaluate_patches, evaluate_split, metrics_table
 from .experiment import Experiment
 from .model_factory import build_model
 from .optim import make_optimizer, make_scheduler
@@ -78,6 +78,7 @@ class Training:
     step: int = 0
     best: float | None = None
     best_weights: dict | None = None  # the core's weights at the best epoch, on the CPU
+    best_epoch: int | None = None
     bad_epochs: int = 0
     meta: dict = field(default_factory=dict)
 
@@ -90,6 +91,15 @@ def data_notes(ds: StoreDataset) -> list[str]:
             f"{ds.unlabelled} file(s) of the store have no '{ds.target}' label: left out of "
             "every split"
         )
+    short = ds.files[ds.tables.n_frames[ds.files] < ds.patch_frames]
+    if len(short):
+        split = f"{ds.split} " if ds.split else ""
+        line = (f"{len(short)} of the {len(ds.files)} {split}files are shorter than one patch "
+                f"({ds.patch_frames} frames): no patch of theirs is trained on")  # fmt: skip
+        if ds.spec is not None and ds.spec.kind == "class":
+            labels, counts = np.unique(ds.file_targets[ds.target][short], return_counts=True)
+            line += " (" + ", ".join(f"{c} {ds.classes[v]}" for v, c in zip(labels, counts)) + ")"
+        out.append(line + "; whole-file scores and `train predict` pad them to one patch")
     off = (ds.tables.attrs.get("off_grid") or {}).get(ds.target)
     if off and (off["below"] or off["above"]):
         grid = ds.spec.pitch_midi
@@ -132,6 +142,21 @@ def fit(
     )
     for line in data_notes(dm.train_ds):
         log(line)
+    try:
+        epochs_run, finished = _epochs(state, dm, folder, stop_after_epochs, progress, log)
+    except KeyboardInterrupt:
+        every = t.checkpoint_every
+        last = f"the last {'checkpoint (every ' + str(every) + ' steps)' if every else 'finished epoch'}"
+        log(f"interrupted: {last} is in {folder / 'last.pt'}; continue with: "
+            f"train run --resume {folder}")  # fmt: skip
+        raise
+    return finish(state, dm, folder, finished, epochs_run, log)
+
+
+def _epochs(state: Training, dm, folder: Path, stop_after_epochs, progress: bool, log):
+    """Epochs of training, validation and checkpoints until the last, an early stop, a step
+    limit or ``stop_after_epochs``; ``(epochs run, whether training is over)``."""
+    t, ranks = state.cfg.train, state.ranks
     train_loader, valid_loader = dm.train_dataloader(), dm.val_dataloader()
     tb = _tensorboard(folder) if ranks.main else None
     epochs_run, finished = 0, True
@@ -152,7 +177,7 @@ def fit(
             break
     if tb:
         tb.close()
-    return finish(state, dm, folder, finished, epochs_run, log)
+    return epochs_run, finished
 
 
 def set_up(cfg: Experiment, ranks, device) -> tuple[StoreDataModule, Training]:
@@ -375,6 +400,8 @@ def validate(state: Training, loader, row: dict) -> bool:
     mode = t.monitor_mode if t.monitor != "valid_loss" else "min"
     improved = s.best is None or (value < s.best if mode == "min" else value > s.best)
     s.best, s.bad_epochs = (value, 0) if improved else (s.best, s.bad_epochs + 1)
+    if improved:
+        s.best_epoch = row["epoch"]
     if improved and s.ranks.main:
         s.best_weights = {
             k: v.detach().to("cpu", copy=True) for k, v in s.core.state_dict().items()
@@ -416,11 +443,13 @@ def finish(
         return Run(folder, {})
     best = state.best_weights or load_checkpoint(folder / "best.pt")["model"]
     state.core.load_state_dict(best)
-    metrics, example = evaluate_split(state.core, dm, state.task, "test", state.device, state.amp)
-    write_metrics(folder, metrics)
-    plot_run(folder, state.task, metrics, example)
+    ev = evaluate_split(state.core, dm, state.task, "test", state.device, state.amp)
+    ev.write(folder)
+    metrics = ev.metrics
+    plot_run(folder, state.task, metrics, ev.example, state.best_epoch)
     headline = {k: round(v, 4) for k, v in metrics.items() if k in state.task.headline}
     log(f"test: {json.dumps(headline)}")
+    log(metrics_table(metrics, state.task))
     log(f"run folder: {folder} (plots: {', '.join(p.name for p in sorted(folder.glob('*.png')))})")
     ranks.close()
     return Run(folder, metrics)

@@ -100,7 +100,9 @@ def best_threshold(salience: list[np.ndarray], truth: list[np.ndarray]) -> float
     return best
 
 
-def retrieval_metrics(emb: np.ndarray, works: np.ndarray, chunk: int = 256) -> dict:
+def retrieval_metrics(
+    emb: np.ndarray, works: np.ndarray, chunk: int = 256, per_query: bool = False
+) -> dict:
     """Each file queries all others by Euclidean distance; relevant = same work.
 
     MAP (mean average precision), MRR and mean rank of the first relevant item, precision
@@ -113,7 +115,7 @@ def retrieval_metrics(emb: np.ndarray, works: np.ndarray, chunk: int = 256) -> d
     works_t = torch.as_tensor(np.asarray(works, dtype=np.int64))
     n = len(works_t)
     idx = torch.arange(n)
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("ap", "rr", "rank", "p1", "p10")}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("q", "ap", "rr", "rank", "p1", "p10")}
     for lo in range(0, n, chunk):
         q = torch.arange(lo, min(n, lo + chunk))
         rel = works_t[None, :] == works_t[q][:, None]
@@ -136,13 +138,14 @@ def retrieval_metrics(emb: np.ndarray, works: np.ndarray, chunk: int = 256) -> d
         # equal distances may come out of topk in any order: the ranks, ascending
         ranks = torch.where(valid, ranks, torch.inf).sort(1).values
         hits_at = torch.arange(1, rd.shape[1] + 1, dtype=torch.float64)[None, :]
+        out["q"].append(q.double())
         out["ap"].append(torch.where(valid, hits_at / ranks, 0).sum(1) / n_rel)
         out["rr"].append(1.0 / ranks[:, 0])
         out["rank"].append(ranks[:, 0])
         out["p1"].append((ranks[:, 0] == 1).double())
         out["p10"].append(((ranks <= 10) & valid).sum(1).double() / min(10, n - 1))
     v = {k: torch.cat(x) if x else torch.zeros(0, dtype=torch.float64) for k, x in out.items()}
-    return {  # no work with two versions: NaN, as the mean of nothing
+    res = {  # no work with two versions: NaN, as the mean of nothing
         "MAP": float(v["ap"].mean()),
         "MRR": float(v["rr"].mean()),
         "P@1": float(v["p1"].mean()),
@@ -150,3 +153,7 @@ def retrieval_metrics(emb: np.ndarray, works: np.ndarray, chunk: int = 256) -> d
         "mean_rank": float(v["rank"].mean()),
         "queries": len(v["ap"]),
     }
+    if per_query:  # the query (a file's index), its average precision and first relevant rank
+        res["per_query"] = {"query": v["q"].long().tolist(), "AP": v["ap"].tolist(),
+                            "rank": v["rank"].tolist()}  # fmt: skip
+    return res

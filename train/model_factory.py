@@ -182,7 +182,8 @@ def _resolve_kwargs(
         if v == "n_out" or (k == "out_features" and v == -1 and is_last and n_out is not None):
             if n_out is None:
                 raise ModelConfigError(
-                    f"{where}: {name}: {k}: n_out asked for, but no output size is known"
+                    f"{where}: {name}: {k}: n_out asked for, but no output size is known (the "
+                    "target's classes, labels or pitch bins; `train summary` takes --n-out N)"
                 )
             v = n_out
         elif v == -1 and k in dims:

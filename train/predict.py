@@ -3,6 +3,7 @@ computed it (same parameters, same code)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -70,4 +71,25 @@ def predict_audio(
         r |= task.prediction(out, spec, feature, out_dir / stem, settings)
         r["output"] = np.asarray(out)
         results.append(r)
+    write_csv(out_dir / "predictions.csv", results)
     return results
+
+
+def write_csv(path: Path, results: list[dict[str, Any]]) -> Path:
+    """A row per file of what ``train predict`` says of it (labels and the best score, the
+    notes' files, the embedding's file), or why it could not be read."""
+    rows = []
+    for r in results:
+        row = {k: v for k, v in r.items() if k not in ("output", "scores")}
+        if r.get("scores"):
+            label, score = next(iter(r["scores"].items()))
+            row |= {"top": label, "score": score}
+        rows.append(
+            {k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+        )
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows(rows)
+    return path

@@ -248,21 +248,32 @@ def is_summary(folder: str | Path) -> bool:
     return (Path(folder) / SUMMARY).is_file()
 
 
-def evaluate_summary(folder: str | Path, split: str = "test") -> dict[str, Any]:
-    """Every run of a summary folder scored again on ``split``: ``summary_<split>.json``."""
-    from .evaluate import evaluate_run
+def evaluate_summary(
+    folder: str | Path, split: str = "test", on: str | Path | None = None
+) -> dict[str, Any]:
+    """Every run of a summary folder scored again on ``split`` (``summary_<split>.json``), or
+    on every file of another dataset ``on`` (``summary_on-<name>.json``)."""
+    from .evaluate import evaluate_on, evaluate_run
 
     folder = Path(folder)
     old = json.loads((folder / SUMMARY).read_text())
     runs = []
     for r in old["runs"]:
         run_dir = folder / Path(r["folder"]).name  # the summary folder may have moved
-        runs.append(
-            {"label": r["label"], "folder": str(run_dir), "metrics": evaluate_run(run_dir, split)}
-        )
-    summary = summarize(runs, old["command"], split, old.get("failed", ()))
-    (folder / f"summary_{split}.json").write_text(json.dumps(summary, indent=1))
+        metrics = evaluate_on(run_dir, on) if on else evaluate_run(run_dir, split)
+        runs.append({"label": r["label"], "folder": str(run_dir), "metrics": metrics})
+    name = f"on-{Path(on).stem}" if on else split
+    command = old["command"] + (f" && train eval {folder} --on {on}" if on else "")
+    summary = summarize(runs, command, name, old.get("failed", ()))
+    (folder / f"summary_{name}.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def task_of(run_dir: str | Path) -> str:
+    """The task a run folder trained (from its ``config.yaml``)."""
+    import yaml
+
+    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["target"]["task"]
 
 
 def headline_of(summary: dict[str, Any]) -> tuple[str, ...]:

@@ -83,11 +83,14 @@ def file_splits(
     split_by: str = "auto",
     folds: int | None = None,
     fold: int | None = None,
+    group_name: str | None = None,
 ) -> np.ndarray:
     """Split index of every file of a view (0 train, 1 valid, 2 test, -1 none): from the
     per-file label ``split_key``, from fold ``fold`` of ``folds`` (of the ``labelled`` files),
-    or by hash at ``split_fractions``; by work when ``split_by`` says so or (``auto``) the store
-    has a work target (``work_name``), else by file."""
+    or by hash at ``split_fractions``. By group: the files of a work (``work_name``) or of a
+    group (``group_name``, a per-file label) always fall on one side; ``split_by``: ``auto``
+    (a group if one is given, else works if there are, else files), ``work``, ``group`` or
+    ``file``."""
     if (folds is None) != (fold is None):
         raise DatasetError(f"give both folds and fold, got {folds} and {fold}")
     if split_key is not None and folds is not None:
@@ -96,14 +99,7 @@ def file_splits(
         )
     if split_key is not None:
         return _named_splits(tables, file_targets, split_key)
-    if split_by not in ("auto", "file", "work"):
-        raise DatasetError(f"split_by must be 'auto', 'file' or 'work', got {split_by!r}")
-    if split_by == "work" and work_name is None:
-        raise DatasetError(f"split_by='work' but {tables.path} has no work-id target")
-    keys = [f"file:{n}" for n in tables.names]
-    if work_name is not None and split_by in ("auto", "work"):
-        vocab = tables.targets[work_name].vocabulary
-        keys = [f"work:{vocab[w]}" if w >= 0 else k for w, k in zip(file_targets[work_name], keys)]
+    keys = _split_keys(tables, file_targets, work_name, group_name, split_by)
     if folds is not None:
         split = np.full(len(keys), -1, np.int8)
         if labelled.any():  # folds of the files the target can use
@@ -112,6 +108,35 @@ def file_splits(
             )
         return split
     return assign_splits(keys, split_fractions, split_seed)
+
+
+def _split_keys(tables, file_targets, work_name, group_name, split_by) -> list[str]:
+    """What is split: each file's work, group, or the file itself."""
+    if split_by not in ("auto", "file", "work", "group"):
+        raise DatasetError(f"split_by must be 'auto', 'file', 'work' or 'group', got {split_by!r}")
+    if split_by == "work" and work_name is None:
+        raise DatasetError(f"split_by='work' but {tables.path} has no work-id target")
+    if split_by == "group" and group_name is None:
+        raise DatasetError("split_by='group' but no group is given (dataset.split_group)")
+    keys = [f"file:{n}" for n in tables.names]
+    by = (
+        split_by
+        if split_by != "auto"
+        else "group"
+        if group_name
+        else "work"
+        if work_name
+        else "file"
+    )
+    name = {"work": work_name, "group": group_name}.get(by)
+    if name is None:
+        return keys
+    if name not in file_targets or tables.targets[name].kind not in ("class", "work"):
+        labels = ", ".join(n for n, s in tables.targets.items() if s.kind == "class") or "none"
+        raise DatasetError(f"split group {name!r} is not a per-file label of {tables.path}; "
+                           f"labels: {labels}")  # fmt: skip
+    vocab = tables.targets[name].vocabulary
+    return [f"{by}:{vocab[g]}" if g >= 0 else k for g, k in zip(file_targets[name], keys)]
 
 
 def _named_splits(tables, file_targets: dict[str, np.ndarray], split_key: str) -> np.ndarray:

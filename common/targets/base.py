@@ -105,6 +105,12 @@ class TargetKind:
         return len(spec.vocabulary) or 1
 
     @classmethod
+    def item_dtype(cls, spec: TargetSpec) -> np.dtype:
+        """The dtype a Dataset hands the target out in (class indices as int64, which
+        ``torch.nn.functional.cross_entropy`` takes; the rest as stored)."""
+        return cls.row_layout(spec)[1]
+
+    @classmethod
     def labelled(cls, spec: TargetSpec, values: np.ndarray | None) -> np.ndarray | bool:
         """Which files carry a usable label, beyond carrying the description at all
         (``values``: the per-file targets; None for frame-level kinds)."""

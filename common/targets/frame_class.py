@@ -23,7 +23,7 @@ class FrameClass(FrameKind):
 
     @classmethod
     def row_layout(cls, spec: TargetSpec) -> tuple[tuple[int, ...], np.dtype]:
-        return (), np.dtype("<i4")
+        return (), np.dtype("<i8")  # class indices as cross_entropy takes them (runs hold int32)
 
     @classmethod
     def encode_runs(cls, spec: TargetSpec, d, times: np.ndarray, frame_s: float):

@@ -22,6 +22,10 @@ class Label(FileKind):
         return (), np.dtype("<i4")
 
     @classmethod
+    def item_dtype(cls, spec: TargetSpec) -> np.dtype:
+        return np.dtype("int64")  # stored as int32; handed out as cross_entropy takes them
+
+    @classmethod
     def labelled(cls, spec: TargetSpec, values: np.ndarray | None) -> np.ndarray | bool:
         return values >= 0
 

@@ -141,8 +141,8 @@ def decode_multi_hot(start, length, value, addrs, n: int, width: int, out=None) 
 
 
 def decode_classes(start, length, value, addrs, n: int, out=None) -> np.ndarray:
-    """Dense classes ``(B, n)`` int32 of the windows (-1 where no run is)."""
-    out = np.full((len(addrs), n), -1, np.int32) if out is None else out
+    """Dense classes ``(B, n)`` int64 of the windows (-1 where no run is)."""
+    out = np.full((len(addrs), n), -1, np.int64) if out is None else out
     out.fill(-1)
     window, run, first, stop = overlapping(start, length, addrs, n)
     w, f, pair = frames_of(window, first, stop)

@@ -75,6 +75,25 @@ class Task:
     def file_metrics(self, outs: list[np.ndarray], ds, files: np.ndarray, **settings) -> dict:
         raise NotImplementedError
 
+    def file_rows(self, outs: list[np.ndarray], ds, files: np.ndarray, **settings) -> list[dict]:
+        """One row per file for ``predictions_<split>.csv``: its truth, what the model says,
+        the score of that, and the task's metrics of the file alone (default: labels, for the
+        tasks of one label set per file)."""
+        vocab = ds.spec.vocabulary
+        rows = []
+        for f, out in zip(files, outs):
+            y = ds.file_targets[ds.target][f]
+            truth = [vocab[i] for i in np.flatnonzero(y)] if np.ndim(y) else [vocab[int(y)]]
+            said = [vocab[i] for i in self.labels_of(out)]
+            rows.append({"truth": ";".join(truth), "prediction": ";".join(said),
+                         "score": round(float(np.max(out)), 4),
+                         "correct": int(set(truth) == set(said))})  # fmt: skip
+        return rows
+
+    def labels_of(self, out: np.ndarray) -> list[int]:
+        """The labels a file's output names (default: the most probable)."""
+        return [int(np.argmax(out))]
+
     def file_truth(self, ds, files: np.ndarray) -> list[np.ndarray] | None:
         """What :meth:`calibrate` compares outputs with, per file (None: nothing to calibrate)."""
         return None

@@ -49,17 +49,26 @@ class Multiclass(Task):
         }
 
     def plots(self, folder: Path, metrics: dict[str, Any], example=None) -> list[Path]:
-        import matplotlib.pyplot as plt
+        vocab = metrics["vocabulary"]
+        out = [_confusion(folder / "confusion.png", np.array(metrics["confusion"]), vocab,
+                          "test patches")]  # fmt: skip
+        if "file_confusion" in metrics:
+            out.append(_confusion(folder / "confusion_files.png",
+                                  np.array(metrics["file_confusion"]), vocab, "test files"))  # fmt: skip
+        return out
 
-        vocab, cm = metrics["vocabulary"], np.array(metrics["confusion"])
-        fig, ax = plt.subplots(figsize=(4 + 0.4 * len(vocab), 3.5 + 0.4 * len(vocab)))
-        ax.imshow(cm, cmap="Blues")
-        ax.set_xticks(range(len(vocab)), vocab, rotation=45, ha="right")
-        ax.set_yticks(range(len(vocab)), vocab)
-        for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center")
-        ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("test patches")
-        fig.tight_layout()
-        fig.savefig(folder / "confusion.png", dpi=100)
-        plt.close(fig)
-        return [folder / "confusion.png"]
+
+def _confusion(path: Path, cm: np.ndarray, vocab: list[str], title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4 + 0.4 * len(vocab), 3.5 + 0.4 * len(vocab)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(vocab)), vocab, rotation=45, ha="right")
+    ax.set_yticks(range(len(vocab)), vocab)
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

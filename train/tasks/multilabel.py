@@ -43,6 +43,9 @@ class Multilabel(Task):
         m = multilabel_metrics(np.stack(outs), y, ds.spec.vocabulary)
         return {"file_" + k: v for k, v in m.items()}
 
+    def labels_of(self, out: np.ndarray) -> list[int]:
+        return [int(i) for i in np.argsort(-out) if out[i] >= 0.5]
+
     def prediction(self, out, spec, feature, where, settings) -> dict[str, Any]:
         labels = [spec.vocabulary[i] for i in np.argsort(-out) if out[i] >= 0.5]
         return super().prediction(out, spec, feature, where, settings) | {"labels": labels}

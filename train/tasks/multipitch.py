@@ -67,6 +67,17 @@ class Multipitch(Task):
         frame_s = ds.feature.hop_length / ds.feature.sr
         return multipitch_metrics(outs, truth, np.asarray(ds.spec.pitch_midi), frame_s, threshold)
 
+    def file_rows(self, outs, ds, files, threshold: float = 0.5, **settings) -> list[dict]:
+        truth = self.file_truth(ds, files)
+        frame_s = ds.feature.hop_length / ds.feature.sr
+        grid = np.asarray(ds.spec.pitch_midi)
+        rows = []
+        for out, t in zip(outs, truth):
+            m = multipitch_metrics([out], [t], grid, frame_s, threshold)
+            rows.append({k: round(m[k], 4) for k in ("precision", "recall", "accuracy")}
+                        | {"threshold": round(threshold, 4)})  # fmt: skip
+        return rows
+
     def prediction(self, out, spec, feature, where, settings) -> dict[str, Any]:
         threshold = settings.get("threshold", 0.5)
         return write_notes(out, threshold, feature, np.asarray(spec.pitch_midi), where)

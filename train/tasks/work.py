@@ -47,10 +47,38 @@ class Work(Task):
         works = ds.file_targets[ds.target][files]
         return retrieval_metrics(np.stack(outs), works) | {"works": len(np.unique(works))}
 
+    def file_rows(self, outs, ds, files, **settings) -> list[dict]:
+        works = ds.file_targets[ds.target][files]
+        emb = np.stack(outs)
+        per = retrieval_metrics(emb, works, per_query=True)["per_query"]
+        by_query = {q: (ap, r) for q, ap, r in zip(per["query"], per["AP"], per["rank"])}
+        vocab = ds.spec.vocabulary
+        nearest = _nearest_other(emb)
+        rows = []
+        for i in range(len(files)):
+            ap, rank = by_query.get(i, (float("nan"), float("nan")))
+            row = {"work": vocab[int(works[i])], "AP": round(ap, 4), "first_version_rank": rank}
+            if nearest[i] >= 0:
+                row["nearest"] = str(ds.tables.names[files[nearest[i]]])
+            rows.append(row)
+        return rows
+
     def prediction(self, out, spec, feature, where, settings) -> dict[str, Any]:
         path = where.with_name(where.name + ".npy")
         np.save(path, out)
         return {"embedding": str(path)}
+
+
+def _nearest_other(emb: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """For each embedding, the index of the nearest other one (-1 when alone), a chunk of
+    queries at a time."""
+    e = torch.as_tensor(emb, dtype=torch.float32)
+    out = np.full(len(e), -1, np.int64)
+    for lo in range(0, len(e) if len(e) > 1 else 0, chunk):
+        d = torch.cdist(e[lo : lo + chunk], e)
+        d[torch.arange(len(d)), torch.arange(lo, lo + len(d))] = float("inf")
+        out[lo : lo + len(d)] = d.argmin(1).numpy()
+    return out
 
 
 def pairwise_distances(emb: torch.Tensor) -> torch.Tensor:
