@@ -430,15 +430,17 @@ def test_multipitch_metrics_perfect_and_silent():
 
 
 @pytest.mark.slow
-def test_retrieval_of_20000_embeddings_stays_within_1_gb():
-    """Distances in chunks: memory grows with N, not N² (the (N, N, D) tensor would be 10 GB)."""
+def test_retrieval_of_12000_embeddings_stays_within_half_the_distance_matrix():
+    """Distances in chunks: memory grows with N, not N² (the (N, N) distances alone would be
+    576 MB, the (N, N, D) differences 37 GB)."""
+    import os
     import subprocess
     import sys
 
     code = """
 import resource, numpy as np, torch
 from train.metrics import retrieval_metrics
-n, d = 20000, 64
+n, d = 12000, 64
 works = np.arange(n) // 4
 rng = np.random.default_rng(0)
 centres = rng.standard_normal((n // 4, d)).astype(np.float32)
@@ -448,17 +450,22 @@ m = retrieval_metrics(emb, works)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(m["MAP"], m["queries"], (peak - base) / 1024)
 """
+    # glibc raises its mmap threshold to the size of a freed block, then keeps the chunks' freed
+    # 12 MB buffers in its heaps (peak RSS 0.8 GB at any N from 12,000): a fixed threshold gives
+    # the memory the algorithm holds, which is what this measures
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     r = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=Path(__file__).parent.parent,
+        env=env,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     map_, queries, grown_mb = r.stdout.split()
-    assert float(map_) == 1.0 and int(queries) == 20000  # each work's versions rank first
-    assert float(grown_mb) < 1024, f"retrieval of 20,000 embeddings took {grown_mb} MB more"
+    assert float(map_) == 1.0 and int(queries) == 12000  # each work's versions rank first
+    assert float(grown_mb) < 288, f"retrieval of 12,000 embeddings took {grown_mb} MB more"
 
 
 # -- what a user sees: names of outputs, one-line errors --------------------------------------------
