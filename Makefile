@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := data/demo
+COVERS := data/covers
 STORES := stores
 RUNS   := runs
 EXP    ?= configs/experiments/demo_instrument.yaml
@@ -13,7 +14,7 @@ FEATURES ?= lms cqt hcqt
 # mirdata's dependencies but smart_open's extras (which cannot resolve with these pins)
 MIRDATA_DEPS := smart_open pretty_midi Deprecated openpyxl pandas chardet
 
-.PHONY: install demo-data features train test bench lint format clean
+.PHONY: install demo-data cover-demo features train test bench lint format clean
 
 install: $(STAMP)
 
@@ -29,6 +30,13 @@ demo-data: $(DEMO)/demo.pyjama
 
 $(DEMO)/demo.pyjama: $(STAMP)
 	$(BIN)/precompute demo-data --out $(DEMO)
+
+# the cover demo (200 works x 5 versions) and its CQT store, for configs/experiments/demo_cover*.yaml
+cover-demo: $(COVERS)/covers.pyjama
+	$(BIN)/precompute run --dataset $(COVERS)/covers.pyjama --feature cqt --stores $(STORES) --jobs $(JOBS)
+
+$(COVERS)/covers.pyjama: $(STAMP)
+	$(BIN)/precompute demo-data --cover --out $(COVERS) --jobs $(JOBS)
 
 features: $(DEMO)/demo.pyjama
 	@for f in $(FEATURES); do \

@@ -25,11 +25,32 @@ def main() -> None:
     "--per-class", default=13, show_default=True, help="tunes per dance type (each in 3 versions)"
 )
 @click.option("--clip-s", default=7.5, show_default=True, help="seconds per clip")
-def demo_data(out: str, per_class: int, clip_s: float) -> None:
-    """Render the offline demo dataset (music21 corpus) into OUT/audio and OUT/demo.pyjama."""
-    from .demo import make_demo
+@click.option(
+    "--cover",
+    is_flag=True,
+    help="the cover demo instead: WORKS folk tunes in VERSIONS arrangements each "
+    "(key, tempo, instruments, harmony, structure, recording) into OUT/covers.pyjama",
+)
+@click.option("--works", default=200, show_default=True, help="with --cover: works")
+@click.option("--versions", default=5, show_default=True, help="with --cover: versions per work")
+@click.option("--jobs", default=2, show_default=True, help="with --cover: parallel jobs")
+def demo_data(
+    out: str, per_class: int, clip_s: float, cover: bool, works: int, versions: int, jobs: int
+) -> None:
+    """Render the offline demo dataset (music21 corpus) into OUT/audio and OUT/demo.pyjama,
+    or with --cover the cover demo into OUT/audio and OUT/covers.pyjama (same bytes on every
+    run)."""
+    if cover:
+        from .cover_demo import make_cover_demo
 
-    path = make_demo(out, per_class=per_class, clip_s=clip_s)
+        try:
+            path = make_cover_demo(out, works=works, versions=versions, jobs=jobs)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+    else:
+        from .demo import make_demo
+
+        path = make_demo(out, per_class=per_class, clip_s=clip_s)
     click.echo(path)
 
 
