@@ -6,13 +6,14 @@ title twice), played in several versions. Every version draws, from a seed of it
 
 - the key (12 transpositions, a different one for each version of a work) and the tempo
   (0.7-1.4x);
-- the instrumentation: the melody on one or two of :data:`TIMBRES` at once (sometimes an
-  octave apart), the accompaniment on others;
+- the instrumentation: the melody on one or two of the 11 :data:`MELODY` timbres at once
+  (sometimes an octave apart), the accompaniment on others of the 14 :data:`TIMBRES`;
 - the accompaniment and harmonisation: a bass, chords (held, broken or off the beat), a
   counter-melody in thirds, each there or not, over chords chosen from the primary triads, from
   every diatonic triad, or with sevenths;
-- the structure: an intro of accompaniment alone, the first phrase repeated or dropped, the
-  second half first;
+- the structure of its first time through: an intro of accompaniment alone, the first phrase
+  repeated or dropped, the second half first; then the tune again from its start, as players
+  repeat a tune, until :data:`MAX_S` (every version is as long);
 - the recording: reverb, noise, a low- or high-pass tilt, the level.
 
 Rendering is wavetable synthesis (one band-limited cycle per timbre and octave, read with
@@ -25,6 +26,7 @@ from a seed of the work and version, nothing from the clock.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from common.pyjama import Atom, Definition, make_collection, write_pyjama
 SR = 22050
 COLLECTIONS = ("oneills1850", "essenFolksong")
 QUARTER_S = 0.42  # seconds per quarter note at tempo 1
-MAX_S = 30.0  # the longest version
+MAX_S = 30.0  # the length of every version
 MIN_BARS = 8
 TABLE = 2048  # samples per wavetable cycle
 # harmonic amplitudes (k = 1, 2, ...), envelope (attack s, decay time constant s or 0 for held),
@@ -80,13 +82,23 @@ class Tune:
     notes: tuple[tuple[float, float, int], ...]  # (onset, duration in quarters, midi)
     bar_q: float  # quarters per bar
     tonic: int  # pitch class
-    mode: str  # major / minor
+    mode: str  # major / minor: the harmony's palette (dorian, aeolian, phrygian count as minor)
 
 
 # -- the tunes ----------------------------------------------------------------------------
+DANCE_WORDS = ("reel", "jig", "hornpipe", "strathspey", "polka", "waltz", "march", "slide")
+
+
 def _norm(title: str) -> str:
-    words = re.sub(r"[^a-z ]", " ", title.lower()).split()
-    return " ".join(w for w in words if w not in ("the", "a", "an"))
+    """A title's letters, lower case, without articles and a trailing dance type, so that
+    "The Catholic Boys" and Ryan's "CatholicBoysJig" are one tune."""
+    title = re.sub(r"([a-z])([A-Z])", r"\1 \2", title).replace("'", "")
+    words = [
+        w for w in re.sub(r"[^a-z ]", " ", title.lower()).split() if w not in ("the", "a", "an")
+    ]
+    if len(words) > 1 and words[-1] in DANCE_WORDS:
+        words = words[:-1]
+    return "".join(words)
 
 
 def old_demo_titles() -> set[str]:
@@ -95,7 +107,7 @@ def old_demo_titles() -> set[str]:
     import music21
 
     folder = Path(music21.__file__).parent / "corpus" / "ryansMammoth"
-    return {_norm(re.sub(r"([a-z])([A-Z])", r"\1 \2", p.stem)) for p in folder.glob("*.abc")}
+    return {_norm(p.stem) for p in folder.glob("*.abc")}
 
 
 def candidates() -> list[tuple[str, str, str]]:
@@ -108,7 +120,7 @@ def candidates() -> list[tuple[str, str, str]]:
     for name in COLLECTIONS:
         tunes = []
         for path in sorted((root / name).glob("*.abc")):
-            text = path.read_text(encoding="latin-1")
+            text = path.read_text(encoding="utf-8", errors="replace")
             for chunk in re.split(r"(?m)^(?=X:)", text)[1:]:
                 title = re.search(r"(?m)^T:\s*(.+)$", chunk)
                 if title and "K:" in chunk:
@@ -147,7 +159,8 @@ def parse_tune(collection: str, title: str, abc: str) -> Tune | None:
         return None
     ks = next(iter(flat.getElementsByClass(key.KeySignature)), None)
     k = ks if isinstance(ks, key.Key) else (ks.asKey() if ks else key.Key("C"))
-    return Tune(collection, title, tuple(notes), bar_q, k.tonic.pitchClass, k.mode)
+    mode = "minor" if k.mode in ("minor", "dorian", "aeolian", "phrygian", "locrian") else "major"
+    return Tune(collection, title, tuple(notes), bar_q, k.tonic.pitchClass, mode)
 
 
 def corpus_works(n: int, jobs: int = 1) -> list[Tune]:
@@ -168,7 +181,11 @@ def corpus_works(n: int, jobs: int = 1) -> list[Tune]:
         out += [t for t in parsed if t is not None]
         if len(out) >= n:
             return out[:n]
-    raise RuntimeError(f"the music21 corpus has {len(out)} usable tunes, {n} needed")
+    import music21
+
+    root = Path(music21.__file__).parent / "corpus"
+    raise ValueError(f"{root}/{{{','.join(COLLECTIONS)}}}: {len(out)} usable tunes (readable, at "
+                     f"least {MIN_BARS} bars, a title of their own), {n} needed")  # fmt: skip
 
 
 # -- arranging ----------------------------------------------------------------------------
@@ -191,7 +208,7 @@ def harmonise(tune: Tune, palette: str, transpose: int) -> list[tuple[float, flo
         best = max(names, key=lambda c: (weight[c], c in PRIMARY, -names.index(c)))
         pcs = tuple((tune.tonic + transpose + s) % 12 for s in chords[best])
         if palette == "sevenths" and best in ("V", "ii", "IV", "iv"):
-            pcs = (*pcs, (pcs[0] + (10 if best in ("V", "ii") else 11)) % 12)
+            pcs = (*pcs, (pcs[0] + (11 if best == "IV" else 10)) % 12)  # IV maj7, else minor 7th
         out.append((float(lo), span, pcs))
     return out
 
@@ -220,8 +237,10 @@ class Version:
     def describe(self) -> list[str]:
         out = [f"transpose {self.transpose:+d}", f"tempo x{self.tempo:.2f}", self.structure,
                "melody " + " + ".join(self.melody) + (" (octaves)" if self.octave_double else ""),
-               f"harmony {self.palette}", f"reverb {self.reverb_s:.2f} s", f"tilt {self.tilt}",
+               f"reverb {self.reverb_s:.2f} s", f"tilt {self.tilt}",
                f"level {self.level:.2f}"]  # fmt: skip
+        if self.bass or self.chords:
+            out.append(f"harmony {self.palette}")
         if self.bass:
             out.append(f"bass {self.bass}")
         if self.chords:
@@ -243,17 +262,22 @@ def draw_versions(title: str, n: int) -> list[Version]:
         timbres = list(r.permutation(list(TIMBRES)))
         lead = [t for t in timbres if t in MELODY][: 1 + int(r.random() < 0.35)]
         rest = [t for t in timbres if t not in lead]
+        structure = str(r.choice(STRUCTURES))
+        bass = rest[0] if r.random() < 0.7 else None
+        chords = (
+            (str(r.choice(["held", "broken", "off-beat"])), rest[1]) if r.random() < 0.7 else None
+        )
+        if structure == "intro" and not (bass or chords):
+            bass = rest[0]  # an intro is the accompaniment's: never silence
         out.append(
             Version(
                 transpose=int(keys[v]),
                 tempo=float(np.exp(r.uniform(np.log(0.7), np.log(1.4)))),
-                structure=str(r.choice(STRUCTURES)),
+                structure=structure,
                 melody=tuple(lead),
                 octave_double=len(lead) == 2 and r.random() < 0.5,
-                bass=rest[0] if r.random() < 0.7 else None,
-                chords=(str(r.choice(["held", "broken", "off-beat"])), rest[1])
-                if r.random() < 0.7
-                else None,
+                bass=bass,
+                chords=chords,
                 counter=rest[2] if r.random() < 0.35 else None,
                 palette=str(r.choice(["primary", "diatonic", "sevenths"])),
                 reverb_s=float(r.choice([0.0, r.uniform(0.2, 1.5)])),
@@ -270,7 +294,8 @@ def _seed(title: str, v) -> int:
 
 
 def bars_of(tune: Tune, structure: str) -> list[int | None]:
-    """The bars played in order (``None``: a bar of accompaniment alone)."""
+    """The bars of the version's first time through, in order (``None``: a bar of
+    accompaniment alone); :func:`arrange` then plays the tune again from its start."""
     n = int(np.ceil((tune.notes[-1][0] + tune.notes[-1][1]) / tune.bar_q - 1e-9))
     bars: list[int | None] = list(range(n))
     if structure == "intro":
@@ -285,13 +310,16 @@ def bars_of(tune: Tune, structure: str) -> list[int | None]:
 
 
 def arrange(tune: Tune, v: Version) -> list[tuple[float, float, int, str, float]]:
-    """Sounding notes ``(onset s, duration s, midi, timbre, gain)`` of a version, up to
-    :data:`MAX_S`."""
+    """Sounding notes ``(onset s, duration s, midi, timbre, gain)`` of a version: its first
+    time through, then the tune again from the start, as a performance repeats it, up to
+    :data:`MAX_S` (so that every version is as long)."""
     q = QUARTER_S / v.tempo
     harmony = harmonise(tune, v.palette, v.transpose)
     out: list[tuple[float, float, int, str, float]] = []
     scale = _scale(tune, v.transpose)
-    for slot, bar in enumerate(bars_of(tune, v.structure)):
+    n_bars = int(np.ceil((tune.notes[-1][0] + tune.notes[-1][1]) / tune.bar_q - 1e-9))
+    played = itertools.chain(bars_of(tune, v.structure), itertools.cycle(range(n_bars)))
+    for slot, bar in enumerate(played):
         t0 = slot * tune.bar_q * q
         if t0 >= MAX_S:
             break
@@ -430,6 +458,8 @@ def make_cover_demo(
 
     if versions < 2 or versions > 12:
         raise ValueError(f"versions must be 2 to 12 (one key each), got {versions}")
+    if works < 2:
+        raise ValueError(f"works must be 2 or more (a query needs another work), got {works}")
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     tunes = corpus_works(works, jobs)

@@ -4,6 +4,7 @@ every run."""
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -45,18 +46,29 @@ def test_the_cover_demo_is_byte_identical_across_runs_and_jobs(two_builds):
     assert da == db
 
 
-def test_works_are_tunes_the_old_demo_never_played_each_title_once():
-    tunes = cd.corpus_works(12)
+@pytest.fixture(scope="module")
+def tunes():
+    return cd.corpus_works(12)
+
+
+def test_works_are_tunes_the_old_demo_never_played_each_title_once(tunes):
+    from precompute.demo import corpus_tunes
+
     titles = [cd._norm(t.title) for t in tunes]
     assert len(set(titles)) == 12
-    assert not set(titles) & cd.old_demo_titles()
+    # the old demo's tunes as precompute/demo.py picks them (file names: CatholicBoysJig)
+    old = {cd._norm(title) for _, title, _ in corpus_tunes(13)}
+    assert len(old) == 52 and cd._norm("The Acrobats") in old
+    assert cd._norm("MissMcLeodsReel") == cd._norm("Miss McLeod's")
+    assert not set(titles) & old
+    assert not set(titles) & cd.old_demo_titles()  # nor any tune of Ryan's collection
     assert {t.collection for t in tunes} == set(cd.COLLECTIONS)  # both collections, in turn
     for t in tunes:
         assert t.notes[-1][0] + t.notes[-1][1] >= cd.MIN_BARS * t.bar_q
 
 
-def test_versions_differ_in_key_tempo_instruments_accompaniment_and_structure():
-    tune = cd.corpus_works(1)[0]
+def test_versions_differ_in_key_tempo_instruments_accompaniment_and_structure(tunes):
+    tune = tunes[0]
     vs = cd.draw_versions(tune.title, 12)
     assert sorted(v.transpose for v in vs) == list(range(-5, 7))  # every key once
     assert all(0.7 <= v.tempo <= 1.4 for v in vs)
@@ -65,19 +77,31 @@ def test_versions_differ_in_key_tempo_instruments_accompaniment_and_structure():
     assert {v.bass is None for v in vs} == {True, False}
     assert {v.chords is None for v in vs} == {True, False}
     assert len({v.palette for v in vs}) == 3
-    assert len(set(cd.TIMBRES)) > 5
+    used = {t for v in vs for t in (*v.melody, v.bass, v.chords and v.chords[1], v.counter) if t}
+    assert len(used) > 5  # more instruments than the old demo's five
+    assert {v.counter is None for v in vs} == {True, False}
+    assert len({v.tilt for v in vs}) == 3 and {v.snr_db is None for v in vs} == {True, False}
+    assert {v.reverb_s == 0 for v in vs} == {True, False}
+    assert max(v.level for v in vs) / min(v.level for v in vs) > 1.5
+    for v in vs:  # every version as long: the tune played again after its first time through
+        assert (
+            max(s for s, *_ in cd.arrange(tune, v)) > cd.MAX_S - tune.bar_q * cd.QUARTER_S / v.tempo
+        )
     # the melody is the tune's, moved to the version's key and tempo
     v = next(v for v in vs if v.structure == "as written")
     notes = cd.arrange(tune, v)
     lead = sorted((s, m) for s, d, m, timbre, g in notes if timbre == v.melody[0])
     q = cd.QUARTER_S / v.tempo
-    want = [(on * q, m + v.transpose) for on, d, m in tune.notes if on * q < cd.MAX_S]
+    span = np.ceil((tune.notes[-1][0] + tune.notes[-1][1]) / tune.bar_q - 1e-9) * tune.bar_q
+    want = [((k * span + on) * q, m + v.transpose) for k in range(20) for on, d, m in tune.notes
+            if (k * span + on) * q < cd.MAX_S]  # fmt: skip
+    assert want[-1][0] > tune.notes[-1][0] * q  # played again
     assert [m for _, m in lead] == [m for _, m in want]
     np.testing.assert_allclose([s for s, _ in lead], [s for s, _ in want], atol=1e-9)
 
 
-def test_an_intro_delays_the_melody_by_two_bars_of_accompaniment():
-    tune = cd.corpus_works(1)[0]
+def test_an_intro_delays_the_melody_by_two_bars_of_accompaniment(tunes):
+    tune = tunes[0]
     v = next(v for v in cd.draw_versions(tune.title, 12) if v.bass or v.chords)
     v.structure, v.counter = "intro", None
     notes = cd.arrange(tune, v)
@@ -85,6 +109,14 @@ def test_an_intro_delays_the_melody_by_two_bars_of_accompaniment():
     first_lead = min(s for s, d, m, timbre, g in notes if timbre in v.melody)
     assert first_lead == pytest.approx(2 * tune.bar_q * q + tune.notes[0][0] * q)
     assert min(s for s, *_ in notes) < first_lead  # the accompaniment plays before it
+
+
+def test_an_intro_is_never_silent():
+    for title in ("a", "b", "c", "d", "e", "f", "g", "h"):
+        for v in cd.draw_versions(title, 12):
+            if v.structure == "intro":
+                assert v.bass or v.chords, (title, v)
+            assert ("harmony " + v.palette in v.describe()) == bool(v.bass or v.chords)
 
 
 def test_a_version_sounds_in_its_key(two_builds):
@@ -99,7 +131,8 @@ def test_a_version_sounds_in_its_key(two_builds):
     tunes = cd.corpus_works(3)
     entry = coll.entries[0]
     work = int(entry.descriptions["work-id"].atoms[0].value)
-    v = cd.draw_versions(tunes[work].title, 4)[int(entry.filepath[-5])]
+    version = int(re.search(r"-v(\d+)\.wav$", str(entry.filepath)).group(1))
+    v = cd.draw_versions(tunes[work].title, 4)[version]
     y, sr = sf.read(entry.audio_path)
     chroma = librosa.feature.chroma_cqt(y=y.astype(np.float32), sr=sr).mean(1)
     pcs = np.bincount([(m + v.transpose) % 12 for _, d, m in tunes[work].notes],

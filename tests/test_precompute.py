@@ -254,15 +254,23 @@ def test_ctrl_c_stops_and_a_rerun_continues_to_the_identical_store(tmp_path):
     ref = run(ds, "hcqt", tmp_path / "ref")
     stores = tmp_path / "stores"
     plan = make_plan(ds, "hcqt", stores)
-    proc = subprocess.Popen(
-        _cli(ds, stores, "-j", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=pause_env("file_done", 1, tmp_path),
-    )  # fmt: skip
-    # the build waits after its first file, so the signal lands in mid-build on any machine
-    wait_for(lambda: (tmp_path / "file_done.paused").exists(), proc, "the first file was done")
-    assert done_markers(stores)
-    proc.send_signal(signal.SIGINT)
-    proc.wait()
+    with open(tmp_path / "stderr.txt", "w") as err:
+        # Ctrl-C's default action in the child even where this suite was started with SIGINT
+        # ignored (a shell's background job): Python keeps an inherited SIG_IGN
+        proc = subprocess.Popen(
+            _cli(ds, stores, "-j", "1"), stdout=subprocess.DEVNULL, stderr=err,
+            env=pause_env("file_done", 1, tmp_path),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        # the build waits after its first file, so the signal lands in mid-build on any machine
+        wait_for(lambda: (tmp_path / "file_done.paused").exists(), proc, "the first file was done")
+        assert done_markers(stores)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait() == 130  # documented in `precompute run --help`
+    said = (tmp_path / "stderr.txt").read_text()
+    assert "interrupted: the files finished are kept; continue with: " in said, said
+    assert f"run --dataset {ds}" in said, said
+    assert "precompute gc" in said, said  # how an abandoned .partial segment goes
     assert done_markers(stores) and partial_segments(stores)
     assert not plan.store_path.exists(), "the run was not interrupted mid-way"
     res = subprocess.run(_cli(ds, stores), capture_output=True, text=True, timeout=120)

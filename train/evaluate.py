@@ -165,7 +165,7 @@ def evaluate_on(
     name = f"on-{pyjama.stem}"
     metrics = {"split": name, "dataset": str(pyjama)}
     metrics |= task.file_metrics(outs, ds, ds.files, **settings) | settings
-    metrics |= {"files": len(ds.files)}
+    metrics |= {"files": len(ds.files), "patches": len(ds)}
     names = [str(ds.tables.names[f]) for f in ds.files]
     rows = [{"file": n, **r} for n, r in zip(names, task.file_rows(outs, ds, ds.files, **settings))]
     Evaluation(metrics, None, rows).write(folder)
