@@ -38,6 +38,8 @@ import soundfile as sf
 from common.fileio import atomic_write
 from common.pyjama import Atom, Definition, make_collection, write_pyjama
 
+from .demo import top_line
+
 SR = 22050
 COLLECTIONS = ("oneills1850", "essenFolksong")
 QUARTER_S = 0.42  # seconds per quarter note at tempo 1
@@ -135,24 +137,14 @@ def candidates() -> list[tuple[str, str, str]]:
 def parse_tune(collection: str, title: str, abc: str) -> Tune | None:
     """The tune's top line, meter and key; ``None`` when music21 cannot read it, or it has
     fewer than :data:`MIN_BARS` bars or no notes."""
-    from music21 import chord, converter, key, meter, note
+    from music21 import converter, key, meter
 
     try:
         score = converter.parse(abc, format="abc").stripTies()
     except Exception:  # noqa: BLE001 - any tune music21 cannot read is skipped
         return None
     flat = score.flatten()
-    notes = []
-    for n in flat.notes:
-        if n.duration.isGrace or n.quarterLength <= 0:
-            continue
-        if isinstance(n, chord.Chord):
-            midi = max(p.midi for p in n.pitches)
-        elif isinstance(n, note.Note):
-            midi = n.pitch.midi
-        else:
-            continue
-        notes.append((float(n.offset), float(n.quarterLength), int(midi)))
+    notes = top_line(score)
     ts = next(iter(flat.getElementsByClass(meter.TimeSignature)), None)
     bar_q = float(ts.barDuration.quarterLength) if ts else 4.0
     if not notes or notes[-1][0] + notes[-1][1] < MIN_BARS * bar_q:

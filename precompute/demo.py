@@ -65,11 +65,11 @@ def corpus_tunes(per_class: int) -> list[tuple[str, str, Path]]:
     return out
 
 
-def melody_notes(path: Path, quarter_s: float, clip_s: float) -> list[tuple[float, float, int]]:
-    """``(onset_s, nominal_duration_s, midi)`` of the tune's top line, up to ``clip_s``."""
-    from music21 import chord, converter, harmony, note
+def top_line(score) -> list[tuple[float, float, int]]:
+    """``(onset, duration in quarters, midi)`` of a parsed tune's top line: the highest pitch of
+    each note or chord, grace notes and chord symbols left out."""
+    from music21 import chord, harmony, note
 
-    score = converter.parse(str(path), format="abc").stripTies()
     out = []
     for n in score.flatten().notes:
         if isinstance(n, harmony.ChordSymbol) or n.duration.isGrace or n.quarterLength <= 0:
@@ -80,10 +80,20 @@ def melody_notes(path: Path, quarter_s: float, clip_s: float) -> list[tuple[floa
             midi = n.pitch.midi
         else:
             continue
-        onset = float(n.offset) * quarter_s
+        out.append((float(n.offset), float(n.quarterLength), int(midi)))
+    return out
+
+
+def melody_notes(path: Path, quarter_s: float, clip_s: float) -> list[tuple[float, float, int]]:
+    """``(onset_s, nominal_duration_s, midi)`` of the tune's top line, up to ``clip_s``."""
+    from music21 import converter
+
+    out = []
+    for on, ql, midi in top_line(converter.parse(str(path), format="abc").stripTies()):
+        onset = on * quarter_s
         if onset >= clip_s:
             break
-        out.append((onset, min(float(n.quarterLength) * quarter_s, clip_s - onset), int(midi)))
+        out.append((onset, min(ql * quarter_s, clip_s - onset), midi))
     return out
 
 
