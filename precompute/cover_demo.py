@@ -140,7 +140,8 @@ def parse_tune(collection: str, title: str, abc: str) -> Tune | None:
     from music21 import converter, key, meter
 
     try:
-        score = converter.parse(abc, format="abc").stripTies()
+        score = converter.parse(abc, format="abc")
+        score.stripTies(inPlace=True)
     except Exception:  # noqa: BLE001 - any tune music21 cannot read is skipped
         return None
     flat = score.flatten()

@@ -84,12 +84,21 @@ def top_line(score) -> list[tuple[float, float, int]]:
     return out
 
 
-def melody_notes(path: Path, quarter_s: float, clip_s: float) -> list[tuple[float, float, int]]:
-    """``(onset_s, nominal_duration_s, midi)`` of the tune's top line, up to ``clip_s``."""
+def tune_line(path: Path) -> list[tuple[float, float, int]]:
+    """The top line (see :func:`top_line`) of the tune in ``path``, its ties merged."""
     from music21 import converter
 
+    score = converter.parse(str(path), format="abc")
+    score.stripTies(inPlace=True)  # the parsed score is ours: no copy of it
+    return top_line(score)
+
+
+def melody_notes(
+    line: list[tuple[float, float, int]], quarter_s: float, clip_s: float
+) -> list[tuple[float, float, int]]:
+    """``(onset_s, nominal_duration_s, midi)`` of a tune's top line, up to ``clip_s``."""
     out = []
-    for on, ql, midi in top_line(converter.parse(str(path), format="abc").stripTies()):
+    for on, ql, midi in line:
         onset = on * quarter_s
         if onset >= clip_s:
             break
@@ -178,9 +187,10 @@ def make_demo(out: str | os.PathLike, per_class: int = 13, clip_s: float = 7.5) 
     items = []
     for work, (dance, title, path) in enumerate(corpus_tunes(per_class)):
         quarter = QUARTER_S[dance.capitalize()]
+        line = tune_line(path)
         for v, (transpose, tempo, timbre_offset, with_bass) in enumerate(VERSIONS):
             beat_s = quarter / tempo
-            melody = melody_notes(path, beat_s, clip_s)
+            melody = melody_notes(line, beat_s, clip_s)
             notes = arrange(melody, transpose, with_bass, beat_s)
             timbre = TIMBRES[(work + timbre_offset) % len(TIMBRES)]
             seed = int.from_bytes(hashlib.sha1(f"{title}/{v}".encode()).digest()[:4], "little")
