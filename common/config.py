@@ -94,13 +94,52 @@ def close_names(name: str, known: Sequence[str], n: int = 3) -> str:
     return f"known: {', '.join(sorted(map(str, known)))}"
 
 
+# The configs shipped with mirpatch: the repository's configs/ (common/configs links to it), which
+# a wheel installs as common/configs/.
+SHIPPED = Path(__file__).resolve().parent / "configs"
+
+
+def find_config(
+    name: str | os.PathLike, base: str | os.PathLike | None = None
+) -> tuple[Path, Path]:
+    """The YAML file ``name`` names, and the place it stands for.
+
+    ``name`` is a path, relative to ``base`` (default: the current folder). A relative path
+    that is not there names a shipped config by its path in the repository
+    (``configs/models/lms_classifier.yaml``; the ``configs/`` may be left out), so that the
+    commands of a checkout work as written where mirpatch is installed from a wheel. Returns
+    ``(file, stands_for)``: for a file found where named, the file twice; for a shipped one,
+    the file and ``configs/<its path>`` under the current folder, which is where its relative
+    dataset paths are taken from (``../../data/demo/demo.pyjama`` of a shipped experiment is
+    ``./data/demo/demo.pyjama``, as in a checkout). A name found nowhere is returned as it was
+    named, for the reader's "file not found".
+    """
+    named = Path(name)
+    here = named if base is None or named.is_absolute() else Path(base) / named
+    if here.is_file() or named.is_absolute():
+        return here, here
+    parts = named.parts[1:] if named.parts[:1] == ("configs",) else named.parts
+    if parts and ".." not in parts and SHIPPED.joinpath(*parts).is_file():
+        return SHIPPED.joinpath(*parts), Path("configs", *parts)
+    return here, here
+
+
+def shipped_configs() -> list[str]:
+    """Every shipped config, by the name that finds it (``configs/models/x.yaml``)."""
+    return sorted(f"configs/{p.relative_to(SHIPPED).as_posix()}" for p in SHIPPED.rglob("*.yaml"))
+
+
 def load_yaml(path: str | os.PathLike) -> Any:
-    """Parse a YAML file with ``yaml.safe_load``; errors name the file and line."""
-    path = Path(path)
+    """Parse a YAML file with ``yaml.safe_load`` (a relative path that is not there may name a
+    shipped config: :func:`find_config`); errors name the file and line."""
+    path = find_config(path)[0]
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(path, None, "file not found") from None
+        close = close_names(str(path), shipped_configs(), n=3)
+        if not close.startswith("did you mean"):
+            close = "nor a shipped config (`train configs` lists them)"
+        raise ConfigError(path, None, f"file not found; {close}") from None
     except OSError as e:
         raise ConfigError(path, None, f"cannot read: {e.strerror}") from None
     try:
@@ -206,11 +245,11 @@ def load_config(
     """Load a YAML mapping, inline referenced files and apply ``--set`` overrides.
 
     A key listed in ``references`` whose value is a string is a path to another
-    YAML file, relative to ``path``'s folder; its content replaces the string
+    YAML file, relative to ``path``'s folder (or a shipped config); its content replaces the string
     (and ``<key>_file`` records where it came from). Overrides apply after the
     references are inlined, so ``--set feature.hop_length=256`` works.
     """
-    path = Path(path)
+    path = find_config(path)[0]
     data = load_yaml(path)
     if data is None:
         data = {}
@@ -221,7 +260,7 @@ def load_config(
     for key in references:
         ref = data.get(key)
         if isinstance(ref, str):
-            ref_path = (path.parent / ref).resolve()
+            ref_path = find_config(ref, path.parent)[0].resolve()
             if not ref_path.is_file():
                 raise ConfigError(
                     path, key, f"referenced file {ref!r} not found (looked at {ref_path})"

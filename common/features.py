@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .config import ConfigError, Field, load_yaml, validate
+from .config import SHIPPED, ConfigError, Field, load_yaml, validate
 from .octaves import early_downsamples, octave_groups
 
 # Bump when a feature's code changes its values: every content key changes with it.
@@ -430,7 +430,7 @@ class CQT(HCQT):
 
 
 FEATURES: dict[str, type[Feature]] = {f.kind: f for f in (Waveform, LogMel, CQT, HCQT)}
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "features"
+CONFIG_DIR = SHIPPED / "features"
 
 
 def make_feature(

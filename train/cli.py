@@ -28,7 +28,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 @main.command("summary")
-@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("config", type=click.Path(dir_okay=False))
 @click.option(
     "--input-shape", required=True, help="one item's X shape without batch, e.g. 1,128,64"
 )
@@ -46,9 +46,42 @@ def summary_cmd(config: str, input_shape: str, n_out: int | None) -> None:
     click.echo(format_summary(model, shape))
 
 
+@main.command("configs")
+@click.option(
+    "--copy",
+    "to",
+    type=click.Path(file_okay=False),
+    help="copy them into TO/configs/, to edit (files already there are kept)",
+)
+def configs_cmd(to: str | None) -> None:
+    """The configs shipped with mirpatch (features, models, experiments, dataset templates),
+    each by the name that ``--config``, ``precompute run --feature`` and ``train summary`` take
+    where no file of that name is in the current folder."""
+    import shutil
+    from pathlib import Path
+
+    from common.config import SHIPPED, shipped_configs
+
+    for name in shipped_configs():
+        if to is None:
+            click.echo(name)
+            continue
+        dest = Path(to) / name
+        if dest.exists():
+            click.echo(f"kept {dest}")
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHIPPED / name.removeprefix("configs/"), dest)
+        click.echo(f"wrote {dest}")
+
+
 @main.command("run")
 @click.option(
-    "--config", "config", type=click.Path(exists=True, dir_okay=False), help="experiment YAML"
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    help="experiment YAML (a file, or "
+    "a shipped config by its path in the repository: `train configs` lists them)",
 )
 @click.option(
     "--set",
@@ -142,9 +175,7 @@ def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet, seeds, fol
 
 
 @main.command("baseline")
-@click.option(
-    "--config", required=True, type=click.Path(exists=True, dir_okay=False), help="experiment YAML"
-)
+@click.option("--config", required=True, type=click.Path(dir_okay=False), help="experiment YAML")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a value")
 @click.option("--folds", type=int, help="each fold's test split, as `train run --folds K` makes it")
 @click.option(

@@ -17,6 +17,7 @@ from typing import Any
 
 from common.config import (
     ConfigError,
+    find_config,
     from_dict,
     load_config,
     parse_override,
@@ -136,7 +137,8 @@ def load_experiment(
 ) -> Experiment:
     """Load, inline, override and check an experiment; dataset paths made absolute."""
     path = Path(path)
-    raw = load_config(path, overrides, references=("feature", "model"))
+    file, stands_for = find_config(path)
+    raw = load_config(file, overrides, references=("feature", "model"))
     try:
         cfg = from_dict(Experiment, validate(raw, SCHEMA, path))
     except ConfigError as e:  # a key or value given with --set is said to be from --set
@@ -144,7 +146,7 @@ def load_experiment(
         if e.key is not None and any(e.key == k or e.key.startswith(k + ".") for k in given):
             raise ConfigError("--set", e.key, e.reason) from None
         raise
-    base = path.resolve().parent
+    base = stands_for.resolve().parent
     d = cfg.dataset
     for key in ("pyjama", "audio_root", "stores"):
         v = getattr(d, key)
