@@ -11,6 +11,13 @@ RUNS   := runs
 EXP    ?= configs/experiments/demo_instrument.yaml
 JOBS   ?= 2
 FEATURES ?= lms cqt hcqt
+# pytest workers (pytest-xdist): one per core; PYTEST_JOBS=0 runs the suite in one process
+PYTEST_JOBS ?= auto
+# librosa compiles its numba code at its first use and caches it in the venv: that is paid once,
+# at install (beside the last pip install), not by every first run and test process after it
+COMPILE := import numpy as np; from common.features import make_feature; from train.baselines \
+	import beat_chroma; y = np.random.default_rng(0).standard_normal(88200).astype(np.float32); \
+	make_feature("lms").compute(y); cqt = make_feature("cqt"); beat_chroma(cqt.compute(y)[:, 0], cqt)
 # mirdata's dependencies but smart_open's extras (which cannot resolve with these pins)
 MIRDATA_DEPS := smart_open pretty_midi Deprecated openpyxl pandas chardet
 
@@ -23,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,demo,jams,lightning]'
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt mirdata
-	$(BIN)/pip install --quiet -c constraints.txt $(MIRDATA_DEPS)
+	$(BIN)/pip install --quiet -c constraints.txt $(MIRDATA_DEPS) & $(PY) -c '$(COMPILE)'; wait
 	touch $(STAMP)
 
 demo-data: $(DEMO)/demo.pyjama
@@ -47,7 +54,7 @@ train: features
 	$(BIN)/train run --config $(EXP) --out $(RUNS)
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_JOBS) --dist worksteal
 
 bench: features
 	$(PY) benchmarks/bench_precompute.py

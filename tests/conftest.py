@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,41 @@ import soundfile as sf
 
 SR = 22050
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs a worker per core: torch's threads in each would only fight each other
+    # (and the processes a test starts inherit it)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: run on several workers, the long ones start early and the short
+    ones fill the gaps at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)``'s result, made once per test session: also when pytest-xdist runs the
+    tests in several processes, where the first to ask builds it under a lock and the others
+    wait for it (on the lock, not on a timer) and share it. Tests only read what it made."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # popen-gwN/ of the session's one folder
+        root = root.parent
+    folder, made = root / name, root / f"{name}.made"
+    with FileLock(root / f"{name}.lock"):
+        if not made.exists():
+            result = Path(build(folder))
+            made.write_text(str(result))
+    return Path(made.read_text())
+
 
 @pytest.fixture(scope="session")
 def demo_small(tmp_path_factory) -> Path:
     """A small demo dataset: 2 tunes per dance x 3 versions = 24 clips of 4 s."""
     from precompute.demo import make_demo
 
-    return make_demo(tmp_path_factory.mktemp("demo"), per_class=2, clip_s=4.0)
+    return built_once(tmp_path_factory, "demo", lambda out: make_demo(out, per_class=2, clip_s=4.0))
 
 
 @pytest.fixture(scope="session")
@@ -25,29 +54,33 @@ def demo_medium(tmp_path_factory) -> Path:
     """Enough tunes to score a held-out split: 5 tunes per dance x 3 versions = 60 clips of 4 s."""
     from precompute.demo import make_demo
 
-    return make_demo(tmp_path_factory.mktemp("demo-medium"), per_class=5, clip_s=4.0)
+    return built_once(
+        tmp_path_factory, "demo-medium", lambda out: make_demo(out, per_class=5, clip_s=4.0)
+    )
+
+
+def _stores(demo: Path, root: Path, jobs: int) -> Path:
+    from precompute.pipeline import run
+
+    for f in ("lms", "cqt"):
+        run(demo, f, root, jobs=jobs)
+    return root
 
 
 @pytest.fixture(scope="session")
 def medium_stores(demo_medium, tmp_path_factory) -> Path:
     """lms and cqt stores of ``demo_medium``."""
-    from precompute.pipeline import run
-
-    root = tmp_path_factory.mktemp("medium-stores")
-    for f in ("lms", "cqt"):
-        run(demo_medium, f, root, jobs=2)
-    return root
+    return built_once(
+        tmp_path_factory, "medium-stores", lambda root: _stores(demo_medium, root, jobs=2)
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_stores(demo_small, tmp_path_factory) -> Path:
     """lms and cqt stores of ``demo_small``, under one stores folder."""
-    from precompute.pipeline import run
-
-    root = tmp_path_factory.mktemp("trainer-stores")
-    for f in ("lms", "cqt"):
-        run(demo_small, f, root)
-    return root
+    return built_once(
+        tmp_path_factory, "trainer-stores", lambda root: _stores(demo_small, root, jobs=1)
+    )
 
 
 def tone(midi: float, duration_s: float, sr: int = SR, n_harm: int = 6) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Run by test_lightning.py as a script (Lightning's DDP starts the second rank by running it
-again): 2 CPU ranks (gloo) train an experiment for 2 epochs under Lightning; each writes what its
-batches held, step by step, to OUT.rank<r>.json (a hash per patch, and the batch's targets)."""
+again): ``lightning_ddp.py OUT CONFIG...``. For each experiment in turn, 2 CPU ranks (gloo) train
+it for 2 epochs under Lightning; each rank writes what its batches held, step by step, to
+OUT.<k>.rank<r>.json for the k-th experiment (a hash per patch, and the batch's targets). One
+launch for several experiments: the processes and their imports are paid once."""
 
 from __future__ import annotations
 
@@ -27,14 +29,15 @@ class Record(L.Callback):
 
 
 if __name__ == "__main__":
-    cfg_path, out = sys.argv[1], sys.argv[2]
-    data = MirpatchDataModule(cfg_path)
-    record = Record()
-    trainer = L.Trainer(
-        max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", use_distributed_sampler=False,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
-        callbacks=[record],
-    )  # fmt: skip
-    trainer.fit(MirpatchModule(data), datamodule=data)
-    with open(f"{out}.rank{trainer.global_rank}.json", "w") as f:
-        json.dump({"world": trainer.world_size, "steps": record.steps}, f)
+    out = sys.argv[1]
+    for k, cfg_path in enumerate(sys.argv[2:]):
+        data = MirpatchDataModule(cfg_path)
+        record = Record()
+        trainer = L.Trainer(
+            max_epochs=2, accelerator="cpu", devices=2, strategy="ddp",
+            use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, limit_val_batches=0, callbacks=[record],
+        )  # fmt: skip
+        trainer.fit(MirpatchModule(data), datamodule=data)
+        with open(f"{out}.{k}.rank{trainer.global_rank}.json", "w") as f:
+            json.dump({"world": trainer.world_size, "steps": record.steps}, f)

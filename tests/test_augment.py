@@ -110,6 +110,7 @@ def test_augmentation_trains_only_and_a_resumed_run_ends_on_the_same_weights(
         target={"name": "pitchmidi"},
         feature=CQT,
         model=TINY_PITCH,
+        patch={"frames": 32, "hop": 16},
         train={"epochs": 2, "samples_per_epoch": 96, "lr": 0.01, "augment": augment},
     )
     calls = []

@@ -46,30 +46,33 @@ def test_an_experiment_learns_under_lightning(tmp_path, demo_medium, medium_stor
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("unit", ["patch", "work"])
-def test_two_ranks_under_lightning_ddp_see_disjoint_batches(
-    tmp_path, demo_small, tiny_stores, unit
-):
-    _, cfg_path = ddp_experiment(tmp_path, demo_small, tiny_stores, unit)
+def test_two_ranks_under_lightning_ddp_see_disjoint_batches(tmp_path, demo_small, tiny_stores):
+    """Patch batches, and work batches of the cover task, in one launch of 2 ranks."""
+    units = ("patch", "work")
+    paths = []
+    for u in units:
+        (tmp_path / u).mkdir()
+        paths.append(ddp_experiment(tmp_path / u, demo_small, tiny_stores, u)[1])
     out = tmp_path / "batches"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
-    r = subprocess.run([sys.executable, str(Path(__file__).parent / "lightning_ddp.py"),
-                        str(cfg_path), str(out)], capture_output=True, text=True, timeout=600,
-                       env=env, cwd=tmp_path)  # fmt: skip
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "lightning_ddp.py"), str(out),
+                        *map(str, paths)], capture_output=True, text=True, timeout=600, env=env,
+                       cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    got = [json.loads(Path(f"{out}.rank{k}.json").read_text()) for k in (0, 1)]
-    assert got[0]["world"] == 2 and len(got[0]["steps"]) == len(got[1]["steps"]) > 0
-    epochs = {s["epoch"] for s in got[0]["steps"]}
-    assert epochs == {0, 1}
-    for s0, s1 in zip(got[0]["steps"], got[1]["steps"]):
-        assert s0["patches"] and s1["patches"] and not set(s0["patches"]) & set(s1["patches"])
-        if unit == "work":  # whole works on each rank, every one with its positives
-            assert not set(s0["y"]) & set(s1["y"])
-            for s in (s0, s1):
-                assert all(s["y"].count(w) >= 2 for w in s["y"])
-    first = [s["patches"] for s in got[0]["steps"] if s["epoch"] == 0]
-    second = [s["patches"] for s in got[0]["steps"] if s["epoch"] == 1]
-    assert first != second  # the samplers were told the epoch: batches differ
+    for k, unit in enumerate(units):
+        got = [json.loads(Path(f"{out}.{k}.rank{r}.json").read_text()) for r in (0, 1)]
+        assert got[0]["world"] == 2 and len(got[0]["steps"]) == len(got[1]["steps"]) > 0, unit
+        epochs = {s["epoch"] for s in got[0]["steps"]}
+        assert epochs == {0, 1}
+        for s0, s1 in zip(got[0]["steps"], got[1]["steps"]):
+            assert s0["patches"] and s1["patches"] and not set(s0["patches"]) & set(s1["patches"])
+            if unit == "work":  # whole works on each rank, every one with its positives
+                assert not set(s0["y"]) & set(s1["y"])
+                for s in (s0, s1):
+                    assert all(s["y"].count(w) >= 2 for w in s["y"])
+        first = [s["patches"] for s in got[0]["steps"] if s["epoch"] == 0]
+        second = [s["patches"] for s in got[0]["steps"] if s["epoch"] == 1]
+        assert first != second, unit  # the samplers were told the epoch: batches differ
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import yaml
 from .conftest import tone, write_wav
 
 ROOT = Path(__file__).parent.parent
-NOT_RUN = ("make demo-data", "make features")  # the README says why
+NOT_RUN = ("make demo-data", "make features", "torchrun")  # the README says why
 # the store the table's `precompute run` makes (hcqt), averaged over time, then one linear map
 MEAN_LINEAR = {"name": "MeanLinear", "block_l": [{"sequential_l": [{"layer_l": [
     ["Mean", {"dim": 3}], ["Flatten", {}], ["Linear", {"in_features": -1, "out_features": "n_out"}],

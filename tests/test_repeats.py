@@ -193,7 +193,7 @@ def test_folds_in_one_command_test_every_file_once(tmp_path, demo_small, tiny_st
 
 @pytest.mark.slow
 def test_the_default_experiment_learns_visibly(tmp_path, demo_medium, medium_stores):
-    """`make train`'s experiment (on the smaller test demo, with epochs of 960 patches) on tunes
+    """`make train`'s experiment (on the smaller test demo, 4 epochs of 480 patches) on tunes
     it never trained on: the validation loss ends well below where it starts, and the test
     accuracy is far above chance (0.2: 5 instruments)."""
     import csv
@@ -206,8 +206,8 @@ def test_the_default_experiment_learns_visibly(tmp_path, demo_medium, medium_sto
     default = re.search(r"^EXP\s*\?=\s*(\S+)", (root / "Makefile").read_text(), re.M).group(1)
     cfg = load_experiment(
         root / default,
-        [f"dataset.pyjama={demo_medium}", f"dataset.stores={medium_stores}", "train.epochs=6",
-         "train.patience=6", "train.device=cpu", "train.samples_per_epoch=960"],
+        [f"dataset.pyjama={demo_medium}", f"dataset.stores={medium_stores}", "train.epochs=4",
+         "train.patience=4", "train.device=cpu", "train.samples_per_epoch=480"],
     )  # fmt: skip
     run = fit(cfg, tmp_path, progress=False, log=lambda m: None)
     rows = list(csv.DictReader((run.folder / "metrics.csv").read_text().splitlines()))

@@ -28,6 +28,7 @@ ROOT = Path(__file__).parent.parent
 
 def _config(tmp_path: Path, demo_small, tiny_stores, **train) -> Path:
     """6 steps an epoch, a checkpoint every 2 of them, dropout in the model."""
+    tmp_path.mkdir(exist_ok=True)
     cfg = experiment(tmp_path, demo_small, tiny_stores, train={
         "epochs": 2, "samples_per_epoch": 96, "batch_size": 16, "checkpoint_every": 2, **train})  # fmt: skip
     path = tmp_path / "exp.yaml"
@@ -71,30 +72,34 @@ def _losses(run: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 2])
 def test_kill_9_in_mid_epoch_then_resume_gives_the_uninterrupted_weights(
-    tmp_path, demo_small, tiny_stores, workers
+    tmp_path, demo_small, tiny_stores
 ):
-    cfg = _config(tmp_path, demo_small, tiny_stores, num_workers=workers)
-    _finished(_train(["--config", str(cfg), "--out", str(tmp_path / "a")], _env()))
-    pause = tmp_path / "pause"
-    pause.mkdir()
-    # the 2nd checkpoint is after step 4 of the 6 of epoch 0
-    p = _train(["--config", str(cfg), "--out", str(tmp_path / "b")], _paused_at(2, pause))
-    _kill_at(p, pause)
-    (straight,), (killed,) = (list((tmp_path / x).iterdir()) for x in "ab")
-    ck = load_checkpoint(killed / "last.pt")
-    assert ck["position"]["epoch"] == 0 and ck["position"]["batch"] == 4 and ck["step"] == 4
-    assert not (killed / "metrics_test.json").exists() and _losses(killed) == []
-    r = subprocess.run([sys.executable, "-m", "train", "run", "--resume", str(killed), "-q"],
-                       env=_env(), capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "at epoch 0, batch 4 (step 4)" in r.stdout
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
-    assert a["step"] == b["step"] == 12
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    assert _losses(straight) == _losses(killed)  # the resumed epoch's loss counts all 6 steps
+    """With 0 and with 2 DataLoader workers, against one run never interrupted (workers give
+    the batches no workers give)."""
+    cfg = {w: _config(tmp_path / f"w{w}", demo_small, tiny_stores, num_workers=w) for w in (0, 2)}
+    _finished(_train(["--config", str(cfg[0]), "--out", str(tmp_path / "a")], _env()))
+    (straight,) = (tmp_path / "a").iterdir()
+    a = load_checkpoint(straight / "last.pt")
+    for workers in (0, 2):
+        pause, out = tmp_path / f"pause{workers}", tmp_path / f"b{workers}"
+        pause.mkdir()
+        # the 2nd checkpoint is after step 4 of the 6 of epoch 0
+        p = _train(["--config", str(cfg[workers]), "--out", str(out)], _paused_at(2, pause))
+        _kill_at(p, pause)
+        (killed,) = out.iterdir()
+        ck = load_checkpoint(killed / "last.pt")
+        assert ck["position"]["epoch"] == 0 and ck["position"]["batch"] == 4 and ck["step"] == 4
+        assert not (killed / "metrics_test.json").exists() and _losses(killed) == []
+        r = subprocess.run([sys.executable, "-m", "train", "run", "--resume", str(killed), "-q"],
+                           env=_env(), capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "at epoch 0, batch 4 (step 4)" in r.stdout
+        b = load_checkpoint(killed / "last.pt")
+        assert a["step"] == b["step"] == 12
+        for k in a["model"]:
+            assert torch.equal(a["model"][k], b["model"][k]), (workers, k)
+        assert _losses(straight) == _losses(killed)  # the resumed epoch's loss counts all 6 steps
 
 
 def test_a_data_module_resumes_an_epoch_after_the_batches_done(demo_small, tiny_stores):

@@ -215,38 +215,42 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("unit", ["patch", "work"])
-def test_two_gloo_ranks_see_disjoint_batches(tmp_path, demo_small, tiny_stores, unit):
+def test_two_gloo_ranks_see_disjoint_batches(tmp_path, demo_small, tiny_stores):
     """Each rank's batches, as ``train run`` sets them up under torchrun: no patch twice in a
-    step, the same number of steps, and (work batches) no work split across ranks."""
+    step, the same number of steps, and (work batches) no work split across ranks. Patch and
+    work batches in one launch."""
     import os
     import subprocess
     import sys
 
     from .test_trainer import ddp_experiment
 
-    cfg, cfg_path = ddp_experiment(tmp_path, demo_small, tiny_stores, unit)
+    units, made = ("patch", "work"), []
+    for u in units:
+        (tmp_path / u).mkdir()
+        made.append(ddp_experiment(tmp_path / u, demo_small, tiny_stores, u))
     out = tmp_path / "batches"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd += [str(Path(__file__).parent / "ddp_batches.py"), str(cfg_path), str(out)]
+    cmd += [str(Path(__file__).parent / "ddp_batches.py"), str(out), *(str(p) for _, p in made)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    got = [json.loads(Path(f"{out}.rank{k}.json").read_text()) for k in (0, 1)]
-    assert got[0]["world"] == 2 and got[0]["backend"] == "gloo"
-    if unit == "work":
-        from train.data import StoreDataModule
+    for k, (unit, (cfg, _)) in enumerate(zip(units, made)):
+        got = [json.loads(Path(f"{out}.{k}.rank{r}.json").read_text()) for r in (0, 1)]
+        assert got[0]["world"] == 2 and got[0]["backend"] == "gloo"
+        if unit == "work":
+            from train.data import StoreDataModule
 
-        dm = StoreDataModule.from_experiment(cfg)
-        dm.setup()
-        works = dm.train_ds.file_work[dm.train_ds.patch_file]
-    for e0, e1 in zip(got[0]["epochs"], got[1]["epochs"]):
-        assert len(e0) == len(e1) > 0  # the same number of steps: no rank waits on the other
-        for b0, b1 in zip(e0, e1):
-            assert b0 and b1 and not set(b0) & set(b1)
-            if unit == "work":  # whole works on each rank: every anchor's positive is at hand
-                assert not set(works[b0].tolist()) & set(works[b1].tolist())
-    assert got[0]["epochs"][0] != got[0]["epochs"][1]  # reshuffled per epoch
+            dm = StoreDataModule.from_experiment(cfg)
+            dm.setup()
+            works = dm.train_ds.file_work[dm.train_ds.patch_file]
+        for e0, e1 in zip(got[0]["epochs"], got[1]["epochs"]):
+            assert len(e0) == len(e1) > 0  # the same number of steps: no rank waits on the other
+            for b0, b1 in zip(e0, e1):
+                assert b0 and b1 and not set(b0) & set(b1)
+                if unit == "work":  # whole works on each rank: every anchor's positive is at hand
+                    assert not set(works[b0].tolist()) & set(works[b1].tolist())
+        assert got[0]["epochs"][0] != got[0]["epochs"][1], unit  # reshuffled per epoch
 
 
 def test_the_process_group_has_a_cpu_backend_on_gpus():
