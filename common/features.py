@@ -121,14 +121,21 @@ class Feature:
         ``("log", e)`` adds ``e * log(g)`` (``e``: 1 for amplitudes, 2 for powers)."""
         return "linear", 1.0
 
-    def patch_view(self, block: np.ndarray) -> np.ndarray:
-        """Time-major block ``(L, C, F)`` -> model input ``(C, F, L)`` (a view, no copy)."""
-        return block.transpose(1, 2, 0)
-
-    def view_layout(self, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """``(shape, strides in elements)`` of :meth:`patch_view` of ``length`` contiguous rows."""
+    def patch_layout(self, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``(shape, strides in elements)`` of the model input made of ``length`` contiguous
+        time-major frames ``(L, C, F)``: ``(C, F, L)`` here. The one place the layout is
+        computed; :meth:`patch_view` and the batch reader both take it from here."""
         c, f = self.frame_shape
         return (c, f, length), (f, 1, c * f)
+
+    def patch_view(self, block: np.ndarray) -> np.ndarray:
+        """Time-major frames ``(L, C, F)`` -> model input (:meth:`patch_layout`); a view, no
+        copy, when ``block`` is contiguous."""
+        block = np.ascontiguousarray(block)
+        shape, strides = self.patch_layout(len(block))
+        return np.lib.stride_tricks.as_strided(
+            block, shape, tuple(s * block.itemsize for s in strides)
+        )
 
     def compute(self, y: np.ndarray) -> np.ndarray:
         """Feature of mono audio ``y`` at ``self.sr`` [shape=(channels, n_bins, n_frames)], float32."""
@@ -211,10 +218,7 @@ class Waveform(Feature):
     def frame_times(self, n_frames: int) -> np.ndarray:
         return (np.arange(n_frames) + 0.5) * (self.hop_length / self.sr)
 
-    def patch_view(self, block: np.ndarray) -> np.ndarray:
-        return block.reshape(1, -1)
-
-    def view_layout(self, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def patch_layout(self, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         n = length * self.hop_length
         return (1, n), (n, 1)
 
@@ -434,10 +438,15 @@ CONFIG_DIR = SHIPPED / "features"
 
 
 def make_feature(
-    spec: str | os.PathLike | dict[str, Any], overrides: dict | None = None
+    spec: str | os.PathLike | dict[str, Any] | Feature, overrides: dict | None = None
 ) -> Feature:
-    """Build a feature from a name (``hcqt``), a YAML path, or a parameter mapping with ``kind``."""
+    """Build a feature from a name (``hcqt``), a YAML path, a parameter mapping with ``kind``,
+    or a feature (itself, or a copy with ``overrides``)."""
     file = None
+    if isinstance(spec, Feature):
+        if not overrides:
+            return spec
+        spec = spec.to_dict()
     if isinstance(spec, dict):
         params = dict(spec)
     else:

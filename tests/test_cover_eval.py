@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from train.baselines import embed, twodftm
 from train.cli import main
-from train.dataset import StoreDataset
+from train.data import StoreDataset
 from train.metrics import retrieval_metrics
 
 from .test_trainer import ddp_experiment

@@ -15,15 +15,16 @@ from common.patches import patch_index
 from common.pyjama import read_pyjama, write_pyjama
 from common.store import StoreError, memmap_dataset, read_tables
 from precompute.pipeline import run
-from train.data import StoreDataModule
-from train.dataset import (
+from train.data import (
     DatasetError,
+    EpochSampler,
+    StoreDataModule,
     StoreDataset,
+    WorkBatchSampler,
     assign_splits,
+    collate,
     collate_padded,
-    collate_patches,
 )
-from train.samplers import EpochSampler, WorkBatchSampler
 
 from .dense_targets import dense_target, read_target
 
@@ -77,7 +78,7 @@ def test_default_collate_and_the_fast_path_give_the_same_batch(stores, feature):
     expected = _direct_patches(stores[feature], ds, idx)
     expected_y = _direct_patches(stores[feature], ds, idx, "targets/pitchmidi")
     a = torch.utils.data.default_collate(ds.__getitems__(idx))
-    b = collate_patches(ds.__getitems__(idx))
+    b = collate(ds.__getitems__(idx))
     for batch in (a, b):
         np.testing.assert_array_equal(batch["X"].numpy(), expected)
         np.testing.assert_array_equal(batch["y"].numpy(), expected_y)
@@ -102,7 +103,7 @@ def test_items_are_private_views_and_a_kept_batch_is_never_overwritten(stores):
     batches = [order[k : k + 8].tolist() for k in range(0, 96, 8)]
     kept = []
     for i, idx in enumerate(batches):
-        b = collate_patches(ds.__getitems__(idx))
+        b = collate(ds.__getitems__(idx))
         kept.append(b["X"] if i % 2 else b["X"][:, :, :10])
         if i % 3 == 0:
             torch.utils.data.default_collate(ds.__getitems__(idx[::-1]))  # made and dropped
@@ -151,7 +152,7 @@ def test_multilabel_target_and_file_and_whole_file_units(stores):
 
 
 def test_work_unit_gives_versions_of_one_work(stores):
-    ds = StoreDataset(stores["cqt"], unit="work", versions=2, seed=1)
+    ds = StoreDataset(stores["cqt"], unit="work", versions_per_work=2, seed=1)
     works = direct(stores["cqt"], "targets/work-id")
     assert len(ds) == len(np.unique(works))
     item = ds[0]
@@ -270,10 +271,10 @@ def test_workers_lend_their_blocks_and_fill_them_again_once_given_back(stores, k
     """Workers read batches into blocks they lend to the main process: a block is filled again
     only once the main process has let go of every tensor on it; a consumer that keeps its
     batches gets fresh memory once every block is lent. Either way, the batches of no workers."""
-    from train import lending
+    from train.data import batches
 
-    monkeypatch.setattr(lending.LENDER, "slots", 4)  # 2 batches (X and y) per worker
-    monkeypatch.setattr(lending.LENDER, "_pid", -1)
+    monkeypatch.setattr(batches, "SLOTS", 2)  # 2 batches per worker (X and y in one block)
+    monkeypatch.setattr(batches.BLOCKS, "_pid", -1)
 
     def loader(workers):
         dm = StoreDataModule(stores["cqt"], target="pitchmidi", batch_size=4, num_workers=workers,
@@ -375,7 +376,7 @@ def test_a_float16_store_holds_the_float32_values_rounded(demo_small, tmp_path):
     assert f16 != f32 and b.nbytes == a.nbytes // 2
     assert b.dtype == np.float16 and np.array_equal(b, a.astype(np.float16))
     ds = StoreDataset(f16, target="pitchmidi")
-    batch = collate_patches(ds.__getitems__([0, 1, 2]))
+    batch = collate(ds.__getitems__([0, 1, 2]))
     assert ds[0]["X"].dtype == torch.float16 and batch["X"].dtype == torch.float16
     # float16 keeps 11 significant bits: relative error <= 2**-11 on normal values
     normal = a >= np.finfo(np.float16).tiny
@@ -387,7 +388,7 @@ def test_prefetcher_gives_the_loader_batches_in_order_and_stops_early(stores):
     from train.prefetch import Prefetcher
 
     ds = StoreDataset(stores["lms"], target="genre")
-    loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate_patches)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate)
     ref = [b["X"].clone() for b in loader]
     with Prefetcher(loader) as it:
         got = [b["X"].clone() for b in it]
@@ -428,9 +429,7 @@ def test_files_without_a_label_are_in_no_split(demo_small, tmp_path):
         assert parts[0].unlabelled == len(unlabelled)
         assert data_notes(parts[0])[0].startswith(f"{len(unlabelled)} file(s) of the store have no")
         if target == "genre":  # never a -1 in a batch
-            ys = torch.cat(
-                [collate_patches(d.__getitems__(list(range(len(d)))))["y"] for d in parts]
-            )
+            ys = torch.cat([collate(d.__getitems__(list(range(len(d)))))["y"] for d in parts])
             assert (ys >= 0).all()
     # without a target, every file is used
     assert len(StoreDataset(store).files) == len(coll.entries)
@@ -453,7 +452,7 @@ READ_PATHS = ["gather from the map", "reads from the page cache", "reads from th
 
 def _force(monkeypatch, path: str) -> None:
     """Make the reader take one of its three ways to fill a batch."""
-    import train.views as views
+    import train.data.read as views
 
     if path != "gather from the map":
         monkeypatch.setattr(views, "_all_cached", lambda fd, offsets: False)
@@ -472,17 +471,17 @@ def test_every_read_path_gives_the_stores_bytes_for_every_unit(
     ds = StoreDataset(store, unit="patch", target="pitchmidi")
     idx = np.random.default_rng(0).permutation(len(ds))[:40].tolist()
     expected = _direct_patches(store, ds, idx)
-    for batch in (collate_patches(ds.__getitems__(idx)),
+    for batch in (collate(ds.__getitems__(idx)),
                   torch.utils.data.default_collate(ds.__getitems__(idx))):  # fmt: skip
         assert batch["X"].dtype == getattr(torch, dtype)
         np.testing.assert_array_equal(batch["X"].numpy(), expected)
     t = ds.tables
     files = StoreDataset(store, unit="file")
     for f in (0, len(files) - 1):
-        whole = files.file_rows("features", np.array([files.files[f]]))[0]
+        whole = files.file_frames("features", np.array([files.files[f]]))[0]
         o = t.offset[files.files[f]]
         np.testing.assert_array_equal(whole, feats[o : o + t.n_frames[files.files[f]]])
-    works = StoreDataset(store, unit="work", split=None, versions=2)
+    works = StoreDataset(store, unit="work", split=None, versions_per_work=2)
     item = works[0]
     for k, (f, s) in enumerate(zip(item["files"].tolist(), item["starts"].tolist())):
         o = t.offset[f] + s
@@ -503,7 +502,7 @@ def _rss_mb() -> float:
 
 
 def _rss_collate(items):
-    batch = collate_patches(items)
+    batch = collate(items)
     batch["rss"] = torch.tensor([os.getpid(), _rss_mb()], dtype=torch.float64)
     return batch
 
@@ -554,3 +553,32 @@ def test_shuffling_by_blocks_covers_every_patch_and_gives_ranks_whole_blocks(sto
     dm.setup()
     seen = torch.cat([b["X"].flatten(1)[:, :3] for b in dm.train_dataloader()])
     assert len(seen) == len(dm.train_ds) - len(dm.train_ds) % 16  # drop_last, as without blocks
+
+
+def test_batches_are_pinned_where_they_are_made_and_the_loader_never_pins_again(
+    stores, monkeypatch
+):
+    from train.data import batches
+    from train.step import model_input
+
+    asked = []
+    take = batches.BLOCKS.take
+
+    def spy(nbytes, pinned=False):
+        asked.append(pinned)
+        return take(nbytes, False)  # no CUDA here: the request is what is checked
+
+    monkeypatch.setattr(batches.BLOCKS, "take", spy)
+    # default: pinned exactly when a CUDA device is there (never a hard-coded GPU)
+    assert StoreDataset(stores["lms"], unit="patch").pin_memory == torch.cuda.is_available()
+    ds = StoreDataset(stores["lms"], unit="patch", target="genre", pin_memory=True)
+    batch = collate(ds.__getitems__([0, 1, 2]))
+    assert asked == [True]  # X and y of the batch: one block, asked pinned
+    assert batch["X"].untyped_storage().data_ptr() == batch["y"].untyped_storage().data_ptr()
+    dm = StoreDataModule(stores["lms"], unit="patch", target="genre", batch_size=4,
+                         pin_memory=True)  # fmt: skip
+    dm.setup()
+    assert dm.train_dataloader().pin_memory is False  # no second copy by the pin thread
+    # the step's one copy: the block's bytes as they lie, made float32 and contiguous after
+    x = model_input(batch["X"], torch.device("cpu"))
+    assert x.dtype == torch.float32 and x.is_contiguous() and torch.equal(x, batch["X"])

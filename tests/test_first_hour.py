@@ -18,8 +18,7 @@ from click.testing import CliRunner
 from precompute.cli import main as precompute
 from precompute.pipeline import run
 from train.cli import main as train
-from train.data import StoreDataModule
-from train.dataset import StoreDataset
+from train.data import StoreDataModule, StoreDataset
 from train.errors import DatasetError
 from train.experiment import load_experiment
 

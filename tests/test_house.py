@@ -139,3 +139,30 @@ def test_one_atomic_replace_for_every_writer():
                 found.append(f"{name}:{node.lineno}")
     assert found and all(f.startswith("common.fileio:") for f in found), found
     assert len(found) == 1, found
+
+
+def test_the_data_package_never_imports_the_loop_evaluation_or_tasks():
+    """train/data/ is the data side: what it reads never depends on how a run trains,
+    evaluates or scores (imports inside functions counted)."""
+    trees = _trees()
+    found = []
+    for name, tree in trees.items():
+        if name == "train.data" or name.startswith("train.data."):
+            for dep in imports_of(name, tree):
+                if dep in ("train.loop", "train.evaluate") or dep.startswith("train.tasks"):
+                    found.append(f"{name} imports {dep}")
+    assert not found, found
+
+
+def test_no_constructor_takes_more_than_12_keyword_parameters():
+    """Settings travel as one object (train.data.DataSettings), not re-spelled as keyword
+    arguments; StoreDataModule's keyword constructor takes them all as ``**settings``."""
+    long = []
+    for name, tree in _trees().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+                a = node.args
+                n = len(a.args) - 1 + len(a.kwonlyargs)  # self left out; *args/**kw not named
+                if n > 12:
+                    long.append(f"{name}.__init__: {n} parameters")
+    assert not long, long

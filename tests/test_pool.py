@@ -30,8 +30,7 @@ from precompute.inspect import verify
 from precompute.manage import collect_garbage
 from precompute.migrate import migrate
 from precompute.pipeline import make_plan, run
-from train.data import find_store
-from train.dataset import DatasetError, StoreDataset
+from train.data import DatasetError, StoreDataset, find_store
 
 from .conftest import tone, write_json, write_wav
 from .dense_targets import read_target
@@ -159,7 +158,7 @@ def test_gc_of_one_view_keeps_what_the_other_needs_and_never_breaks_a_reader(tmp
     assert not b.exists() and len(segment_files(stores)) == 1
     expected = read_features(a)
     assert np.array_equal(
-        reader.file_rows("features", reader.files)[0], expected[: reader.tables.n_frames[0]]
+        reader.file_frames("features", reader.files)[0], expected[: reader.tables.n_frames[0]]
     )
     del reader
     gc.collect()
@@ -187,11 +186,11 @@ def test_compaction_rewrites_a_mostly_dead_segment_and_keeps_it_while_it_is_read
     assert first.exists(), "the segment a reader holds was removed"
     assert np.array_equal(read_features(new), expected)  # re-pointed, same bytes
     assert all(s.path != first for s in read_tables(new).segments)
-    before = reader.file_rows("features", reader.files)
+    before = reader.file_frames("features", reader.files)
     assert np.array_equal(np.concatenate(before), expected)
     # the view was rewritten: a reader made before reads its own file's targets, a new one the new
     pitch = StoreDataset(new, target="pitchmidi")
-    old_reader_targets = reader_targets = np.concatenate(pitch.file_rows("target", pitch.files))
+    old_reader_targets = reader_targets = np.concatenate(pitch.file_frames("target", pitch.files))
     assert np.array_equal(reader_targets, read_target(new, "pitchmidi"))
     del reader, pitch, old_reader_targets
     gc.collect()
@@ -391,13 +390,13 @@ def test_memory_does_not_grow_with_100000_files_in_20_segments(tmp_path):
         import numpy as np
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
         from tests.pool_fixture import many_files_view, rss_mb
-        from train.dataset import StoreDataset, collate_patches
+        from train.data import StoreDataset, collate
         view = many_files_view({str(tmp_path)!r}, int(sys.argv[1]), 20)
         gc.collect()
         before = rss_mb()
         ds = StoreDataset(view, patch_frames=4, patch_hop=4)
         for s in range(0, len(ds), 4096):
-            b = collate_patches(ds.__getitems__(list(range(s, min(s + 4096, len(ds))))))
+            b = collate(ds.__getitems__(list(range(s, min(s + 4096, len(ds))))))
         fds = len(os.listdir("/proc/self/fd"))
         print(len(ds), rss_mb() - before, len(ds.features._fds), fds)
     """)

@@ -28,8 +28,7 @@ from precompute.cli import main
 from precompute.inspect import verify, verify_folder
 from precompute.lock import StoreLock
 from precompute.pipeline import make_plan, run
-from train.data import StoreDataModule
-from train.dataset import DatasetError, StoreDataset
+from train.data import DatasetError, StoreDataModule, StoreDataset
 
 from .conftest import done_markers, partial_segments, tone, wait_for, write_json, write_wav
 from .dense_targets import read_target

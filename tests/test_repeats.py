@@ -12,8 +12,7 @@ from click.testing import CliRunner
 
 from train.checkpoints import load_checkpoint
 from train.cli import main as train_cli
-from train.data import StoreDataModule
-from train.dataset import DatasetError, assign_folds
+from train.data import DatasetError, StoreDataModule, assign_folds
 from train.experiment import load_experiment
 from train.repeats import RepeatError, parse_seeds, plan, summarize
 

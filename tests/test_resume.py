@@ -17,8 +17,7 @@ import yaml
 
 from common.pause import pause_env
 from train.checkpoints import load_checkpoint
-from train.data import StoreDataModule
-from train.samplers import EpochSampler, WorkBatchSampler
+from train.data import EpochSampler, StoreDataModule, WorkBatchSampler
 
 from .conftest import wait_for
 from .test_trainer import experiment

@@ -14,7 +14,7 @@ from common.pyjama import Atom, Description
 from common.targets import MAX_RUN, Runs, TargetSpec
 from common.targets.runs import runs_of_multi_hot, runs_of_rows, runs_of_sequence
 from precompute.pipeline import run
-from train.dataset import StoreDataset
+from train.data import StoreDataset
 
 from .conftest import tone, write_json, write_wav
 from .dense_targets import dense_target, frame_targets
@@ -140,7 +140,7 @@ def test_every_item_of_a_store_has_the_dense_targets_of_format_3(tiny_stores, fe
             for j, s in enumerate(item["start"].tolist()):
                 np.testing.assert_array_equal(item["y"][j].numpy(), dense[o + s : o + s + 64].T)
             np.testing.assert_array_equal(whole[k]["y"].numpy(), dense[o : o + n].T)
-            np.testing.assert_array_equal(files.file_rows("target", [f])[0], dense[o : o + n])
+            np.testing.assert_array_equal(files.file_frames("target", [f])[0], dense[o : o + n])
 
 
 def test_a_views_size_follows_its_annotations_not_the_length_of_its_audio(tmp_path):

@@ -73,7 +73,7 @@ def test_a_killed_dask_worker_still_yields_the_complete_identical_store(tmp_path
 def test_sharded_sampler_covers_every_index_once_and_matches_global_batches():
     import numpy as np
 
-    from train.samplers import EpochSampler
+    from train.data import EpochSampler
 
     for n, G in ((50, 8), (64, 8), (7, 4)):
         full = EpochSampler(n, seed=3).indices()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dataset import StoreDataset
+from .data import StoreDataset
 from .metrics import retrieval_metrics
 
 WINDOW = 32  # beats per 2D FFT window (files with fewer beats: zero-padded to it)
@@ -69,7 +69,7 @@ def embed(ds: StoreDataset) -> np.ndarray:
         raise ValueError(f"the 2DFTM baseline needs a CQT magnitude store, got {feature.kind} "
                          f"{feature.params}")  # fmt: skip
     out = []
-    for block in ds.file_rows("features", ds.files):
+    for block in ds.file_frames("features", ds.files):
         cqt = block.reshape(len(block), -1).astype(np.float32)
         out.append(twodftm(beat_chroma(cqt, feature)))
     return np.stack(out)

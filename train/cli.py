@@ -192,7 +192,7 @@ def baseline_cmd(config, overrides, folds, on, out) -> None:
     from pathlib import Path
 
     from . import baselines, repeats
-    from .dataset import StoreDataset
+    from .data import StoreDataset
     from .experiment import load_experiment
 
     cfg = load_experiment(config, list(overrides))

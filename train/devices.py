@@ -1,12 +1,25 @@
-"""Where training runs: the device, mixed precision, and how a batch gets there."""
+"""Where training runs: the device, and mixed precision on it."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from .errors import TrainingError
 
-__all__ = ["TrainingError", "amp_settings", "model_input", "pick_device"]
+__all__ = ["AMP_OFF", "Amp", "TrainingError", "amp_settings", "pick_device"]
+
+
+class Amp(NamedTuple):
+    """Mixed precision: autocast on, in ``dtype``, with a gradient scaler or not."""
+
+    enabled: bool
+    dtype: torch.dtype | None
+    scaler: bool
+
+
+AMP_OFF = Amp(False, None, False)
 
 
 def pick_device(name: str) -> torch.device:
@@ -30,20 +43,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def amp_settings(device: torch.device, enabled: bool) -> tuple[bool, torch.dtype | None, bool]:
-    """(autocast on, its dtype, gradient scaler on): bf16 where supported, else fp16 with a scaler."""
+def amp_settings(device: torch.device, enabled: bool) -> Amp:
+    """bf16 where supported, else fp16 with a scaler; off where asked or not supported."""
     if not enabled:
-        return False, None, False
+        return AMP_OFF
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
-            return True, torch.bfloat16, False
-        return True, torch.float16, True
+            return Amp(True, torch.bfloat16, False)
+        return Amp(True, torch.float16, True)
     if device.type == "cpu":
-        return True, torch.bfloat16, False
-    return False, None, False
-
-
-def model_input(X: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch as the model wants it: moved as stored (time-major bytes, float16 or float32,
-    one copy), then made float32 and contiguous on the device, in one operation."""
-    return X.to(device, non_blocking=True).to(torch.float32, memory_format=torch.contiguous_format)
+        return Amp(True, torch.bfloat16, False)
+    return AMP_OFF

@@ -23,11 +23,10 @@ from common.errors import UserError
 from common.features import Feature
 
 from .checkpoints import load_run
-from .data import StoreDataModule
-from .dataset import StoreDataset
-from .devices import amp_settings, model_input, pick_device
+from .data import StoreDataModule, StoreDataset
+from .devices import AMP_OFF, amp_settings, pick_device
 from .experiment import reload_resolved
-from .step import AMP_OFF, patch_results, score_batch
+from .step import model_input, patch_results, score_batch
 from .tasks import Example, Task, task_for
 
 
@@ -54,7 +53,7 @@ def file_output(
     X = model_input(X, device)
     outs = []
     for i in range(0, len(X), 64):
-        with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
+        with torch.autocast(device.type, dtype=amp.dtype, enabled=amp.enabled):
             outs.append(model(X[i : i + 64]).float())
     return task.file_output(torch.cat(outs), starts, n)
 
@@ -63,7 +62,7 @@ def file_outputs(model, ds: StoreDataset, task: Task, device, amp=AMP_OFF) -> li
     """:func:`file_output` for every file of a dataset split, in the order of ``ds.files``."""
     return [
         file_output(model, block, ds.feature, task, device, amp)
-        for block in ds.file_rows("features", ds.files)
+        for block in ds.file_frames("features", ds.files)
     ]
 
 

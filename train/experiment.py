@@ -86,7 +86,7 @@ class TrainSettings:
     grad_clip: float | None = setting(None, "float", nullable=True)
     num_workers: int = setting(0, "int")
     # shuffle by blocks of this many MB of the store (0: every patch apart), for stores
-    # read from disk; see train/samplers.py
+    # read from disk; see train/data/samplers.py
     shuffle_block_mb: float = setting(0.0, "float")
     shuffle_blocks_per_draw: int = setting(8, "int")
     # steps between reading the loss back to the host (progress bar, NaN check); default

@@ -134,7 +134,7 @@ class MirpatchModule(L.LightningModule):
     def on_fit_start(self) -> None:
         t = self.cfg.train
         self._step = Step(self, self.core.parameters(), self.task, self.augs, self.optimizers(),
-                          torch.amp.GradScaler(self.device.type, enabled=self.amp[2]), self.amp,
+                          torch.amp.GradScaler(self.device.type, enabled=self.amp.scaler), self.amp,
                           t.grad_clip, t.seed, self.device)  # fmt: skip
 
     def on_train_epoch_start(self) -> None:

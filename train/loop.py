@@ -29,8 +29,7 @@ from common.progress import progress as progress_bar
 from . import distributed
 from .augment import make_augmentations
 from .checkpoints import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
-from .data import StoreDataModule
-from .dataset import StoreDataset
+from .data import StoreDataModule, StoreDataset
 from .devices import TrainingError, amp_settings, pick_device
 from .evaluate import evaluate_patches, evaluate_split, metrics_table
 from .experiment import Experiment
@@ -206,7 +205,7 @@ def set_up(cfg: Experiment, ranks, device) -> tuple[StoreDataModule, Training]:
         )
     opt = make_optimizer(core, t)
     amp = amp_settings(device, t.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp[2])
+    scaler = torch.amp.GradScaler(device.type, enabled=amp.scaler)
     augs = make_augmentations(t.augment, dm.train_ds.feature, task, cfg.source)
     step_fn = Step(model, core.parameters(), task, augs, opt, scaler, amp, t.grad_clip, t.seed,
                    device)  # fmt: skip
@@ -334,7 +333,7 @@ def mid_epoch_checkpoint(s: Training, sums: dict[str, float]) -> None:
     differ (shuffling by blocks), where a collective could wait on a rank already done: then
     only rank 0's part is kept, and the resumed epoch's reported loss leaves the other ranks'
     earlier batches out. The weights are the same either way."""
-    if s.ranks.enabled and not (s.dm.shuffle_block_mb and s.dm.unit == "patch"):
+    if s.ranks.enabled and not (s.dm.settings.shuffle_block_mb and s.dm.settings.unit == "patch"):
         loss_sum, seen, data_s = s.ranks.sum(sums["loss_sum"], sums["seen"], sums["data_s"])
         sums = {"loss_sum": loss_sum, "seen": int(seen), "data_s": data_s / s.ranks.world}
     if s.ranks.main:

@@ -14,10 +14,18 @@ import numpy as np
 import torch
 
 from .augment import Augmentation, augment
-from .devices import model_input
+from .devices import AMP_OFF, Amp
 from .tasks import Task
 
-AMP_OFF = (False, None, False)  # (autocast on, its dtype, gradient scaler on)
+
+def model_input(X: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch as the model wants it: copied to the device as it lies in memory (its batch
+    block's time-major bytes, float16 or float32: one copy, ``non_blocking`` from pinned
+    memory), then made float32 and contiguous there, in one operation."""
+    X = X.to(device, non_blocking=True)
+    if X.dtype == torch.float32:  # ``to`` would hand back the permuted block as it is
+        return X.contiguous()
+    return X.to(torch.float32, memory_format=torch.contiguous_format)
 
 
 @dataclass
@@ -35,7 +43,7 @@ class Step:
     augs: list[Augmentation]
     opt: Any
     scaler: torch.amp.GradScaler
-    amp: tuple
+    amp: Amp
     grad_clip: float | None
     seed: int
     device: torch.device
@@ -52,7 +60,7 @@ class Step:
         x = model_input(batch["X"], self.device)
         y = batch["y"].to(self.device, non_blocking=True)
         x, y = augment(self.augs, x, y, self.seed, epoch, step)
-        with torch.autocast(self.device.type, dtype=self.amp[1], enabled=self.amp[0]):
+        with torch.autocast(self.device.type, dtype=self.amp.dtype, enabled=self.amp.enabled):
             loss = self.task.loss(self.model(x), y)
         self.opt.zero_grad(set_to_none=True)
         scaled = self.scaler.scale(loss)
@@ -66,11 +74,11 @@ class Step:
 
 
 @torch.no_grad()
-def score_batch(model, batch: dict, task: Task, device, amp=AMP_OFF) -> tuple:
+def score_batch(model, batch: dict, task: Task, device, amp: Amp = AMP_OFF) -> tuple:
     """A batch scored in eval mode as it is: ``(outputs (float32, CPU), targets, loss x size)``."""
     x = model_input(batch["X"], device)
     y = batch["y"].to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
+    with torch.autocast(device.type, dtype=amp.dtype, enabled=amp.enabled):
         out = model(x)
     return out.float().cpu(), batch["y"], float(task.loss(out, y)) * len(x)
 

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .runs import MAX_RUN
+
 
 @dataclass
 class TargetSpec:
@@ -151,10 +153,13 @@ class FrameKind(TargetKind):
         return (), np.dtype("<i4")
 
     @classmethod
-    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out: np.ndarray | None = None):
+    def decode(
+        cls, spec: TargetSpec, runs, addrs, n: int, out: np.ndarray | None = None,
+        longest: int = MAX_RUN,
+    ):  # fmt: skip
         """Dense rows ``(len(addrs), n, *row shape)`` of the windows ``[a, a + n)`` of the
         frames, from ``runs`` (start, length, value arrays, sorted by start); into ``out``
-        when given."""
+        when given; no run is longer than ``longest`` frames."""
         raise NotImplementedError
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .base import Description, FrameKind, TargetSpec, register
 from .frames import segment_values, segments_frames
-from .runs import decode_classes, runs_of_sequence
+from .runs import MAX_RUN, decode_classes, runs_of_sequence
 
 
 @register
@@ -38,5 +38,5 @@ class FrameClass(FrameKind):
         return runs_of_sequence(rows, -1)
 
     @classmethod
-    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None):
-        return decode_classes(*runs, addrs, n, out)
+    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None, longest: int = MAX_RUN):
+        return decode_classes(*runs, addrs, n, out, longest)

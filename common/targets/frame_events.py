@@ -7,7 +7,7 @@ import numpy as np
 
 from .base import Description, FrameKind, TargetSpec, register
 from .frames import is_track
-from .runs import decode_multi_hot, make_runs, runs_of_multi_hot
+from .runs import MAX_RUN, decode_multi_hot, make_runs, runs_of_multi_hot
 
 
 @register
@@ -49,5 +49,5 @@ class FrameEvents(FrameKind):
         return runs_of_multi_hot(rows)
 
     @classmethod
-    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None):
-        return decode_multi_hot(*runs, addrs, n, max(1, len(spec.vocabulary)), out)
+    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None, longest: int = MAX_RUN):
+        return decode_multi_hot(*runs, addrs, n, max(1, len(spec.vocabulary)), out, longest)

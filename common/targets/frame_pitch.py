@@ -14,7 +14,7 @@ from common.pyjama import BREAKPOINT_EXTENTS
 from .base import Description, FrameKind, TargetSpec, register
 from .frames import nearest, segments_frames, tracks
 from .pitch import is_pitch, midi_of, numbers_of, pitch_bins, pitch_unit
-from .runs import Runs, decode_multi_hot, make_runs, runs_of_multi_hot, runs_of_sequence
+from .runs import MAX_RUN, Runs, decode_multi_hot, make_runs, runs_of_multi_hot, runs_of_sequence
 
 
 @register
@@ -60,8 +60,8 @@ class FramePitch(FrameKind):
         return runs_of_multi_hot(rows)
 
     @classmethod
-    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None):
-        return decode_multi_hot(*runs, addrs, n, len(spec.pitch_midi), out)
+    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None, longest: int = MAX_RUN):
+        return decode_multi_hot(*runs, addrs, n, len(spec.pitch_midi), out, longest)
 
 
 def _sorted(r: Runs) -> Runs:

@@ -8,7 +8,7 @@ import numpy as np
 
 from .base import Description, FrameKind, TargetSpec, register
 from .frames import nearest, segment_values, segments_frames, tracks
-from .runs import decode_rows, runs_of_rows
+from .runs import MAX_RUN, decode_rows, runs_of_rows
 
 
 @register
@@ -51,5 +51,5 @@ class FrameValue(FrameKind):
         return (len(spec.vocabulary),), np.dtype("<f4")
 
     @classmethod
-    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None):
-        return decode_rows(*runs, addrs, n, len(spec.vocabulary), out)
+    def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None, longest: int = MAX_RUN):
+        return decode_rows(*runs, addrs, n, len(spec.vocabulary), out, longest)

@@ -106,11 +106,15 @@ def runs_of_multi_hot(rows: np.ndarray) -> Runs:
     return make_runs(s_frame, e_frame, s_col)
 
 
-def overlapping(start: np.ndarray, length: np.ndarray, addrs: np.ndarray, n: int):
+def overlapping(
+    start: np.ndarray, length: np.ndarray, addrs: np.ndarray, n: int, longest: int = MAX_RUN
+):
     """The runs each window ``[a, a + n)`` overlaps: ``(window, run, first, stop)`` per pair,
-    ``first``/``stop`` the frames of the run inside the window, ``0 <= first < stop <= n``."""
+    ``first``/``stop`` the frames of the run inside the window, ``0 <= first < stop <= n``.
+    ``longest``: no run is longer (:data:`MAX_RUN`, or the longest of these runs, which a
+    reader knows once: the fewer runs before a window it looks at)."""
     addrs = np.asarray(addrs, np.int64)
-    lo = np.searchsorted(start, addrs - (MAX_RUN - 1), side="left")
+    lo = np.searchsorted(start, addrs - (longest - 1), side="left")
     hi = np.searchsorted(start, addrs + n, side="left")
     counts = hi - lo
     window = np.repeat(np.arange(len(addrs)), counts)
@@ -130,31 +134,31 @@ def frames_of(window, first, stop) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return window[pair], frame, pair
 
 
-def decode_multi_hot(start, length, value, addrs, n: int, width: int, out=None) -> np.ndarray:
+def decode_multi_hot(start, length, value, addrs, n: int, width: int, out=None, longest: int = MAX_RUN) -> np.ndarray:
     """Dense multi-hot rows ``(B, n, width)`` uint8 of the windows from ``addrs``."""
     out = np.zeros((len(addrs), n, width), np.uint8) if out is None else out
     out.fill(0)
-    window, run, first, stop = overlapping(start, length, addrs, n)
+    window, run, first, stop = overlapping(start, length, addrs, n, longest)
     w, f, pair = frames_of(window, first, stop)
     out[w, f, value[run][pair]] = 1
     return out
 
 
-def decode_classes(start, length, value, addrs, n: int, out=None) -> np.ndarray:
+def decode_classes(start, length, value, addrs, n: int, out=None, longest: int = MAX_RUN) -> np.ndarray:
     """Dense classes ``(B, n)`` int64 of the windows (-1 where no run is)."""
     out = np.full((len(addrs), n), -1, np.int64) if out is None else out
     out.fill(-1)
-    window, run, first, stop = overlapping(start, length, addrs, n)
+    window, run, first, stop = overlapping(start, length, addrs, n, longest)
     w, f, pair = frames_of(window, first, stop)
     out[w, f] = value[run][pair]
     return out
 
 
-def decode_rows(start, length, value, addrs, n: int, width: int, out=None) -> np.ndarray:
+def decode_rows(start, length, value, addrs, n: int, width: int, out=None, longest: int = MAX_RUN) -> np.ndarray:
     """Dense rows of numbers ``(B, n, width)`` float32 of the windows (NaN where no run is)."""
     out = np.full((len(addrs), n, width), np.nan, np.float32) if out is None else out
     out.fill(np.nan)
-    window, run, first, stop = overlapping(start, length, addrs, n)
+    window, run, first, stop = overlapping(start, length, addrs, n, longest)
     w, f, pair = frames_of(window, first, stop)
     out[w, f] = value[run][pair]
     return out

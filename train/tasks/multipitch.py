@@ -57,7 +57,7 @@ class Multipitch(Task):
         return roll[:, :n_frames]
 
     def file_truth(self, ds, files: np.ndarray) -> list[np.ndarray]:
-        return [rows.T for rows in ds.file_rows("target", files)]
+        return [frames.T for frames in ds.file_frames("target", files)]
 
     def calibrate(self, valid_outs, valid_truth) -> dict:
         return {"threshold": best_threshold(valid_outs, valid_truth)}

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import DatasetError
+from ..errors import DatasetError
+from .settings import DataSettings
 
 SPLITS = ("train", "valid", "test")
 _SPLIT_ALIASES = {
@@ -77,43 +78,35 @@ def file_splits(
     file_targets: dict[str, np.ndarray],
     work_name: str | None,
     labelled: np.ndarray,
-    split_key: str | None,
-    split_seed: int,
-    split_fractions: Sequence[float],
-    split_by: str = "auto",
-    folds: int | None = None,
-    fold: int | None = None,
-    group_name: str | None = None,
+    settings: DataSettings,
 ) -> np.ndarray:
-    """Split index of every file of a view (0 train, 1 valid, 2 test, -1 none): from the
-    per-file label ``split_key``, from fold ``fold`` of ``folds`` (of the ``labelled`` files),
-    or by hash at ``split_fractions``. By group: the files of a work (``work_name``) or of a
-    group (``group_name``, a per-file label) always fall on one side; ``split_by``: ``auto``
-    (a group if one is given, else works if there are, else files), ``work``, ``group`` or
-    ``file``."""
-    if (folds is None) != (fold is None):
-        raise DatasetError(f"give both folds and fold, got {folds} and {fold}")
-    if split_key is not None and folds is not None:
+    """Split index of every file of a view (0 train, 1 valid, 2 test, -1 none), as
+    ``settings`` says: from the per-file label ``split_key``, from fold ``fold`` of ``folds``
+    (of the ``labelled`` files), or by hash at ``split_fractions``. By group: the files of a
+    work (``work_name``) or of a group (``split_group``, a per-file label) always fall on one
+    side; ``split_by``: ``auto`` (a group if one is given, else works if there are, else files),
+    ``work``, ``group`` or ``file``."""
+    s = settings
+    if (s.folds is None) != (s.fold is None):
+        raise DatasetError(f"give both folds and fold, got {s.folds} and {s.fold}")
+    if s.split_key is not None and s.folds is not None:
         raise DatasetError(
-            f"split key {split_key!r} names each file's split; folds would replace it"
+            f"split key {s.split_key!r} names each file's split; folds would replace it"
         )
-    if split_key is not None:
-        return _named_splits(tables, file_targets, split_key)
-    keys = _split_keys(tables, file_targets, work_name, group_name, split_by)
-    if folds is not None:
+    if s.split_key is not None:
+        return _named_splits(tables, file_targets, s.split_key)
+    keys = _split_keys(tables, file_targets, work_name, s.split_group, s.split_by)
+    if s.folds is not None:
         split = np.full(len(keys), -1, np.int8)
         if labelled.any():  # folds of the files the target can use
-            split[labelled] = assign_folds(
-                [k for k, ok in zip(keys, labelled) if ok], folds, fold, split_fractions, split_seed
-            )
+            split[labelled] = assign_folds([k for k, ok in zip(keys, labelled) if ok], s.folds,
+                                           s.fold, s.split_fractions, s.split_seed)  # fmt: skip
         return split
-    return assign_splits(keys, split_fractions, split_seed)
+    return assign_splits(keys, s.split_fractions, s.split_seed)
 
 
 def _split_keys(tables, file_targets, work_name, group_name, split_by) -> list[str]:
     """What is split: each file's work, group, or the file itself."""
-    if split_by not in ("auto", "file", "work", "group"):
-        raise DatasetError(f"split_by must be 'auto', 'file', 'work' or 'group', got {split_by!r}")
     if split_by == "work" and work_name is None:
         raise DatasetError(f"split_by='work' but {tables.path} has no work-id target")
     if split_by == "group" and group_name is None:

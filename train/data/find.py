@@ -11,7 +11,7 @@ from pathlib import Path
 from common.catalogue import Catalogue, touch
 from common.features import Feature, feature_args
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 
 def find_store(
