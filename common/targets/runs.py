@@ -134,7 +134,9 @@ def frames_of(window, first, stop) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return window[pair], frame, pair
 
 
-def decode_multi_hot(start, length, value, addrs, n: int, width: int, out=None, longest: int = MAX_RUN) -> np.ndarray:
+def decode_multi_hot(
+    start, length, value, addrs, n: int, width: int, out=None, longest: int = MAX_RUN
+) -> np.ndarray:
     """Dense multi-hot rows ``(B, n, width)`` uint8 of the windows from ``addrs``."""
     out = np.zeros((len(addrs), n, width), np.uint8) if out is None else out
     out.fill(0)
@@ -144,7 +146,9 @@ def decode_multi_hot(start, length, value, addrs, n: int, width: int, out=None, 
     return out
 
 
-def decode_classes(start, length, value, addrs, n: int, out=None, longest: int = MAX_RUN) -> np.ndarray:
+def decode_classes(
+    start, length, value, addrs, n: int, out=None, longest: int = MAX_RUN
+) -> np.ndarray:
     """Dense classes ``(B, n)`` int64 of the windows (-1 where no run is)."""
     out = np.full((len(addrs), n), -1, np.int64) if out is None else out
     out.fill(-1)
@@ -154,7 +158,9 @@ def decode_classes(start, length, value, addrs, n: int, out=None, longest: int =
     return out
 
 
-def decode_rows(start, length, value, addrs, n: int, width: int, out=None, longest: int = MAX_RUN) -> np.ndarray:
+def decode_rows(
+    start, length, value, addrs, n: int, width: int, out=None, longest: int = MAX_RUN
+) -> np.ndarray:
     """Dense rows of numbers ``(B, n, width)`` float32 of the windows (NaN where no run is)."""
     out = np.full((len(addrs), n, width), np.nan, np.float32) if out is None else out
     out.fill(np.nan)
