@@ -124,12 +124,12 @@ class Feature:
     def patch_layout(self, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(shape, strides in elements)`` of the model input made of ``length`` contiguous
         time-major frames ``(L, C, F)``: ``(C, F, L)`` here. The one place the layout is
-        computed; :meth:`patch_view` and the batch reader both take it from here."""
+        computed; :meth:`patch_input` and the batch reader both take it from here."""
         c, f = self.frame_shape
         return (c, f, length), (f, 1, c * f)
 
-    def patch_view(self, block: np.ndarray) -> np.ndarray:
-        """Time-major frames ``(L, C, F)`` -> model input (:meth:`patch_layout`); a view, no
+    def patch_input(self, block: np.ndarray) -> np.ndarray:
+        """Time-major frames ``(L, C, F)`` -> model input (:meth:`patch_layout`): no
         copy, when ``block`` is contiguous."""
         block = np.ascontiguousarray(block)
         shape, strides = self.patch_layout(len(block))

@@ -1,8 +1,9 @@
 """Where precompute tasks run: joblib's local backends, or a dask (or ray) cluster.
 
-The tasks are the same everywhere; only joblib's backend changes. On a cluster the shards
-go to the stores folder, which must be a filesystem every worker and this process share;
-the merge runs here.
+The tasks are the same everywhere; only joblib's backend changes. Workers write their files'
+rows in place into the pool's segments under the stores folder, so on a cluster that folder
+must be on a filesystem every worker and this process share; this process seals the segments
+and writes the view.
 """
 
 from __future__ import annotations

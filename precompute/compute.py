@@ -24,7 +24,7 @@ from common.audio import AudioError, load_audio
 from common.features import make_feature
 from common.fileio import pwrite_all
 from common.progress import progress as progress_bar
-from common.store import STATUS_FAILED, STATUS_OK, rows_checksum
+from common.store import STATUS_FAILED, STATUS_OK, Outcome, frames_checksum
 
 from .backends import joblib_backend
 
@@ -43,12 +43,12 @@ class FileJob:
     mtime_ns: int
     n_frames: int
     segment: str  # the partial segment file
-    at: int  # byte offset of its first row there
+    at: int  # byte offset of its first frame there
 
 
 @dataclass
 class TaskResult:
-    rows: dict[tuple[int, int], tuple[int, str, str]] = field(default_factory=dict)
+    done: dict[tuple[int, int], Outcome] = field(default_factory=dict)  # (build, row) ->
     audio_s: float = 0.0
     pid: int = 0
     peak_rss_mb: float = 0.0
@@ -88,18 +88,20 @@ def run_task(
             try:
                 if j.segment not in fds:
                     fds[j.segment] = os.open(j.segment, os.O_WRONLY)
-                rows = _compute_rows(j, feature, np.dtype(dtype))
-                pwrite_all(fds[j.segment], rows, j.at)
-                result.rows[key] = (STATUS_OK, "", rows_checksum(rows))
+                frames = _compute_frames(j, feature, np.dtype(dtype))
+                pwrite_all(fds[j.segment], frames, j.at)
+                result.done[key] = Outcome(STATUS_OK, "", frames_checksum(frames))
                 result.audio_s += j.n_frames * feature.hop_length / feature.sr
             except AudioError as err:
-                result.rows[key] = (STATUS_FAILED, f"{err.path}: {err.reason}", "")
+                result.done[key] = Outcome(STATUS_FAILED, f"{err.path}: {err.reason}", "")
             except OSError as err:
                 if err.errno in (errno.ENOSPC, errno.EFBIG):
                     raise
-                result.rows[key] = (STATUS_FAILED, f"{j.path}: {err}", "")
+                result.done[key] = Outcome(STATUS_FAILED, f"{j.path}: {err}", "")
             except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
-                result.rows[key] = (STATUS_FAILED, f"{j.path}: {type(err).__name__}: {err}", "")
+                result.done[key] = Outcome(
+                    STATUS_FAILED, f"{j.path}: {type(err).__name__}: {err}", ""
+                )
     finally:
         for fd in fds.values():
             os.close(fd)  # on a shared filesystem, close publishes the writes
@@ -107,7 +109,7 @@ def run_task(
     return result
 
 
-def _compute_rows(j: FileJob, feature, dtype: np.dtype) -> np.ndarray:
+def _compute_frames(j: FileJob, feature, dtype: np.dtype) -> np.ndarray:
     st = os.stat(j.path)
     if (st.st_size, st.st_mtime_ns) != (j.size, j.mtime_ns):
         raise AudioError(j.path, "changed while the store was being built; re-run precompute")
@@ -174,7 +176,7 @@ def compute(
                 )
             for res in results:
                 errors = on_result(res)
-                bar.update(len(res.rows))
+                bar.update(len(res.done))
                 if strict and errors:
                     raise StrictStop(errors[0])
     finally:

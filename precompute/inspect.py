@@ -16,14 +16,14 @@ from common.store import (
     STATUS_OK,
     StoreError,
     StoreTables,
+    frames_checksum,
     read_file_targets,
     read_frame_target,
-    read_rows,
+    read_frames,
     read_runs,
     read_segment,
     read_tables,
     relative_to,
-    rows_checksum,
     segment_files,
     stores_root_of,
     target_rows,
@@ -185,7 +185,7 @@ def check_rows(t, i: int, block_frames: int = 4096) -> str:
     bad = 0
     n = int(t.n_frames[i])
     for s in range(0, n, block_frames):
-        block = read_rows(t, i, s, min(block_frames, n - s))
+        block = read_frames(t, i, s, min(block_frames, n - s))
         h.update(memoryview(block).cast("B"))
         bad += int((~np.isfinite(block)).sum())
     path, at, nbytes = t.byte_range(i)
@@ -257,7 +257,7 @@ def _check_segment(seg, names: dict[str, str]) -> list[str]:
             at, nbytes = seg.byte_range(r)
             data = np.empty(nbytes, np.uint8)
             pread_into(fd, data, at)
-            if rows_checksum(data) != c:
+            if frames_checksum(data) != c:
                 who = names.get(str(k), f"content key {k}")
                 faults.append(f"{who}: its rows differ from their checksum (frames {f}-{f + n})")
     finally:
@@ -306,7 +306,7 @@ def show(
         1 + len(frame_targets), 1, figsize=(12, 3.2 * (1 + len(frame_targets))), squeeze=False
     )
     ax = axes[0, 0]
-    _draw_feature(ax, feature, feature.patch_view(read_rows(t, i)), times, channel)
+    _draw_feature(ax, feature, feature.patch_input(read_frames(t, i)), times, channel)
     _, starts = patch_index(np.array([n]), feature.patch_frames, feature.patch_hop)
     for s in starts:
         ax.axvline(times[s], color="cyan", lw=0.6, alpha=0.7)

@@ -32,6 +32,7 @@ from common.store import (
     SEGMENT_MAX_BYTES,
     STATUS_OK,
     DiskFullError,
+    Outcome,
     SegmentLayout,
     StoreError,
     lay_out_segment,
@@ -58,7 +59,7 @@ class SegmentBuild:
     lock: StoreLock | None = None
     layout: SegmentLayout | None = None
     fd: int | None = None
-    done: dict[int, tuple[int, str, str]] = field(default_factory=dict)  # row -> status, error, sum
+    done: dict[int, Outcome] = field(default_factory=dict)  # row -> its outcome
     unflushed: dict[int, tuple[int, str, str]] = field(default_factory=dict)
     flushed_at: float = 0.0
     resumed: int = 0
@@ -90,7 +91,7 @@ class SegmentBuild:
         self.layout = layout
         for m in sorted(self.parts.glob("done-*.json")):
             for row, (status, error, checksum) in json.loads(m.read_text()).items():
-                self.done[int(row)] = (status, error, checksum)
+                self.done[int(row)] = Outcome(status, error, checksum)
         self.resumed = len(self.done)
         return True
 
@@ -109,7 +110,7 @@ class SegmentBuild:
     def todo(self) -> list[int]:
         return [i for i in range(len(self.keys)) if i not in self.done]
 
-    def record(self, rows: dict[int, tuple[int, str, str]]) -> None:
+    def finished(self, rows: dict[int, Outcome]) -> None:
         """Rows finished by a task; made durable at least every :data:`MARKER_EVERY_S`, and at
         once for the first (so that an interrupted run always leaves something to resume)."""
         first = not self.done
@@ -207,7 +208,7 @@ def copy_rows(src: int, src_at: int, build: SegmentBuild, row: int, nbytes: int)
     return their checksum (one read and one write of each byte, in blocks)."""
     h = hashlib.blake2b(digest_size=16)
     buf = np.empty(min(nbytes, 1 << 24), dtype=np.uint8)
-    dst, at = build.layout.rows_at(row), 0
+    dst, at = build.layout.frames_at(row), 0
     while at < nbytes:
         n = min(len(buf), nbytes - at)
         pread_into(src, buf[:n], src_at + at)
@@ -232,7 +233,7 @@ def fill_by_copy(build: SegmentBuild, sources: list[tuple[Path, int, int, str | 
                     f"{path}: the rows of {build.keys[r]} (bytes {at}-{at + nbytes}) differ from "
                     "their checksum; run precompute verify"
                 )
-            build.record({r: (STATUS_OK, "", checksum)})
+            build.finished({r: Outcome(STATUS_OK, "", checksum)})
     finally:
         for fd in fds.values():
             os.close(fd)

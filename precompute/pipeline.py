@@ -30,8 +30,10 @@ from common.holds import hold
 from common.pause import pause_point
 from common.pyjama import PyjamaError, resolve_audio_path
 from common.store import (
+    STATUS_OK,
     DiskFullError,
     MissingSegmentsError,
+    Outcome,
     StoreError,
     open_segment_layout,
     read_segment,
@@ -181,7 +183,7 @@ def _build(plan, catalogue, summary, jobs, backend, scheduler, strict, progress,
             compute(
                 jobs_, feat.to_dict(), np.dtype(feat.store_dtype).newbyteorder("<").str,
                 filter_cache_dir(plan.stores), workers, backend, scheduler,
-                lambda res: _record(res, rows, summary, log), strict, progress, warm,
+                lambda res: _on_result(res, rows, summary, log), strict, progress, warm,
             )  # fmt: skip
         for b in todo:
             held = seal(b, catalogue)
@@ -199,7 +201,7 @@ def _sealed_meanwhile(b: SegmentBuild, catalogue: Catalogue, rows: RowPlan) -> b
     catalogue.register_segment(b.final)
     t = read_segment(b.final)
     b.layout = open_segment_layout(b.final)
-    b.done = {i: (int(s), "failed in another build", str(c))
+    b.done = {i: Outcome(int(s), "failed in another build", str(c))
               for i, (s, c) in enumerate(zip(t.status, t.checksum))}  # fmt: skip
     return True
 
@@ -216,20 +218,20 @@ def _file_jobs(plan: Plan, rows: RowPlan, todo: list[SegmentBuild]) -> list[File
         for r in b.todo():
             f = first_file[(k, r)]
             out.append(FileJob(k, r, str(f.path), f.size, f.mtime_ns, f.n_frames,
-                               str(b.partial.absolute()), b.layout.rows_at(r)))  # fmt: skip
+                               str(b.partial.absolute()), b.layout.frames_at(r)))  # fmt: skip
     return out
 
 
-def _record(res: TaskResult, rows: RowPlan, summary: Summary, log) -> list[str]:
+def _on_result(res: TaskResult, rows: RowPlan, summary: Summary, log) -> list[str]:
     s = summary
     s.peak_rss_mb[res.pid] = max(s.peak_rss_mb.get(res.pid, 0.0), res.peak_rss_mb)
-    by_build: dict[int, dict[int, tuple[int, str, str]]] = {}
-    for (b, r), v in res.rows.items():
+    by_build: dict[int, dict[int, Outcome]] = {}
+    for (b, r), v in res.done.items():
         by_build.setdefault(b, {})[r] = v
     for b, done in by_build.items():
-        rows.builds[b].record(done)
-    s.computed += sum(st == 1 for st, _, _ in res.rows.values())
-    errors = [e for st, e, _ in res.rows.values() if st != 1]
+        rows.builds[b].finished(done)
+    s.computed += sum(d.status == STATUS_OK for d in res.done.values())
+    errors = [d.error for d in res.done.values() if d.status != STATUS_OK]
     for e in errors:
         log(f"error: {e}")
     pause_point("file_done")

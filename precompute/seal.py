@@ -27,11 +27,11 @@ def seal(build: SegmentBuild, catalogue: Catalogue) -> Hold | None:
         raise StoreError(f"{len(missing)} file(s) of {build.final.name} were not computed")
     build.flush()
     build.close()
-    status = np.array([build.done[i][0] for i in range(len(build.keys))], dtype=np.uint8)
+    status = np.array([build.done[i].status for i in range(len(build.keys))], dtype=np.uint8)
     if (status == STATUS_FAILED).all():
         discard(build)
         return None
-    checksums = [build.done[i][2] for i in range(len(build.keys))]
+    checksums = [build.done[i].checksum for i in range(len(build.keys))]
     # held from before it has its name until the view refers to it: gc cannot take it meanwhile
     held = adopt(build.final, seal_segment(build.layout, status, checksums, build.final))
     catalogue.register_segment(build.final)

@@ -14,8 +14,8 @@ from common.store import (
     STATUS_OK,
     SegmentRef,
     ViewFiles,
+    frames_checksum,
     lay_out_segment,
-    rows_checksum,
     seal_segment,
     segment_path,
     store_path,
@@ -45,7 +45,7 @@ def many_files_view(
         pwrite_all(fd, rows, lay.features_at)
         os.close(fd)
         block = rows.reshape(len(keys), -1)
-        checks = [rows_checksum(np.ascontiguousarray(r)) for r in block]
+        checks = [frames_checksum(np.ascontiguousarray(r)) for r in block]
         os.close(seal_segment(lay, np.full(len(keys), STATUS_OK, np.uint8), checks, final))
         refs.append(SegmentRef(final, lay.features_at, lay.total_frames))
         seg_col += [s] * len(keys)

@@ -52,7 +52,7 @@ def _direct_patches(store, ds, idx, name="features"):
     for i in idx:
         o = ds.tables.offset[ds.patch_file[i]] + ds.patch_start[i]
         block = rows[o : o + ds.patch_frames]
-        out.append(ds.feature.patch_view(block) if name == "features" else block.T)
+        out.append(ds.feature.patch_input(block) if name == "features" else block.T)
     return np.stack(out)
 
 
@@ -65,7 +65,7 @@ def test_patch_items_are_views_equal_to_a_direct_slice_of_the_store(stores):
             item["X"].numpy(), _direct_patches(stores["lms"], ds, [idx])[0]
         )
         assert item["X"].shape == (1, 128, 64) and item["X"].dtype == torch.float32
-        # a view of the whole map, in the model's layout: nothing was copied
+        # over the whole map, in the model's layout: nothing was copied
         assert item["X"].untyped_storage().nbytes() == direct(stores["lms"]).nbytes
         # a class index as cross_entropy takes it (stored as int32)
         assert item["y"].dtype == torch.int64 and int(item["y"]) == genre[ds.patch_file[idx]]
@@ -82,7 +82,7 @@ def test_default_collate_and_the_fast_path_give_the_same_batch(stores, feature):
     for batch in (a, b):
         np.testing.assert_array_equal(batch["X"].numpy(), expected)
         np.testing.assert_array_equal(batch["y"].numpy(), expected_y)
-        # one time-major block seen as (B, C, F, L): a permuted view, not a transposed copy
+        # one time-major block seen as (B, C, F, L): permuted strides, not a transposed copy
         B, C, F, L = batch["X"].shape
         assert batch["X"].stride() == (L * C * F, F, 1, C * F)
     # single items stacked by hand, in another order, still give the right batch
@@ -94,11 +94,11 @@ def test_items_are_private_views_and_a_kept_batch_is_never_overwritten(stores):
     ds = StoreDataset(stores["cqt"], unit="patch", target="pitchmidi")
     before = direct(stores["cqt"])
     item = ds.__getitems__([0, 1, 2, 3])[2]["X"]
-    item.mul_(2)  # the process's copy-on-write view, as any in-memory dataset's views
+    item.mul_(2)  # the process's copy-on-write map, as any in-memory dataset's tensors
     assert np.array_equal(direct(stores["cqt"]), before)  # the file is untouched
     ds = StoreDataset(stores["cqt"], unit="patch", target="pitchmidi")
     assert torch.equal(pickle.loads(pickle.dumps(ds[3]["X"])), ds[3]["X"])  # pickles a copy
-    # batches kept by the consumer, more than the ring holds, some only through derived views
+    # batches kept by the consumer, more than the ring holds, some only through derived tensors
     order = np.random.default_rng(1).permutation(len(ds))[:96]
     batches = [order[k : k + 8].tolist() for k in range(0, 96, 8)]
     kept = []
@@ -452,12 +452,12 @@ READ_PATHS = ["gather from the map", "reads from the page cache", "reads from th
 
 def _force(monkeypatch, path: str) -> None:
     """Make the reader take one of its three ways to fill a batch."""
-    import train.data.read as views
+    import train.data.read as reading
 
     if path != "gather from the map":
-        monkeypatch.setattr(views, "_all_cached", lambda fd, offsets: False)
+        monkeypatch.setattr(reading, "_all_cached", lambda fd, offsets: False)
     if path == "reads from the disk":  # as if nothing were cached: every read a miss
-        monkeypatch.setattr(views, "_read_cached", lambda reads: list(reads))
+        monkeypatch.setattr(reading, "_read_cached", lambda reads: list(reads))
 
 
 @pytest.mark.parametrize("path", READ_PATHS)
@@ -487,7 +487,7 @@ def test_every_read_path_gives_the_stores_bytes_for_every_unit(
         o = t.offset[f] + s
         got = item["X"][k][..., : item["mask"][k].sum()]
         np.testing.assert_array_equal(
-            got.numpy(), ds.feature.patch_view(feats[o : o + got.shape[-1]])
+            got.numpy(), ds.feature.patch_input(feats[o : o + got.shape[-1]])
         )
 
 

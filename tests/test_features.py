@@ -118,7 +118,7 @@ def test_waveform_frames_are_the_signal(y):
     f = make_feature("waveform")
     X = f.compute(y)
     assert X.shape == (1, 512, -(-len(y) // 512))
-    flat = f.patch_view(X.transpose(2, 0, 1))
+    flat = f.patch_input(X.transpose(2, 0, 1))
     np.testing.assert_array_equal(flat[0, : len(y)], y)
     assert not flat[0, len(y) :].any()
 

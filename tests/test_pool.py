@@ -113,7 +113,7 @@ def test_a_deleted_segment_names_the_files_that_are_gone_and_a_rerun_computes_th
     (added,) = [p for p in segment_files(stores) if len(read_segment(p).keys) == 1]
     added.unlink()
     with pytest.raises(
-        DatasetError, match=r"the rows of 1 file\(s\) are gone \(audio-set/new.wav\)"
+        DatasetError, match=r"the frames of 1 file\(s\) are gone \(audio-set/new.wav\)"
     ):
         StoreDataset(s.store_path)
     res = CliRunner().invoke(main, ["verify", str(s.store_path)])

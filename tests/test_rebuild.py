@@ -138,7 +138,7 @@ def _die_at(monkeypatch, moment: str, k: int) -> None:
     proxy.replace = os.replace
     monkeypatch.setattr(fileio, "os", proxy)
     target, name, before = {
-        "file done": (layout.SegmentBuild, "record", False),  # rows written, marker maybe not
+        "file done": (layout.SegmentBuild, "finished", False),  # frames written, marker maybe not
         "marker flushed": (layout.SegmentBuild, "flush", False),
         "sealing: before the rename": (seal, "seal_segment", True),  # no status, no checksums
         "sealing: flushed, not renamed": (proxy, "replace", True),

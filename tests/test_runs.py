@@ -12,7 +12,7 @@ import torch
 from common.features import make_feature
 from common.pyjama import Atom, Description
 from common.targets import MAX_RUN, Runs, TargetSpec
-from common.targets.runs import runs_of_multi_hot, runs_of_rows, runs_of_sequence
+from common.targets.runs import runs_of_multi_hot, runs_of_sequence, runs_of_values
 from precompute.pipeline import run
 from train.data import StoreDataset
 
@@ -105,7 +105,9 @@ def test_run_helpers_split_long_runs_and_leave_the_background_out():
     assert r.value.tolist() == [3, 3, 3, 7]
     rows = np.full((10, 2), np.nan, np.float32)
     rows[2:6] = [1.0, np.nan]
-    assert runs_of_rows(rows).start.tolist() == [2] and runs_of_rows(rows).length.tolist() == [4]
+    assert runs_of_values(rows).start.tolist() == [2] and runs_of_values(rows).length.tolist() == [
+        4
+    ]
     hot = np.zeros((9, 4), np.uint8)
     hot[1:4, 2] = hot[3:9, 0] = 1
     r = runs_of_multi_hot(hot)

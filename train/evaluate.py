@@ -49,7 +49,7 @@ def file_output(
     if n < L:  # shorter than one patch: zero-padded
         block = np.concatenate([block, np.zeros((L - n, *block.shape[1:]), dtype=block.dtype)])
     starts = task.file_starts(block.shape[0], feature)
-    X = torch.from_numpy(np.stack([feature.patch_view(block[s : s + L]) for s in starts]))
+    X = torch.from_numpy(np.stack([feature.patch_input(block[s : s + L]) for s in starts]))
     X = model_input(X, device)
     outs = []
     for i in range(0, len(X), 64):

@@ -13,7 +13,7 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from common.config import ConfigError
 from common.errors import DiskFullError, MissingSegmentsError, StoreError
@@ -22,6 +22,17 @@ from common.features import feature_args
 SEGMENT_FORMAT = 3  # segments of the pool: unchanged since the pool began
 FORMAT_VERSION = 4  # views: 4 stores frame-level targets as runs (3 had dense rows)
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
+
+
+class Outcome(NamedTuple):
+    """What became of one file's frames in a segment being built: ``status`` (:data:`STATUS_OK`
+    or :data:`STATUS_FAILED`), the error when failed, the checksum of its bytes when computed."""
+
+    status: int
+    error: str
+    checksum: str
+
+
 CHECKSUM_BYTES = 32  # hex of a 16-byte blake2b digest
 SEGMENT_MAX_BYTES = (
     2 << 30
@@ -36,6 +47,7 @@ __all__ = [
     "SEGMENT_MAX_BYTES",
     "STATUS_FAILED",
     "STATUS_OK",
+    "Outcome",
     "STATUS_PENDING",
     "DiskFullError",
     "MissingSegmentsError",
@@ -46,7 +58,7 @@ __all__ = [
     "pool_dir",
     "rebuild_hint",
     "relative_to",
-    "rows_checksum",
+    "frames_checksum",
     "segment_files",
     "segment_path",
     "store_path",
@@ -117,9 +129,9 @@ def stores_root_of(view: str | os.PathLike) -> Path:
     return Path(os.path.abspath(view)).parent.parent
 
 
-def rows_checksum(rows) -> str:
-    """blake2b-128 of a file's row bytes, as stored in segment and view tables."""
-    return hashlib.blake2b(memoryview(rows).cast("B"), digest_size=16).hexdigest()
+def frames_checksum(frames) -> str:
+    """blake2b-128 of a file's frame bytes, as stored in segment and view tables."""
+    return hashlib.blake2b(memoryview(frames).cast("B"), digest_size=16).hexdigest()
 
 
 def rebuild_hint(attrs: dict[str, Any], stores: str | os.PathLike | None = None) -> str:

@@ -94,7 +94,7 @@ def dataset_location(path: str | os.PathLike, name: str) -> tuple[tuple[int, ...
             raise StoreError(f"{path}: no dataset '{name}'")
         ds = h[name]
         if ds.is_virtual:
-            raise StoreError(f"{path}: '{name}' is a view of the pool; read it with read_rows")
+            raise StoreError(f"{path}: '{name}' is a view of the pool; read it with read_frames")
         if ds.chunks is not None or ds.compression is not None:
             raise StoreError(
                 f"{path}: '{name}' is chunked or compressed and cannot be memory-mapped; re-run precompute"

@@ -1,11 +1,11 @@
-"""Reading views: the tables of a view, loaded once, and the bytes of a file's rows.
+"""Reading views: the tables of a view, loaded once, and the bytes of a file's frames.
 
-Without h5py, a file's rows are::
+Without h5py, a file's frames are::
 
     t = read_tables(view); i = ...  # a file of the view
-    rows = read_rows(t, i)          # (n_frames, C, F), by one pread of its byte range
+    frames = read_frames(t, i)        # (n_frames, C, F), by one pread of its byte range
 
-:meth:`StoreTables.byte_range` is where a file and a row become a segment and a byte offset.
+:meth:`StoreTables.byte_range` is where a file and a frame become a segment and a byte offset.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class StoreTables:
 
     The per-file arrays list the files whose features exist; ``failed`` the others, with
     their reasons. ``offset`` indexes the view's order (frame-level targets, ``/features``);
-    ``segment`` and ``first`` say where each file's rows are in the pool.
+    ``segment`` and ``first`` say where each file's frames are in the pool.
     """
 
     path: Path
@@ -92,7 +92,7 @@ class StoreTables:
                        for s in self.segment[self.missing]})  # fmt: skip
         head = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return MissingSegmentsError(
-            f"{self.path}: the rows of {len(names)} file(s) are gone ({head}): "
+            f"{self.path}: the frames of {len(names)} file(s) are gone ({head}): "
             f"segment(s) {', '.join(gone)} were deleted; recompute them with: "
             f"{rebuild_hint(self.attrs)}"
         )
@@ -118,7 +118,7 @@ def read_tables(path: str | os.PathLike, missing_ok: bool = False) -> StoreTable
     """Open a view, check its format and load its tables (not its features).
 
     Raises :class:`MissingSegmentsError` when segments it needs are gone, unless
-    ``missing_ok`` (then ``missing`` lists the files whose rows are gone).
+    ``missing_ok`` (then ``missing`` lists the files whose frames are gone).
     """
     path = Path(path)
     with _open_view(path) as h:
@@ -157,8 +157,8 @@ def read_tables(path: str | os.PathLike, missing_ok: bool = False) -> StoreTable
     return t
 
 
-def read_rows(t: StoreTables, i: int, start: int = 0, n_frames: int | None = None) -> np.ndarray:
-    """Time-major rows ``(n, C, F)`` of file ``i`` of a view, read by one pread."""
+def read_frames(t: StoreTables, i: int, start: int = 0, n_frames: int | None = None) -> np.ndarray:
+    """Time-major frames ``(n, C, F)`` of file ``i`` of a view, read by one pread."""
     path, at, nbytes = t.byte_range(i, start, n_frames)
     out = np.empty((nbytes // t.frame_bytes, *t.frame_shape), dtype=t.dtype)
     fd = os.open(path, os.O_RDONLY)
@@ -173,7 +173,7 @@ def read_features(path: str | os.PathLike) -> np.ndarray:
     """Every frame of a view, in its order ``(total_frames, C, F)`` (for tests and tools)."""
     t = read_tables(path)
     return (
-        np.concatenate([read_rows(t, i) for i in range(t.n_files)])
+        np.concatenate([read_frames(t, i) for i in range(t.n_files)])
         if t.n_files
         else np.zeros((0, *t.frame_shape), t.dtype)
     )
@@ -206,7 +206,7 @@ def target_rows(path: str | os.PathLike) -> dict[str, int]:
 
 
 def read_frame_target(t: StoreTables, name: str, i: int) -> np.ndarray:
-    """File ``i``'s dense rows ``(n_frames, ...)`` of the frame-level target ``name``."""
+    """File ``i``'s dense frames ``(n_frames, ...)`` of the frame-level target ``name``."""
     spec = t.targets[name]
     runs = read_runs(t.path, name)
     return spec.kind_class.decode(spec, runs, [int(t.offset[i])], int(t.n_frames[i]))[0]

@@ -1,19 +1,20 @@
 """Segments of the feature pool: laid out, written in place, sealed, read.
 
-A segment ``STORES/pool/<feature key>/seg-<id>.h5`` holds the rows of many audio files::
+A segment ``STORES/pool/<feature key>/seg-<id>.h5`` holds the frames of many audio files::
 
     /features        float32 or float16 (frames, C, F): contiguous, uncompressed, time-major
-    /rows/key        str (n,)   content key of each file's rows (feature values + audio hash)
-    /rows/first      int64      first frame of the file's rows in /features
+    /rows/key        str (n,)   content key of each file's frames (feature values + audio hash)
+    /rows/first      int64      first frame of the file in /features
     /rows/n_frames   int64
     /rows/status     uint8      1 computed, 2 failed (its frames are dead space)
-    /rows/checksum   S32        blake2b-128 (hex) of the file's row bytes; empty when failed
+    /rows/checksum   S32        blake2b-128 (hex) of the file's frame bytes; empty when failed
     attrs            format_version, role="segment", feature_key, feature (JSON), versions
 
-It is laid out in full under ``seg-<id>.h5.partial`` (tables written, every row's disk space
-reserved), its rows are then written in place by any process, and it is sealed: status and
-checksums written in place, fsync, rename to its final name. It is never opened for writing
-again. A file's rows are one byte range of one segment.
+It is laid out in full under ``seg-<id>.h5.partial`` (tables written, every file's disk space
+reserved), the files' frames are then written in place by any process, and it is sealed:
+status and checksums written in place, fsync, rename to its final name. It is never opened for
+writing again. A file's frames are one byte range of one segment; ``/rows`` is the table of the
+files, a row each.
 """
 
 from __future__ import annotations
@@ -56,13 +57,13 @@ class SegmentLayout:
     def total_frames(self) -> int:
         return int(self.n_frames.sum())
 
-    def rows_at(self, i: int) -> int:
+    def frames_at(self, i: int) -> int:
         """Byte offset of row ``i``'s first frame in the file."""
         return byte_address(self.features_at, int(self.first[i]), self.frame_bytes)
 
 
 def segment_bytes(n_frames: Iterable[int], frame_bytes: int) -> int:
-    """About what a segment of these files takes on disk (rows plus tables)."""
+    """About what a segment of these files takes on disk (frames plus tables)."""
     n = list(n_frames)
     return sum(n) * frame_bytes + len(n) * 256 + (64 << 10)
 
@@ -75,7 +76,7 @@ def lay_out_segment(
     dtype: np.dtype,
     attrs: dict[str, Any],
 ) -> SegmentLayout:
-    """Write a segment file but its rows, status and checksums, with its disk space reserved."""
+    """Write a segment file but its frames, status and checksums, with its disk space reserved."""
     path = Path(path)
     n = np.asarray(list(n_frames), dtype=np.int64)
     first = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) if len(n) else n

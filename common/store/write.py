@@ -8,7 +8,7 @@ A **view** is one file per (annotations, feature values)::
         /segments/frames      int64
         /files/name           str (n_files,)     the pyjama filepath
         /files/entry          int32              index of the entry in the pyjama
-        /files/segment        int32              row of /segments holding the file's rows
+        /files/segment        int32              row of /segments holding the file's frames
         /files/first          int64              first frame of the file in that segment
         /files/offset         int64              first frame of the file in this view's order
                                                  (index of /features and of frame-level targets)
@@ -16,7 +16,7 @@ A **view** is one file per (annotations, feature values)::
         /files/duration_s     float64
         /files/orig_sr        int32
         /files/content        str                blake2b of the audio file's bytes
-        /files/key            str                content key of the file's rows
+        /files/key            str                content key of the file's frames
         /files/checksum       S32                as in the segment's table
         /features             a virtual dataset over the segments (paths relative to this
                               file, so the stores folder can move): plain h5py reads the view's
@@ -128,7 +128,7 @@ def _write_file_columns(h: h5py.File, files: ViewFiles) -> None:
 def _write_locations(
     h: h5py.File, view: Path, files: ViewFiles, segments: list[SegmentRef], frame_shape, dtype
 ) -> None:
-    """Where each file's rows are in the pool: the segments, each file's segment, first frame
+    """Where each file's frames are in the pool: the segments, each file's segment, first frame
     and checksum, and the virtual ``/features``."""
     root = stores_root_of(view)
     h.create_dataset(
@@ -186,7 +186,7 @@ def draft_view(
     attrs: dict[str, Any],
     annotated: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """All of a view but where its rows are, under a temporary name (it can be written while
+    """All of a view but where its frames are, under a temporary name (it can be written while
     the features are still being computed); :func:`finish_view` completes it.
 
     ``file_targets`` have one row per file of ``files``; ``frame_runs(i)`` gives file ``i``'s
@@ -224,7 +224,7 @@ def finish_view(
     dtype: np.dtype,
     attrs: dict[str, Any] | None = None,
 ) -> Path:
-    """Add where the rows are to a :func:`draft_view`, flush it and give it its name."""
+    """Add where the frames are to a :func:`draft_view`, flush it and give it its name."""
     path = Path(path)
     with removed_on_error(draft, path):
         with h5py.File(draft, "r+") as h:
@@ -253,7 +253,7 @@ def write_view(
 def repoint_view(
     path: str | os.PathLike, segment: np.ndarray, first: np.ndarray, segments: list[SegmentRef]
 ) -> Path:
-    """The same view with its files' rows found elsewhere in the pool (after compaction or a
+    """The same view with its files' frames found elsewhere in the pool (after compaction or a
     repair): a new file, renamed over the old one, which keeps its last-used time."""
     path = Path(path)
     t = read_tables(path, missing_ok=True)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .base import Description, FrameKind, TargetSpec, register
 from .frames import nearest, segment_values, segments_frames, tracks
-from .runs import MAX_RUN, decode_rows, runs_of_rows
+from .runs import MAX_RUN, decode_values, runs_of_values
 
 
 @register
@@ -40,11 +40,11 @@ class FrameValue(FrameKind):
             k = nearest(times, np.asarray(a.time))
             inside = k >= 0
             arr[inside] = np.asarray(a.value, dtype=np.float32).T[k[inside]]
-        return runs_of_rows(arr)
+        return runs_of_values(arr)
 
     @classmethod
     def runs_of_dense(cls, spec: TargetSpec, rows: np.ndarray):
-        return runs_of_rows(rows)
+        return runs_of_values(rows)
 
     @classmethod
     def value_layout(cls, spec: TargetSpec) -> tuple[tuple[int, ...], np.dtype]:
@@ -52,4 +52,4 @@ class FrameValue(FrameKind):
 
     @classmethod
     def decode(cls, spec: TargetSpec, runs, addrs, n: int, out=None, longest: int = MAX_RUN):
-        return decode_rows(*runs, addrs, n, len(spec.vocabulary), out, longest)
+        return decode_values(*runs, addrs, n, len(spec.vocabulary), out, longest)

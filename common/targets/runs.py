@@ -82,7 +82,7 @@ def runs_of_sequence(seq: np.ndarray, background) -> Runs:
     return make_runs(start[keep], stop[keep], value[keep])
 
 
-def runs_of_rows(rows: np.ndarray) -> Runs:
+def runs_of_values(rows: np.ndarray) -> Runs:
     """Runs of equal rows of numbers ``(n, D)`` (NaN equal to NaN), leaving out all-NaN rows."""
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     if len(rows) == 0:
@@ -158,7 +158,7 @@ def decode_classes(
     return out
 
 
-def decode_rows(
+def decode_values(
     start, length, value, addrs, n: int, width: int, out=None, longest: int = MAX_RUN
 ) -> np.ndarray:
     """Dense rows of numbers ``(B, n, width)`` float32 of the windows (NaN where no run is)."""

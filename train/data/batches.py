@@ -82,7 +82,9 @@ class Blocks:
         same = [i for i in free if self.shared[i] is not None and self.shared[i].numel() == nbytes]
         slot = (same or [i for i in free if self.shared[i] is None] or free)[0]
         if not same:  # a new block (or one of another size, dropped)
-            self.shared[slot] = torch.empty(nbytes, dtype=torch.uint8).share_memory_()
+            # made in shared memory (not made, then copied there by ``share_memory_``)
+            storage = torch.UntypedStorage._new_shared(nbytes)
+            self.shared[slot] = torch.empty(0, dtype=torch.uint8).set_(storage)
         self._lent[slot] = 1
         block = self.shared[slot].as_subclass(Lent)
         block._lent = (self.shared[slot], self.flags, slot)

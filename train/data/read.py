@@ -247,16 +247,16 @@ def _read_cached(reads: list[tuple[int, np.ndarray, int]]) -> list[tuple[int, np
     global _NOWAIT
     misses = []
     for fd, buf, at in reads:
-        view = memoryview(buf).cast("B")
+        mem = memoryview(buf).cast("B")
         try:
-            n = os.preadv(fd, [view], at, _NOWAIT)
+            n = os.preadv(fd, [mem], at, _NOWAIT)
         except BlockingIOError:
             n = 0
         except OSError:  # a kernel or filesystem without RWF_NOWAIT: read everything plainly
             _NOWAIT = 0
             n = 0
-        if n < len(view):
-            misses.append((fd, view[n:], at + n))
+        if n < len(mem):
+            misses.append((fd, mem[n:], at + n))
     return misses
 
 
