@@ -56,9 +56,17 @@ train: features
 test: $(STAMP)
 	$(BIN)/pytest -q -n $(PYTEST_JOBS) --dist worksteal
 
+# the benchmarks of the demo data (docs/BENCHMARKS.md; reads from disk need root to drop the
+# page cache, and are left out without it)
 bench: features
-	$(PY) benchmarks/bench_precompute.py
-	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_precompute.py --dataset $(DEMO)/demo.pyjama
+	$(PY) benchmarks/bench_reads_warm.py $$($(BIN)/precompute run --dataset $(DEMO)/demo.pyjama \
+		--feature hcqt --stores $(STORES) -q | tail -n 1) --target pitchmidi
+	$(PY) benchmarks/bench_reads_warm.py $$($(BIN)/precompute run --dataset $(DEMO)/demo.pyjama \
+		--feature lms --stores $(STORES) -q | tail -n 1)
+	if [ "$$(id -u)" = 0 ]; then $(PY) benchmarks/bench_reads_cold.py $$($(BIN)/precompute run \
+		--dataset $(DEMO)/demo.pyjama --feature hcqt --stores $(STORES) -q | tail -n 1); fi
+	$(PY) benchmarks/bench_rebuild.py
 	$(PY) benchmarks/bench_train.py
 
 lint: $(STAMP)

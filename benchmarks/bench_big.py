@@ -46,9 +46,11 @@ from big_data import make_big, write_pyjama  # noqa: E402
 
 from common.features import make_feature  # noqa: E402
 from common.store import read_tables, segment_files  # noqa: E402
-from train.batches import collate_patches  # noqa: E402
-from train.dataset import StoreDataset  # noqa: E402
-from train.samplers import EpochSampler  # noqa: E402
+from train.data import (
+    EpochSampler,  # noqa: E402
+    StoreDataset,  # noqa: E402
+    collate,  # noqa: E402
+)
 
 FEATURE = ["--feature", "hcqt", "--set", "dtype=float16"]
 AUDIO_BYTES_PER_S = 22050 * 2
@@ -175,7 +177,7 @@ def _pread_all(ranges: list[tuple[str, int, int]], threads: int) -> int:
 
 
 def _rss_collate(items):
-    batch = collate_patches(items)
+    batch = collate(items)
     batch["rss"] = torch.tensor([os.getpid(), rss_mb(), rss_mb(shmem=True)], dtype=torch.float64)
     return batch
 

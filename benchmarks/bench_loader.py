@@ -1,15 +1,16 @@
-"""Patch loading: StoreDataset against an in-RAM Dataset and a naive h5py Dataset.
+"""StoreDataset against the plain alternatives that are not an in-RAM copy, and its memory.
 
-Measured as ``../shared/checks/loader_vs_ram.py`` measures, with torch's DataLoader and its
-default collate (batch 64, shuffled, fixed seed, best of 2 passes, at 0 and at 2 workers), on
-the demo stores (``make features``), repeated and reported as medians:
-- StoreDataset over the store (items are views; a batch is one time-major block);
-- in-RAM: every patch already cut, contiguous, in the layout StoreDataset gives (the check's);
+On the demo stores (``make features``), with torch's DataLoader and its default collate (batch
+64, shuffled, a fixed seed, best of 2 passes, at 0 and at 2 workers), repeated and reported as
+medians:
+- StoreDataset over the store;
 - naive: one ``h5py.File`` opened per item on a chunked ``(C, F, T)`` dataset per file;
-- StoreDataset over a float16 store of the same feature (0 workers);
 - StoreDataset through ``StoreDataModule``'s own collate (what the trainer uses);
-- the anonymous memory (RssAnon) of spawned workers, for a store and one 4x larger;
+- the anonymous memory (RssAnon) of 2 spawned workers, for a store and one of 4x its audio;
 - StoreDataset construction time for a view of 100,000 files in 20 segments.
+Against an in-RAM Dataset and ``os.pread``: ``bench_reads_warm.py`` and ``bench_reads_cold.py``.
+What it makes besides the demo's stores (the naive files, the larger demo and its stores) is in
+``data/bench-loader/``; delete it when done.
 
     .venv/bin/python benchmarks/bench_loader.py [--features lms hcqt] [--repeats 3]
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,30 +27,17 @@ import h5py
 import numpy as np
 import torch
 
-from common.features import make_feature
-from common.store import read_rows
+from common.store import read_frames, read_tables
 from precompute.demo import make_demo
 from precompute.pipeline import run
-from tests.pool_fixture import many_files_view
-from train.dataset import StoreDataset, collate_patches
+from train.data import StoreDataset, collate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.pool_fixture import many_files_view  # noqa: E402
 
 BATCH = 64
+WORK = Path("data/bench-loader")  # what this benchmark makes besides the demo's own stores
 TARGET = {"lms": "tag", "hcqt": "pitchmidi", "cqt": "pitchmidi"}
-
-
-class InRamDataset(torch.utils.data.Dataset):
-    """Every patch already cut, contiguous, in StoreDataset's layout (loader_vs_ram.py's)."""
-
-    def __init__(self, src: StoreDataset, n: int):
-        items = [src[i] for i in range(n)]
-        self.X = np.stack([np.ascontiguousarray(np.asarray(t["X"])) for t in items])
-        self.Y = np.stack([np.asarray(t["y"]) for t in items])
-
-    def __len__(self):
-        return len(self.X)
-
-    def __getitem__(self, i):
-        return {"X": torch.from_numpy(self.X[i]), "y": torch.from_numpy(self.Y[i])}
 
 
 class NaiveH5Dataset(torch.utils.data.Dataset):
@@ -61,7 +50,9 @@ class NaiveH5Dataset(torch.utils.data.Dataset):
             t = src.tables
             with h5py.File(path, "w") as h:
                 for i in range(t.n_files):
-                    h.create_dataset(f"f{i}", data=read_rows(t, i).transpose(1, 2, 0), chunks=True)
+                    h.create_dataset(
+                        f"f{i}", data=read_frames(t, i).transpose(1, 2, 0), chunks=True
+                    )
 
     def __len__(self):
         return len(self.patches)
@@ -120,10 +111,10 @@ def demo_store(per_class: int, feature: str, clip_s: float = 7.5) -> Path:
     """The demo data at ``per_class`` tunes per dance, its store of ``feature``."""
     if (per_class, clip_s) == (13, 7.5):  # `make features`
         return run("data/demo/demo.pyjama", feature, "stores", jobs=2).store_path
-    root = Path("data") / f"bench-loader-{per_class}-{clip_s:g}s"
+    root = WORK / f"demo-{per_class}-{clip_s:g}s"
     if not (root / "demo.pyjama").exists():
         make_demo(root, per_class=per_class, clip_s=clip_s)
-    return run(root / "demo.pyjama", feature, "stores", jobs=2).store_path
+    return run(root / "demo.pyjama", feature, WORK / "stores", jobs=2).store_path
 
 
 def measure_feature(feature: str, repeats: int) -> dict:
@@ -131,50 +122,28 @@ def measure_feature(feature: str, repeats: int) -> dict:
     ds = StoreDataset(store, target=TARGET[feature])
     n = min(len(ds), 4000)
     sub = torch.utils.data.Subset(ds, range(n))
-    in_ram = InRamDataset(ds, n)
-    naive = NaiveH5Dataset(store.with_name(store.stem + "-naive.h5"), ds, n)
-    f16 = run(
-        "data/demo/demo.pyjama",
-        make_feature(feature, {"dtype": "float16"}),
-        "data/bench-stores-f16",
-        jobs=2,
-    ).store_path
-    sub16 = torch.utils.data.Subset(StoreDataset(f16, target=TARGET[feature]), range(n))
+    naive = NaiveH5Dataset(WORK / f"{store.stem}-naive.h5", ds, n)
     runs: dict[str, list[float]] = {}
     for _ in range(repeats):  # alternating, so that drifts of the machine hit all alike
         for w in (0, 2):
             runs.setdefault(f"store, {w} workers", []).append(rate(sub, w))
-            runs.setdefault(f"in-RAM, {w} workers", []).append(rate(in_ram, w))
             runs.setdefault(f"naive h5py, {w} workers", []).append(rate(naive, w, passes=1))
-        runs.setdefault("store float16, 0 workers", []).append(rate(sub16, 0))
         runs.setdefault("store via StoreDataModule's collate, 0 workers", []).append(
-            rate(sub, 0, collate_patches)
+            rate(sub, 0, collate)
         )
     med = {k: round(float(np.median(v))) for k, v in runs.items()}
     r: dict = {"item": list(ds[0]["X"].shape), "patches": n, "patches_per_s": med}
     r["runs"] = {k: [round(x) for x in v] for k, v in runs.items()}
-    r["ratios"] = (
-        {
-            f"store / in-RAM, {w} workers": round(
-                med[f"store, {w} workers"] / med[f"in-RAM, {w} workers"], 2
-            )
-            for w in (0, 2)
-        }
-        | {
-            f"store / naive, {w} workers": round(
-                med[f"store, {w} workers"] / med[f"naive h5py, {w} workers"], 1
-            )
-            for w in (0, 2)
-        }
-        | {
-            "float16 / float32 store, 0 workers": round(
-                med["store float16, 0 workers"] / med["store, 0 workers"], 2
-            )
-        }
-    )
+    r["ratios"] = {
+        f"store / naive, {w} workers": round(
+            med[f"store, {w} workers"] / med[f"naive h5py, {w} workers"], 1
+        )
+        for w in (0, 2)
+    }
     big = demo_store(40, feature, clip_s=9.75)  # 4x the demo's audio
     r["worker_rss_anon_mb"] = {
-        f"{p.name} ({p.stat().st_size / 2**20:.0f} MB)": worker_rss(p) for p in (store, big)
+        f"{p.name} ({read_tables(p).duration_s.sum() / 3600:.2f} h of audio)": worker_rss(p)
+        for p in (store, big)
     }
     return r
 
@@ -186,12 +155,13 @@ def main() -> None:
     ap.add_argument("--features", nargs="+", default=["lms", "hcqt"])
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     for feature in args.features:
         results[feature] = measure_feature(feature, args.repeats)
         print(feature, json.dumps(results[feature], indent=1), flush=True)
     # 100,000 files of 100 frames in 20 segments, written with the store format's own writer
-    many = many_files_view("data/bench-loader-stores", 100_000, 20, frames=100, n_mels=4)
+    many = many_files_view(WORK / "many", 100_000, 20, frames=100, n_mels=4)
     t = time.perf_counter()
     ds = StoreDataset(many, split="train", patch_frames=64, patch_hop=32)
     results["construction_s_100k_files"] = round(time.perf_counter() - t, 2)

@@ -8,7 +8,7 @@ included), into one stores folder:
 - another ``patch_hop`` (``--set patch_hop=16``);
 - one audio file overwritten with other audio under the same name.
 Each line gives the time, its fraction of T, how many files were computed and reused from the
-pool, and the feature bytes written (the growth of the pool's segments; rows already there are
+pool, and the feature bytes written (the growth of the pool's segments; frames already there are
 never rewritten: their segments' inodes and sizes are checked). Each view's features and targets
 are then compared, byte for byte, with a fresh build of the same request in an empty stores
 folder (not timed). Last, the stores folder (the views left out) against the feature bytes of
@@ -110,18 +110,18 @@ def main() -> None:
     case("another patch_hop", WORK / "dataset.pyjama", "--set", "patch_hop=16")
 
     victim = WORK / edited[5]["filepath"][0]["value"]
-    before = file_rows(rows_store(stores), victim.name)
+    before = file_frames(latest_store(stores), victim.name)
     y, sr = sf.read(WORK / edited[40]["filepath"][0]["value"], dtype="int16")
     sf.write(victim, y[::-1], sr)  # other audio: another tune, reversed (no such content exists)
     case(
         "one audio file overwritten",
         WORK / "dataset.pyjama",
         check=lambda store: (
-            "its rows changed: " + str(not rows_equal(before, file_rows(store, victim.name)))
+            "its frames changed: " + str(not frames_equal(before, file_frames(store, victim.name)))
         ),
     )
     print(f"{'case':28s} {'s':>6s} {'of T':>6s} computed reused  feature MB written  "
-          "old rows untouched  identical to a fresh build")  # fmt: skip
+          "old frames untouched  identical to a fresh build")  # fmt: skip
     for label, took, frac, comp, reused, written, kept, same, note in rows:
         print(f"{label:28s} {took:6.2f} {frac:6.3f} {comp:8d} {reused:6d}  {written / 1e6:17.1f}  "
               f"{str(kept):18s}  {same}  {note}")  # fmt: skip
@@ -156,19 +156,19 @@ def same_view(a: Path, b: Path) -> bool:
         return all(np.array_equal(ha[n][()], hb[n][()]) for n in names if n not in where)
 
 
-def rows_store(stores: Path) -> Path:
+def latest_store(stores: Path) -> Path:
     return max((stores / "dataset").glob("*.h5"), key=lambda p: p.stat().st_mtime)
 
 
-def file_rows(store: Path, name: str):
-    from common.store import read_rows, read_tables
+def file_frames(store: Path, name: str):
+    from common.store import read_frames, read_tables
 
     t = read_tables(store)
     i = [Path(n).name for n in t.names].index(name)
-    return read_rows(t, i)
+    return read_frames(t, i)
 
 
-def rows_equal(a, b) -> bool:
+def frames_equal(a, b) -> bool:
     return a.shape == b.shape and (a == b).all()
 
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from train import distributed
+from train.data import EpochSampler
 from train.devices import pick_device
 from train.experiment import load_experiment
 from train.loop import set_up, train_epoch
-from train.samplers import EpochSampler
 
 
 def in_ram_loader(dm, workers: int) -> torch.utils.data.DataLoader:
@@ -51,12 +51,17 @@ def in_ram_loader(dm, workers: int) -> torch.utils.data.DataLoader:
             x, y = data[i]
             return {"X": x, "y": y}
 
-    sampler = EpochSampler(len(ds), shuffle=True, seed=dm.seed, num_samples=dm.samples_per_epoch)
+    sampler = EpochSampler(len(ds), shuffle=True, seed=dm.settings.seed,
+                           num_samples=dm.settings.samples_per_epoch)  # fmt: skip
     dm._samplers.append(sampler)
-    extra = {"persistent_workers": True, "prefetch_factor": dm.prefetch_factor} if workers else {}
+    extra = (
+        {"persistent_workers": True, "prefetch_factor": dm.settings.prefetch_factor}
+        if workers
+        else {}
+    )
     return torch.utils.data.DataLoader(
-        Items(), batch_size=dm.batch_size, sampler=sampler, num_workers=workers,
-        drop_last=len(ds) > dm.batch_size, **extra,
+        Items(), batch_size=dm.settings.batch_size, sampler=sampler, num_workers=workers,
+        drop_last=len(ds) > dm.settings.batch_size, **extra,
     )  # fmt: skip
 
 

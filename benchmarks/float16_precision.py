@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import sys
 
-import h5py
 import numpy as np
+
+from common.store import read_features
 
 TINY = np.finfo(np.float16).tiny  # 6.1e-5, the smallest normal float16
 
 
 def main(paths: list[str]) -> None:
     for p in paths:
-        with h5py.File(p) as h:
-            x = h["features"][()].astype(np.float32).ravel()
+        x = read_features(p).astype(np.float32).ravel()  # every file's frames, from the pool
         y = x.astype(np.float16).astype(np.float32)
         a = np.abs(x)
         normal = a >= TINY

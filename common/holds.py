@@ -1,6 +1,6 @@
 """Shared locks that keep ``precompute gc`` off the files a process reads.
 
-Whoever reads a view (a :class:`train.dataset.StoreDataset`, a build reusing rows) holds a
+Whoever reads a view (a :class:`train.data.StoreDataset`, a build reusing frames) holds a
 shared ``flock`` on the view and on every segment it needs, from the moment it finds them until
 it lets go; forked DataLoader workers share their parent's. gc deletes a file only when it can
 take an exclusive lock on it, so a training never loses a file it reads. A lock is released by

@@ -166,3 +166,19 @@ def test_no_constructor_takes_more_than_12_keyword_parameters():
                 if n > 12:
                     long.append(f"{name}.__init__: {n} parameters")
     assert not long, long
+
+
+def test_docs_and_code_name_no_path_outside_the_repository():
+    """What users get is the repository: no doc, benchmark or module points a reader at a
+    script beside it (``../shared``) or at a scratch folder (``/tmp/``)."""
+    outside = re.compile(r"\.\./shared|/tmp/")
+    files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    for folder in ("benchmarks", *PACKAGES):
+        files += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".yaml")]
+    found = [
+        f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+        for p in files
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert not found, "paths outside the repository:\n" + "\n".join(found)

@@ -1,7 +1,7 @@
 """The metrics researchers report, as pure functions on arrays.
 
 Labels reaching these functions are real labels: files without one are in no split
-(:class:`train.dataset.StoreDataset`), so no ``-1`` is ever counted as a class or a work.
+(:class:`train.data.StoreDataset`), so no ``-1`` is ever counted as a class or a work.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 
 A kind says how it is encoded, its row's dtype and shape, the model's output size
 (:attr:`TargetSpec.n_out`) and which files are labelled; the store lays its rows out in a view
-(:mod:`common.store`), training reads them back (:mod:`train.dataset`).
+(:mod:`common.store`), training reads them back (:mod:`train.data`).
 """
 
 from __future__ import annotations
