@@ -60,7 +60,7 @@ class SegmentBuild:
     layout: SegmentLayout | None = None
     fd: int | None = None
     done: dict[int, Outcome] = field(default_factory=dict)  # row -> its outcome
-    unflushed: dict[int, tuple[int, str, str]] = field(default_factory=dict)
+    unflushed: dict[int, Outcome] = field(default_factory=dict)
     flushed_at: float = 0.0
     resumed: int = 0
 

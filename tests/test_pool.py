@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import shutil
 import sqlite3
 import subprocess
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 
 from common.catalogue import Catalogue, catalogue_mode, filesystem_type
 from common.store import (
+    StoreError,
     read_features,
     read_segment,
     read_tables,
@@ -180,6 +182,7 @@ def test_compaction_rewrites_a_mostly_dead_segment_and_keeps_it_while_it_is_read
     collect_garbage(stores, days=1)  # the old view goes: its segment is 2 of 6 files live
     (first,) = [p for p in segment_files(stores) if len(read_segment(p).keys) == 6]
     reader = StoreDataset(new)
+    pitch_before = StoreDataset(new, target="pitchmidi")
     lines = []
     compact(stores, log=lines.append)
     assert any(line.startswith("rewriting pool/") and "% of its" in line for line in lines), lines
@@ -192,7 +195,13 @@ def test_compaction_rewrites_a_mostly_dead_segment_and_keeps_it_while_it_is_read
     pitch = StoreDataset(new, target="pitchmidi")
     old_reader_targets = reader_targets = np.concatenate(pitch.file_frames("target", pitch.files))
     assert np.array_equal(reader_targets, read_target(new, "pitchmidi"))
-    del reader, pitch, old_reader_targets
+    # a reader made before keeps reading the file it opened; a copy of it sent to a spawned
+    # worker would open the re-pointed view at the old offsets: refused
+    got = np.concatenate(pitch_before.file_frames("target", pitch_before.files))
+    assert np.array_equal(got, reader_targets)
+    with pytest.raises(StoreError, match="written again .* make the Dataset again"):
+        pickle.loads(pickle.dumps(pitch_before))
+    del reader, pitch, old_reader_targets, pitch_before
     gc.collect()
     collect_garbage(stores, days=365)
     assert not first.exists() and verify(stores) == []

@@ -59,6 +59,8 @@ class Blocks:
         if self._pid != os.getpid():
             self._fresh()
         nbytes = aligned(nbytes)
+        if not nbytes:  # an empty batch: nothing to lend or pool
+            return torch.empty(0, dtype=torch.uint8)
         if self.in_worker:
             lent = self._lend(nbytes)
             return lent if lent is not None else torch.empty(nbytes, dtype=torch.uint8)

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from common.store import frame_target_runs
+from common.store import StoreError, frame_target_runs
 from common.targets import TargetSpec
 
 
@@ -30,8 +30,13 @@ class FrameTargets:
         self.frame_shape, self.dtype = tuple(frame_shape), np.dtype(dtype)
         self.frame_elems = int(np.prod(self.frame_shape, dtype=np.int64))
         self.width = self.frame_shape[0] if self.frame_shape else None
+        # the file opened now is the one read: a view written again later (gc --compact re-points
+        # views) is refused, never read at the old offsets
+        self._fd = os.open(self.path, os.O_RDONLY)
+        st = os.fstat(self._fd)
+        self.identity = (st.st_dev, st.st_ino)
         self.where = frame_target_runs(path, spec.name)  # column -> (shape, dtype, offset)
-        self._fd = os.open(self.path, os.O_RDONLY)  # now: a view rewritten later is not ours
+        self._check()
         self._runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._longest = 1
 
@@ -41,6 +46,16 @@ class FrameTargets:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._fd = os.open(self.path, os.O_RDONLY)
+        self._check()
+
+    def _check(self) -> None:
+        """The view at ``path`` is still the file this object was made from."""
+        st = os.stat(self.path)
+        if (st.st_dev, st.st_ino) != self.identity:
+            raise StoreError(
+                f"{self.path} was written again (by compaction or a rebuild) after this Dataset "
+                "was made from it; make the Dataset again"
+            )
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:
