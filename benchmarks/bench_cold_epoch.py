@@ -12,24 +12,11 @@ for the bytes the patches hold, best of ``--repeat`` epochs.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
+from page_cache import disk_bytes_read, drop_caches
+
 from train.data import StoreDataModule
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("1\n")
-
-
-def disk_bytes() -> int:
-    with open("/proc/vmstat") as f:
-        for line in f:
-            if line.startswith("pgpgin "):
-                return int(line.split()[1]) * 1024
-    raise SystemExit("no pgpgin in /proc/vmstat")
 
 
 def epoch(store: str, block_mb: float, workers: int, seed: int) -> tuple[float, int, int]:
@@ -40,10 +27,10 @@ def epoch(store: str, block_mb: float, workers: int, seed: int) -> tuple[float, 
     ds = dm.train_ds
     need = len(ds) * ds.patch_frames * ds.tables.frame_bytes
     drop_caches()
-    d0, t0, n = disk_bytes(), time.perf_counter(), 0
+    d0, t0, n = disk_bytes_read(), time.perf_counter(), 0
     for b in loader:
         n += b["X"].shape[0]
-    return n / (time.perf_counter() - t0), disk_bytes() - d0, need
+    return n / (time.perf_counter() - t0), disk_bytes_read() - d0, need
 
 
 def main() -> None:

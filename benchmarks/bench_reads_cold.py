@@ -24,23 +24,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from page_cache import disk_bytes_read, drop_caches
 from torch.utils.data import DataLoader, Subset
 
 from train.data import StoreDataset
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("1\n")
-
-
-def disk_bytes_read() -> int:
-    with open("/proc/vmstat") as f:
-        for line in f:
-            if line.startswith("pgpgin "):
-                return int(line.split()[1]) * 1024
-    raise SystemExit("no pgpgin in /proc/vmstat: a Linux kernel is needed")
 
 
 def cold(read) -> tuple[float, int]:
