@@ -28,7 +28,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,demo,jams,lightning]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,demo,jams,lightning,s3]'
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt mirdata
 	$(BIN)/pip install --quiet -c constraints.txt $(MIRDATA_DEPS) & $(PY) -c '$(COMPILE)'; wait
 	touch $(STAMP)

@@ -54,10 +54,24 @@ def debugging() -> bool:
     return os.environ.get("MIRPATCH_DEBUG", "") not in ("", "0")
 
 
+def fail(line: str, code: int) -> None:
+    """One line and an exit code; with ``--debug`` the traceback of the error being handled."""
+    if debugging():
+        raise
+    click.echo(line, err=True)
+    sys.exit(code)
+
+
 def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"{e.filename}: {e.strerror}"
-    return str(e)
+    text = str(e)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        # raised in a DataLoader worker: torch adds the worker's traceback; the error is its
+        # last line ("module.ErrorClass: message")
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def command_line(ctx: click.Context) -> str:

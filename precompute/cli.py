@@ -7,9 +7,22 @@ from pathlib import Path
 
 import click
 
-from common.cli import Group, command_line, debugging
+from common.cli import Group, command_line, debugging, fail
 from common.config import ConfigError
+from common.errors import StoreError
 from common.pyjama import PyjamaError, write_pyjama
+from common.remote import RemoteError, is_url
+
+from .cli_stores import (
+    gc_cmd,
+    info_cmd,
+    ls_cmd,
+    migrate_cmd,
+    pull_cmd,
+    push_cmd,
+    show_cmd,
+    verify_cmd,
+)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -207,7 +220,17 @@ def validate_cmd(pyjama: str, audio_root: str | None) -> None:
 @click.option(
     "--audio-root", type=click.Path(file_okay=False), help="folder for relative or bare filepaths"
 )
-@click.option("--stores", default="stores", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--stores",
+    default="stores",
+    show_default=True,
+    help="a folder, or a URL (s3://bucket/prefix): built in a local stage, then pushed",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="with a URL: the local cache and stage (default MIRPATCH_CACHE_DIR, ~/.cache/mirpatch)",
+)
 @click.option("--jobs", "-j", default=1, show_default=True, help="parallel tasks (-1: all cores)")
 @click.option(
     "--backend",
@@ -240,6 +263,7 @@ def run_cmd(
     feature,
     audio_root,
     stores,
+    cache_dir,
     jobs,
     backend,
     scheduler,
@@ -268,12 +292,15 @@ def run_cmd(
     from .pipeline import LockedError, PlanError, StrictStop, execute, find_built, make_plan
 
     log = lambda m: click.echo(m, err=True)  # noqa: E731
+    url = stores if is_url(stores) else None
     try:
         feat = make_feature(feature, {k[0]: v for k, v in map(parse_override, overrides)})
         units = dict(_pitch_unit(u) for u in pitch_units)
+        if url is not None:  # built in a local stage, then pushed
+            stores = _stage(dataset, feat, url, cache_dir, units)
         built = None if units else find_built(dataset, feat, stores, audio_root)
         if built is not None:  # a no-op: found without reading the pyjama
-            _report(built)
+            _report(built, url)
             sys.exit(0)
         plan = make_plan(dataset, feat, stores, audio_root, strict, pitch_units=units)
         for p in plan.collection.problems:
@@ -293,7 +320,7 @@ def run_cmd(
             scheduler=scheduler,
             wait=wait,
         )
-    except (ConfigError, PyjamaError, BackendError) as e:
+    except (ConfigError, PyjamaError, BackendError, RemoteError) as e:
         _fail(f"error: {e}", 2)
     except (StrictStop, PlanError) as e:
         _fail(f"stopped (--strict): {e}; finished files are kept, a rerun continues", 2)
@@ -303,8 +330,21 @@ def run_cmd(
         _fail(f"error: {e}", 4)
     except KeyboardInterrupt:
         _interrupted(stores)
-    _report(summary)
+    _report(summary, url)
     sys.exit(0 if summary.ok else 1)
+
+
+def _stage(dataset: str, feat, url: str, cache_dir: str | None, units: dict) -> str:
+    """The local stores folder a build for ``url`` is made in; exit 0 naming the store when
+    the bucket has it already."""
+    from .remote import find_remote, stage_of
+
+    found = None if units else find_remote(dataset, feat, url, cache_dir)
+    if found:
+        click.echo(f"exists: {found}", err=True)
+        click.echo(found)
+        sys.exit(0)
+    return str(stage_of(url, cache_dir))
 
 
 def _interrupted(stores: str) -> None:
@@ -322,8 +362,9 @@ def _interrupted(stores: str) -> None:
     sys.exit(130)
 
 
-def _report(summary) -> None:
-    """What a build did, its warnings and failures, and the store's path as the last line."""
+def _report(summary, url: str | None = None) -> None:
+    """What a build did, its warnings and failures, and the store's path as the last line
+    (with ``url``: the view pushed there, and its URL)."""
     for w in summary.warnings:
         click.echo(f"warning: {w}", err=True)
     for p in summary.changed:
@@ -343,7 +384,19 @@ def _report(summary) -> None:
             + (f", {summary.repaired} whose rows had been deleted" if summary.repaired else "")
             + f"; {summary.audio_s / 3600:.3f} h of audio in {summary.seconds:.1f} s"
         )
-    click.echo(str(summary.store_path))
+    if url is None:
+        click.echo(str(summary.store_path))
+        return
+    from .remote import push
+
+    stage = Path(summary.store_path).parent.parent
+    try:
+        (pushed,) = push(
+            stage, url, [Path(summary.store_path)], log=lambda m: click.echo(m, err=True)
+        )
+    except (RemoteError, StoreError) as e:
+        _fail(f"error: {e}; the store is built in {stage}, the same command pushes it", 2)
+    click.echo(pushed)
 
 
 def _note_old_stores(stores: Path) -> None:
@@ -369,103 +422,8 @@ def _pitch_unit(text: str) -> tuple[str, str]:
     return name, unit.lower()
 
 
-@main.command("ls")
-@click.argument("stores", default="stores", type=click.Path(file_okay=False))
-def ls_cmd(stores: str) -> None:
-    """List the stores of STORES: dataset, feature, files, hours, the view's size and its
-    features' (in the pool, shared with other views of the same audio), created, last used."""
-    from .manage import list_stores
-
-    for line in list_stores(stores):
-        click.echo(line)
+_fail = fail
 
 
-@main.command("gc")
-@click.argument("stores", default="stores", type=click.Path(file_okay=False))
-@click.option("--older-than", "days", type=float, help="remove stores unused for DAYS days")
-@click.option(
-    "--compact", is_flag=True, help="rewrite segments less than half used, re-pointing the stores"
-)
-@click.option(
-    "--grace",
-    "grace_hours",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="keep a segment no store needs for this many hours after it became unneeded",
-)
-@click.option("--dry-run", is_flag=True, help="only say what would be removed")
-def gc_cmd(
-    stores: str, days: float | None, compact: bool, grace_hours: float, dry_run: bool
-) -> None:
-    """Remove stores not used for DAYS days, then the segments no store needs, and abandoned
-    builds; with --compact, rewrite mostly dead segments. Files a process reads are kept."""
-    from .compact import compact as compact_pool
-    from .manage import collect_garbage
-
-    if days is None and not compact:
-        raise click.UsageError("give --older-than DAYS, --compact, or both")
-    freed = 0
-    if days is not None:
-        freed += collect_garbage(stores, days, dry_run, grace_hours, log=click.echo)
-    if compact:
-        freed += compact_pool(stores, dry_run, grace_hours, log=click.echo)
-    click.echo(f"{'would free' if dry_run else 'freed'} {freed / 2**20:.1f} MB")
-
-
-@main.command("migrate")
-@click.argument("stores", default="stores", type=click.Path(file_okay=False))
-def migrate_cmd(stores: str) -> None:
-    """Move the features of format-2 stores into the pool (nothing is recomputed); each store
-    becomes a view under the same name."""
-    from .migrate import migrate
-
-    views = migrate(stores, log=click.echo)
-    click.echo(f"{len(views)} store(s) migrated")
-
-
-@main.command("info")
-@click.argument("store", type=click.Path(exists=True, dir_okay=False))
-def info_cmd(store: str) -> None:
-    """Files, frames, patches, shape, parameters, targets and size of STORE (JSON)."""
-    import json
-
-    from .inspect import info
-
-    click.echo(json.dumps(info(store), indent=1))
-
-
-@main.command("verify")
-@click.argument("store", type=click.Path(exists=True))
-def verify_cmd(store: str) -> None:
-    """Check a store (or every store and segment of a stores folder): tables, parameters, and
-    every file's rows against their checksum; exit 1 on any fault, each named by its file."""
-    from .inspect import verified, verify
-
-    faults = verify(store)
-    for f in faults:
-        click.echo(f"{store}: {f}", err=True)
-    click.echo(f"ok: {verified(store)}" if not faults else f"{len(faults)} fault(s)")
-    sys.exit(1 if faults else 0)
-
-
-@main.command("show")
-@click.argument("store", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--file", "name", required=True, help="filepath, file name or stem of the file to draw"
-)
-@click.option("-o", "--out", default="show.png", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--channel", type=int, help="channel (harmonic) to draw; default: harmonic 1")
-def show_cmd(store: str, name: str, out: str, channel: int | None) -> None:
-    """Draw a file's feature with its patch grid and frame-level targets over it."""
-    from .inspect import show
-
-    click.echo(show(store, name, out, channel))
-
-
-def _fail(line: str, code: int) -> None:
-    """One line and an exit code; with ``--debug`` the traceback of the error being handled."""
-    if debugging():
-        raise
-    click.echo(line, err=True)
-    sys.exit(code)
+for _cmd in (ls_cmd, gc_cmd, migrate_cmd, info_cmd, verify_cmd, show_cmd, push_cmd, pull_cmd):
+    main.add_command(_cmd)

@@ -36,6 +36,16 @@ def table_commands() -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def s3():
+    """The object store the table's URL names (a local S3-compatible server)."""
+    from .s3server import S3Server
+
+    with S3Server() as server:
+        server.make_bucket("readme")
+        yield server
+
+
+@pytest.fixture(scope="module")
 def place(tmp_path_factory, demo_small) -> dict[str, str]:
     """What each placeholder stands for, made small."""
     root = tmp_path_factory.mktemp("readme")
@@ -57,7 +67,8 @@ def place(tmp_path_factory, demo_small) -> dict[str, str]:
     }))  # fmt: skip
     return {"D.pyjama": str(demo_small), "STORES": str(stores), "X.yaml": str(exp),
             "DIR --key genre": f"{classes} --key genre", "DIR --key chord": f"{labs} --key chord",
-            "OUT.pyjama": str(root / "out.pyjama"), "DAYS": "30", "K": "2", "N": "2",
+            "OUT.pyjama": str(root / "out.pyjama"), "DAYS": "30", "K": "2", "N": "2", "G": "1",
+            "URL": "s3://readme/stores",
             "MODEL.yaml": str(ROOT / "configs/models/lms_classifier.yaml"), "NAME": "reel-000-v0",
             "AUDIO...": str(demo_small.parent / "audio" / "reel-000-v0.wav"),
             "__root__": str(root)}  # fmt: skip
@@ -78,14 +89,15 @@ def _fill(cmd: str, place: dict[str, str], found: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_every_command_of_the_readmes_table_runs_as_written(place):
+def test_every_command_of_the_readmes_table_runs_as_written(place, s3):
     cmds = table_commands()
-    assert len(cmds) >= 17 and all(c.split()[0] in ("make", "precompute", "train", "torchrun")
+    assert len(cmds) >= 21 and all(c.split()[0] in ("make", "precompute", "train", "torchrun")
                                    for c in cmds)  # fmt: skip
     # the store and run a later command names come from the ones before: in the table's order,
     # the store first
     cmds.sort(key=lambda c: (not c.startswith("precompute run"), "gc" in c))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **s3.env,
+           "MIRPATCH_CACHE_DIR": str(Path(place["__root__"]) / "cache")}  # fmt: skip
     found: dict[str, str] = {}
     ran = []
     for cmd in cmds:

@@ -116,12 +116,40 @@ def configs_cmd(to: str | None) -> None:
     "work tested once; a summary of all",
 )
 @click.option("--jobs", type=int, default=1, show_default=True, help="repeats run side by side")
-def run_cmd(config, overrides, out, resume, stop_after_epochs, quiet, seeds, folds, jobs) -> None:
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="a remote store's local cache (default MIRPATCH_CACHE_DIR, ~/.cache/mirpatch)",
+)
+@click.option(
+    "--cache-gb", type=float, help="the cache's size limit (default MIRPATCH_CACHE_GB, 50)"
+)
+def run_cmd(
+    config,
+    overrides,
+    out,
+    resume,
+    stop_after_epochs,
+    quiet,
+    seeds,
+    folds,
+    jobs,
+    cache_dir,
+    cache_gb,
+) -> None:
     """Train an experiment: checkpoints, metrics.csv, plots and test metrics in a run folder.
-    With --seeds or --folds: one run folder per repeat and a summary (mean ± std)."""
+    With --seeds or --folds: one run folder per repeat and a summary (mean ± std). A store on
+    object storage (dataset.stores: s3://bucket/prefix) is read through a local cache
+    (--cache-dir, --cache-gb: this machine's, so they are not part of the run's config)."""
+    import os
     from pathlib import Path
 
     import yaml
+
+    if cache_dir:
+        os.environ["MIRPATCH_CACHE_DIR"] = str(Path(cache_dir).absolute())
+    if cache_gb is not None:
+        os.environ["MIRPATCH_CACHE_GB"] = str(cache_gb)
 
     from .experiment import load_experiment, reload_resolved
     from .loop import fit

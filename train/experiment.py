@@ -27,6 +27,7 @@ from common.config import (
     validate,
 )
 from common.features import make_feature
+from common.remote import is_url
 
 from .tasks import TASKS
 
@@ -35,7 +36,12 @@ from .tasks import TASKS
 class DatasetSettings:
     pyjama: str = setting(kind="path")
     audio_root: str | None = setting(None, "path", nullable=True)
+    # a folder, or the URL of one on object storage (s3://bucket/prefix: docs/SCALING.md)
     stores: str = setting("stores", "path")
+    # a remote store's local cache: its folder (default MIRPATCH_CACHE_DIR, ~/.cache/mirpatch)
+    # and its size limit in GB (default MIRPATCH_CACHE_GB, 50)
+    cache_dir: str | None = setting(None, "path", nullable=True)
+    cache_gb: float | None = setting(None, "float", nullable=True)
     split_seed: int = setting(0, "int")
     split_fractions: list[float] = setting([0.8, 0.1, 0.1], "list", item="number")
     split_key: str | None = setting(None, "str", nullable=True)
@@ -150,7 +156,7 @@ def load_experiment(
     d = cfg.dataset
     for key in ("pyjama", "audio_root", "stores"):
         v = getattr(d, key)
-        if v is not None and not Path(v).is_absolute():
+        if v is not None and not Path(v).is_absolute() and not is_url(v):
             setattr(d, key, str((base / v).resolve()))
     try:
         make_feature(cfg.feature)

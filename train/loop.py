@@ -25,6 +25,7 @@ from torch.distributed.algorithms.join import Join
 
 from common.pause import pause_point
 from common.progress import progress as progress_bar
+from common.remote import is_url
 
 from . import distributed
 from .augment import make_augmentations
@@ -67,7 +68,7 @@ class Training:
     device: torch.device
     amp: tuple
     ranks: distributed.Ranks
-    store: Path
+    store: Path | str  # a path, or a remote view's URL
     sync_every: int
     dm: StoreDataModule | None = None
     folder: Path | None = None
@@ -184,7 +185,7 @@ def set_up(cfg: Experiment, ranks, device) -> tuple[StoreDataModule, Training]:
     t = cfg.train
     dm = StoreDataModule.from_experiment(cfg, rank=ranks.rank, world=ranks.world)
     store = ranks.broadcast(dm.prepare_data() if ranks.main else None)
-    dm.store = Path(store)
+    dm.store = store if is_url(store) else Path(store)
     dm.setup()
     spec = dm.train_ds.spec
     task = task_for(cfg.target.task, spec, t, cfg.source)
@@ -212,7 +213,7 @@ def set_up(cfg: Experiment, ranks, device) -> tuple[StoreDataModule, Training]:
     state = Training(
         cfg=cfg, task=task, step_fn=step_fn, model=model, core=core, opt=opt,
         sched=make_scheduler(opt, t), scaler=scaler, device=device, amp=amp, ranks=ranks,
-        store=Path(store), sync_every=t.sync_every or (1 if device.type == "cpu" else 20), dm=dm,
+        store=dm.store, sync_every=t.sync_every or (1 if device.type == "cpu" else 20), dm=dm,
     )  # fmt: skip
     state.meta = {
         "config": cfg.to_dict(),

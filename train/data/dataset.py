@@ -25,6 +25,7 @@ from common.catalogue import touch
 from common.features import Feature, make_feature
 from common.holds import hold
 from common.patches import patch_index
+from common.remote import Remote, RemoteError, cache_root, is_url, view_stores_url
 from common.store import StoreError, read_file_targets, read_tables
 from common.targets import TargetSpec
 
@@ -32,7 +33,8 @@ from ..errors import DatasetError
 from .batches import BLOCKS, Items, aligned, block_array, carve
 from .find import find_store
 from .read import Frames
-from .settings import DataSettings
+from .remote import RemoteFrames, RowCache, cache_limit
+from .settings import DataSettings, stream_block_bytes
 from .splits import SPLITS, file_splits
 from .targets import FrameTargets
 
@@ -85,10 +87,17 @@ class StoreDataset(torch.utils.data.Dataset):
         **settings_kw: Any,
     ):
         s = (settings or DataSettings()).replace(**settings_kw)
-        self.path = Path(store)
+        self.url, self.remote = None, None
         try:
-            t = read_tables(self.path)
-        except StoreError as e:
+            if is_url(store):  # a view of a remote stores folder: its tables from a local copy
+                self.url = str(store)
+                self.remote = Remote(view_stores_url(self.url))
+                self.path = self.remote.mirror(self.remote.relative(Remote(self.url).root),
+                                               s.cache_dir)  # fmt: skip
+            else:
+                self.path = Path(store)
+            t = read_tables(self.path, missing_ok=self.remote is not None)
+        except (StoreError, RemoteError) as e:
             raise DatasetError(str(e)) from None
         self.tables = t
         if split not in (None, *SPLITS):
@@ -103,7 +112,9 @@ class StoreDataset(torch.utils.data.Dataset):
         self.patch_frames = int(s.patch_frames or self.feature.patch_frames)
         self.patch_hop = int(
             s.patch_hop
-            or (self.feature.patch_hop if s.patch_frames is None else max(1, self.patch_frames // 2))
+            or (
+                self.feature.patch_hop if s.patch_frames is None else max(1, self.patch_frames // 2)
+            )
         )
         pf, ps = patch_index(t.n_frames, self.patch_frames, self.patch_hop)
 
@@ -147,17 +158,35 @@ class StoreDataset(torch.utils.data.Dataset):
         """Where the frames are, found once (workers read them without h5py), the shared locks
         that keep gc away, and the per-file target as a tensor."""
         t, spec, target = self.tables, self.spec, self.target
-        holds = [hold(self.path), *(hold(s.path) for s in t.segments)]
+        segments = [] if self.remote else t.segments  # a remote store's are not on this disk
+        holds = [hold(self.path), *(hold(s.path) for s in segments)]
         if any(h is None for h in holds):  # removed between reading the tables and now
             raise DatasetError(f"{self.path}: the store or one of its segments was just removed; "
                                "open it again")  # fmt: skip
         self._holds = holds
         touch(self.path)
-        parts = [(s.path, s.features_at, s.frames) for s in t.segments]
-        self.features = Frames(parts, t.frame_shape, t.dtype, self.feature.patch_layout)
+        if self.remote is not None:
+            s = self.settings
+            cache = RowCache(cache_root(s.cache_dir), cache_limit(s.cache_gb))
+            # streamed by blocks of whole files (stream_blocks): the cache keeps room for a
+            # draw of them and one more block, the rest for the rows that stay
+            self.stream_block = stream_block_bytes(s, cache.limit)
+            largest = int(t.n_frames.max()) * t.frame_bytes if t.n_files else 0
+            reserve = (s.shuffle_blocks_per_draw + 1) * max(self.stream_block, largest)
+            self.features = RemoteFrames(
+                self.remote, t, self.feature.patch_layout, cache, min(reserve, cache.limit // 2)
+            )
+        else:
+            parts = [(s.path, s.features_at, s.frames) for s in t.segments]
+            self.features = Frames(parts, t.frame_shape, t.dtype, self.feature.patch_layout)
         seg_start = self.features.starts[:-1]
+        if isinstance(self.features, RemoteFrames):  # a miss fetches more of this split's files
+            self.features.fetch_ahead(self.features.rows_of(
+                seg_start[t.segment[self.files]] + t.first[self.files]))  # fmt: skip
         # each file's first frame as an address over all segments
-        self.file_frame = (seg_start[t.segment] + t.first).astype(np.int64) if t.n_files else t.first
+        self.file_frame = (
+            (seg_start[t.segment] + t.first).astype(np.int64) if t.n_files else t.first
+        )
         self.frame_targets: FrameTargets | None = None
         if spec is not None and spec.frame_level:
             self.frame_targets = FrameTargets(self.path, spec)
@@ -223,6 +252,21 @@ class StoreDataset(torch.utils.data.Dataset):
         region = (frame * t.frame_bytes) // max(1, int(block_mb * 2**20))
         _, ids = np.unique(np.stack([seg, region]), axis=1, return_inverse=True)
         return ids.ravel()
+
+    def stream_blocks(self) -> np.ndarray:
+        """For a remote store larger than its cache: a block id per patch, -1 for the patches
+        of rows the cache keeps (spread over the epoch), else blocks of whole files of about
+        ``shuffle_block_mb`` MB (default: 1/128 of the cache, 1 to 16 MB) in the store's
+        order, read ``shuffle_blocks_per_draw`` at a time (:class:`EpochSampler`): each streamed file is fetched once per epoch."""
+        f = self.features
+        if not isinstance(f, RemoteFrames):
+            raise DatasetError(f"{self.path}: stream_blocks is for remote stores")
+        rows = f.rows_of(self.file_frame[self.patch_file] + self.patch_start)
+        sizes = f.row_frames * f.frame_bytes
+        block = (np.cumsum(sizes) - sizes) // self.stream_block
+        ids = block[rows].astype(np.int64)
+        ids[f.resident[rows]] = -1
+        return ids
 
     def __getstate__(self) -> dict[str, Any]:
         # a spawned worker holds no locks: this process holds them for as long as it lives
@@ -302,7 +346,11 @@ class StoreDataset(torch.utils.data.Dataset):
             y_dtype, y_shape = self._file_target.numpy().dtype, (B, *self._file_target.shape[1:])
         y_bytes = 0 if y_dtype is None else int(np.prod(y_shape)) * y_dtype.itemsize
         block = BLOCKS.take(x_bytes + y_bytes, self.pin_memory)
-        fr.gather(self.file_frame[files] + starts, L, block_array(block, 0, fr.dtype, (B, L, *fr.frame_shape)))
+        fr.gather(
+            self.file_frame[files] + starts,
+            L,
+            block_array(block, 0, fr.dtype, (B, L, *fr.frame_shape)),
+        )
         out = {"X": carve(block, 0, _torch(fr.dtype), (B, *x_shape),
                           (L * fr.frame_elems, *x_strides))}  # fmt: skip
         if y_dtype is None:

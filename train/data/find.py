@@ -10,6 +10,7 @@ from pathlib import Path
 
 from common.catalogue import Catalogue, touch
 from common.features import Feature, feature_args
+from common.remote import Remote, RemoteError
 
 from ..errors import DatasetError
 
@@ -55,6 +56,39 @@ def find_store(
     )
     raise DatasetError(
         f"no {feature.kind} store of {dataset.name} in {stores}{hint}; make it with:\n  {cmd}"
+    )
+
+
+def find_remote_store(
+    dataset: str | os.PathLike,
+    feature: Feature,
+    stores: str,
+    cache_dir: str | os.PathLike | None = None,
+    feature_file: str | os.PathLike | None = None,
+) -> str:
+    """The URL of the view of this pyjama (its sha1) and feature in the remote stores folder
+    ``stores``, found by the same hashes as a local one (its views are listed, and copied into
+    the cache to read their attributes: a view is small)."""
+    dataset = Path(dataset).absolute()
+    cmd = precompute_command(dataset, feature, stores, None, feature_file)
+    if not dataset.is_file():
+        raise DatasetError(f"dataset.pyjama: {dataset} does not exist")
+    sha1 = hashlib.sha1(dataset.read_bytes()).hexdigest()
+    try:
+        url, stale = Remote(stores).find_view(
+            sha1, feature.key(), feature.kind, dataset.name, cache_dir
+        )
+    except RemoteError as e:
+        raise DatasetError(str(e)) from None
+    if url:
+        return url
+    if stale:
+        raise DatasetError(
+            f"{dataset.name} has changed since its {feature.kind} store was built ({stale}); "
+            f"update it with:\n  {cmd}"
+        )
+    raise DatasetError(
+        f"no {feature.kind} store of {dataset.name} in {stores}; make it with:\n  {cmd}"
     )
 
 

@@ -10,11 +10,13 @@ from typing import Any
 import torch
 
 from common.features import make_feature
+from common.remote import is_url
 
 from ..errors import DatasetError
 from .batches import collate, collate_padded
 from .dataset import StoreDataset
-from .find import find_store, precompute_command
+from .find import find_remote_store, find_store, precompute_command
+from .remote import RemoteFrames
 from .samplers import EpochSampler, WorkBatchSampler
 from .settings import DataSettings
 
@@ -44,7 +46,8 @@ class StoreDataModule:
         if s.feature is not None:
             s = s.replace(feature=make_feature(s.feature))
         self.settings = s
-        self.store = Path(store) if store is not None else None
+        # a path, or the URL of a view on object storage
+        self.store = (str(store) if is_url(store) else Path(store)) if store is not None else None
         self.train_ds = self.valid_ds = self.test_ds = None
         self._samplers: list[Any] = []
         # where training is: batches done in the current epoch, and where a resumed run starts
@@ -57,13 +60,19 @@ class StoreDataModule:
         store, when already found; ``rank`` and ``world``: this process's share under DDP."""
         return cls(store, settings=DataSettings.from_experiment(cfg, rank, world))
 
-    def prepare_data(self) -> Path:
+    def prepare_data(self) -> Path | str:
         """Find the store, or say how to make it (that its feature is the one asked for is
         checked where it is opened: :class:`StoreDataset`)."""
         s = self.settings
         feature_file = s.feature_file
+        if self.store is None and is_url(s.stores):
+            self.store = find_remote_store(
+                s.dataset, s.feature, s.stores, s.cache_dir, feature_file
+            )
         if self.store is None:
             self.store = find_store(s.dataset, s.feature, s.stores, s.audio_root, feature_file)
+        if is_url(self.store):
+            return self.store
         if not self.store.is_file():
             if s.feature is None:
                 raise DatasetError(f"no store at {self.store}")
@@ -73,7 +82,7 @@ class StoreDataModule:
         return self.store
 
     def setup(self, stage: str | None = None) -> None:
-        if self.store is None or not self.store.is_file():
+        if self.store is None or not (is_url(self.store) or self.store.is_file()):
             self.prepare_data()
         self.train_ds, self.valid_ds, self.test_ds = (
             StoreDataset(self.store, split, settings=self.settings)
@@ -135,7 +144,16 @@ class StoreDataModule:
             )
             self._samplers = [sampler]
             return self._loader(ds, s.batch_size, True, batch_sampler=sampler)
-        by_blocks = s.shuffle_block_mb and s.unit == "patch"
+        # a remote store larger than its cache: its resident part spread over the epoch, the
+        # rest streamed a draw of blocks at a time (train/data/remote.py)
+        streamed = (
+            s.unit == "patch" and isinstance(ds.features, RemoteFrames) and not ds.features.fits
+        )
+        by_blocks = (s.shuffle_block_mb and s.unit == "patch") or streamed
+        if streamed:
+            blocks = ds.stream_blocks()
+        else:
+            blocks = ds.patch_blocks(s.shuffle_block_mb) if by_blocks else None
         sampler = EpochSampler(
             len(ds),
             shuffle=True,
@@ -145,7 +163,7 @@ class StoreDataModule:
             rank=s.rank,
             world=s.world,
             global_batch=s.batch_size,
-            blocks=ds.patch_blocks(s.shuffle_block_mb) if by_blocks else None,
+            blocks=blocks,
             blocks_per_draw=s.shuffle_blocks_per_draw,
         )
         self._samplers = [sampler]
@@ -153,7 +171,9 @@ class StoreDataModule:
             return self._loader(ds, self._local_batch, True, sampler=sampler)
         if s.world > 1:  # batch_size is the global batch; every patch once per epoch, no drop
             return self._loader(ds, self._local_batch, True, sampler=sampler, drop_last=False)
-        return self._loader(ds, s.batch_size, True, sampler=sampler, drop_last=len(ds) > s.batch_size)
+        return self._loader(
+            ds, s.batch_size, True, sampler=sampler, drop_last=len(ds) > s.batch_size
+        )
 
     def eval_dataloader(self, ds: StoreDataset) -> torch.utils.data.DataLoader:
         """Any split in order, at the evaluation batch size (validation, test, or train for eval)."""

@@ -39,13 +39,15 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         self.n, self.shuffle, self.seed, self.with_epoch = n, shuffle, seed, with_epoch
         self.blocks_per_draw = max(1, int(blocks_per_draw))
         self._members: list[np.ndarray] | None = None
+        self._spread = np.zeros(0, dtype=np.int64)
         if blocks is not None:
             blocks = np.asarray(blocks)
             if len(blocks) != n:
                 raise ValueError(f"blocks gives {len(blocks)} block ids for {n} indices")
-            order = np.argsort(blocks, kind="stable")
+            self._spread = np.flatnonzero(blocks < 0)
+            order = np.argsort(blocks, kind="stable")[len(self._spread) :]
             edges = np.flatnonzero(np.diff(blocks[order])) + 1
-            self._members = np.split(order, edges) if n else []
+            self._members = np.split(order, edges) if len(order) else []
         self.num_samples = n if num_samples is None else int(num_samples)
         self.epoch, self.skip = 0, 0
         if world > 1 and blocks is None and (global_batch is None or global_batch % world):
@@ -79,14 +81,23 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return self.shard(order) if self.world > 1 else order
 
     def _by_blocks(self, rng: np.random.Generator) -> np.ndarray:
-        """One pass over this rank's blocks: draws of a few blocks, shuffled within a draw."""
+        """One pass over this rank's blocks: draws of a few blocks, shuffled within a draw.
+        Indices of block ``-1`` belong to none: they are shuffled over the whole pass, an equal
+        share mixed into each draw."""
         members = self._members
         blocks = rng.permutation(len(members))[self.rank :: self.world]
         k = self.blocks_per_draw
+        draws = [blocks[s : s + k] for s in range(0, len(blocks), k)]
+        spread = (
+            rng.permutation(self._spread)[self.rank :: self.world] if len(self._spread) else None
+        )
+        shares = np.array_split(spread, max(1, len(draws))) if spread is not None else None
         out = []
-        for s in range(0, len(blocks), k):
-            draw = np.concatenate([members[b] for b in blocks[s : s + k]])
-            out.append(rng.permutation(draw))
+        for d in range(max(len(draws), 1 if shares else 0)):
+            parts = [members[b] for b in draws[d]] if d < len(draws) else []
+            if shares is not None:
+                parts.append(shares[d])
+            out.append(rng.permutation(np.concatenate(parts)))
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def shard(self, order: np.ndarray) -> np.ndarray:

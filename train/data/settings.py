@@ -28,8 +28,12 @@ class DataSettings:
     dataset: str | None = None
     feature: Any = None
     feature_file: str | None = None  # the YAML the experiment's feature came from
-    stores: str = "stores"
+    stores: str = "stores"  # a folder, or the URL of one on object storage (s3://bucket/prefix)
     audio_root: str | None = None
+    # the local cache of a remote store's frames (train/data/remote.py): its folder (default
+    # MIRPATCH_CACHE_DIR or ~/.cache/mirpatch) and its limit in GB (default 50)
+    cache_dir: str | None = None
+    cache_gb: float | None = None
     # what an item is: a patch, a file's patches (or whole feature), a work's versions
     unit: str = "patch"
     target: str | None = None
@@ -88,7 +92,8 @@ class DataSettings:
         d, t = cfg.dataset, cfg.train
         return cls(
             dataset=d.pyjama, feature=cfg.feature, feature_file=cfg.feature_file,
-            stores=d.stores, audio_root=d.audio_root, unit="patch", target=cfg.target.name,
+            stores=d.stores, audio_root=d.audio_root, cache_dir=d.cache_dir,
+            cache_gb=d.cache_gb, unit="patch", target=cfg.target.name,
             patch_frames=cfg.patch.frames, patch_hop=cfg.patch.hop, split_seed=d.split_seed,
             split_fractions=tuple(d.split_fractions), split_key=d.split_key,
             split_group=d.split_group, folds=d.folds, fold=d.fold, batch_size=t.batch_size,
@@ -98,3 +103,11 @@ class DataSettings:
             shuffle_block_mb=t.shuffle_block_mb, shuffle_blocks_per_draw=t.shuffle_blocks_per_draw,
             rank=rank, world=world,
         )  # fmt: skip
+
+
+def stream_block_bytes(s: DataSettings, cache_limit: int) -> int:
+    """The blocks a remote store larger than its cache is streamed by: ``shuffle_block_mb``,
+    else 1/128 of the cache, at most 16 MB (a block holds a file at least)."""
+    if s.shuffle_block_mb:
+        return max(1, int(s.shuffle_block_mb * 2**20))
+    return int(min(16 << 20, max(1, cache_limit // 128)))
