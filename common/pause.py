@@ -8,7 +8,8 @@ exists. Without the variable a pause point costs a dictionary lookup.
 
 Points: ``file_done`` (precompute: a task's files recorded, their marker flushed),
 ``locked`` (precompute: the store's build lock taken, nothing laid out yet), ``step``
-(train: a training step done, its checkpoint written if one was due).
+(train: a training step done, its checkpoint written if one was due), ``evicting`` (a remote
+store's cache: rows unmarked and the count of evictions grown, their bytes not yet freed).
 """
 
 from __future__ import annotations

@@ -217,23 +217,22 @@ class Remote:
         return {self.relative(p): d for p, d in sorted(found.items())}
 
     def mirror(self, rel: str, cache_dir: str | os.PathLike | None = None) -> Path:
-        """A local copy of the object ``rel`` (a view) under the cache's mirror of this stores
-        folder, downloaded again when the object changed (its ETag): the copy's stores folder
-        is :meth:`mirror_root`, so its segments' relative paths are this folder's."""
-        local = self.mirror_root(cache_dir) / rel
-        tag_file = local.with_name(local.name + ".etag")
+        """A local copy of the object ``rel`` (a view), kept under its version (ETag) in the
+        cache's mirror of this stores folder: a changed object gets a copy of its own, a copy in
+        use is never replaced. The copy's stores folder mirrors this one, so its segments'
+        relative paths are this folder's."""
         found = self.info(rel)
         if found is None:
             raise RemoteError(f"{self.url_of(rel)}: no such store")
-        tag = str(found.get("ETag") or found.get("etag") or found.get("size"))
-        if local.is_file() and tag_file.is_file() and tag_file.read_text() == tag:
-            return local
-        self.get(rel, local)
-        tag_file.write_text(tag)
+        tag = str(found.get("ETag") or found.get("etag") or found.get("size")).strip('"')
+        version = re.sub(r"[^A-Za-z0-9]", "", tag)[:32] or "0"
+        local = self.mirror_root(cache_dir) / version / rel
+        if not local.is_file():
+            self.get(rel, local)  # under a temporary name, then renamed: whole or absent
         return local
 
     def mirror_root(self, cache_dir: str | os.PathLike | None = None) -> Path:
-        """Where :meth:`mirror` keeps this folder's views."""
+        """Where :meth:`mirror` keeps this folder's views (a folder per version of a view)."""
         return cache_root(cache_dir) / "views" / self.key
 
     def views(self) -> list[str]:

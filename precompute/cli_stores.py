@@ -32,7 +32,12 @@ def ls_cmd(stores: str) -> None:
 
 @click.command("gc")
 @click.argument("stores", default="stores")
-@click.option("--older-than", "days", type=float, help="remove stores unused for DAYS days")
+@click.option(
+    "--older-than",
+    "days",
+    type=float,
+    help="remove stores unused for DAYS days (on a URL: uploaded DAYS days ago)",
+)
 @click.option(
     "--compact", is_flag=True, help="rewrite segments less than half used, re-pointing the stores"
 )
@@ -58,7 +63,8 @@ def gc_cmd(
         from .remote import gc_remote
 
         if compact:
-            _fail(f"error: {stores}: --compact rewrites segments in place; pull, compact, push", 2)
+            _fail(f"error: {stores}: --compact writes new segments and re-points views on a "
+                  "local folder: pull, compact, push", 2)  # fmt: skip
         try:
             grace = 1.0 if grace_hours is None else grace_hours
             freed = gc_remote(stores, days, grace, dry_run, log=click.echo)

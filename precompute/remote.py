@@ -76,6 +76,7 @@ def push(
             seg = t.segments[s].path
             rel = relative_to(root, seg)
             if have.get(rel) == seg.stat().st_size:
+                _same_rows(remote, rel, t, s)  # reused: its rows must be this view's
                 continue
             log(f"push {rel} ({seg.stat().st_size / 2**20:,.1f} MB)")
             remote.put(seg, rel)
@@ -85,6 +86,28 @@ def push(
         log(f"push {rel}")
         out.append(remote.url_of(rel))
     return out
+
+
+def _same_rows(remote: Remote, rel: str, t: StoreTables, s: int) -> None:
+    """The remote segment ``rel`` holds the rows view ``t`` expects of its segment ``s`` (their
+    checksums, read from the segment's table by a few ranged GETs): a segment of the same name
+    built elsewhere with other bytes is refused, never overwritten (other views may use it)."""
+    import h5py
+
+    with (
+        remote.errors(rel),
+        remote.fs.open(remote.path(rel), "rb", block_size=1 << 20) as f,
+        h5py.File(f, "r") as h,
+    ):
+        there = dict(zip(h["rows/first"][()].tolist(), h["rows/checksum"][()].astype(str)))
+    mine = [i for i in range(t.n_files) if int(t.segment[i]) == s]
+    differ = [str(t.names[i]) for i in mine if there.get(int(t.first[i])) != t.checksum[i]]
+    if differ:
+        raise StoreError(
+            f"{remote.url_of(rel)}: a segment of this name is there with other frames for "
+            f"{len(differ)} file(s) ({differ[0]}, ...), built elsewhere; not pushed. Pull the "
+            f"remote store instead (precompute pull {remote.url} STORES), or remove that segment"
+        )
 
 
 def pull(url: str, stores: str | os.PathLike, log: Log = print) -> list[Path]:
@@ -178,6 +201,10 @@ def remote_info(url: str, cache_dir=None) -> dict:
     out = info(local)
     out["store"] = url
     out["segments"] = [remote.url_of(s) for s in out["segments"]]
+    t = read_tables(local, missing_ok=True)
+    gone = {k for k, s in enumerate(t.segments)
+            if remote.info(relative_to(stores_root_of(local), s.path)) is None}  # fmt: skip
+    out["files_missing"] = int(sum(int(s) in gone for s in t.segment))
     return out
 
 
@@ -194,7 +221,7 @@ def verify_remote(url: str, cache_dir=None, log: Log | None = None) -> tuple[lis
     faults: list[str] = []
     seen: set[tuple[str, int, int]] = set()
     files = nbytes = 0
-    present: dict[str, bool] = {}
+    present: dict[str, int | None] = {}  # segment -> its size, None when unusable
     for rel in rels:
         try:
             t = read_tables(remote.mirror(rel, cache_dir), missing_ok=True)
@@ -206,11 +233,22 @@ def verify_remote(url: str, cache_dir=None, log: Log | None = None) -> tuple[lis
         segs = [relative_to(root, s.path) for s in t.segments]
         for s in segs:
             if s not in present:
-                present[s] = remote.info(s) is not None
-        for s in sorted({segs[int(i)] for i in t.segment}):
-            if not present[s]:
+                found = remote.info(s)
+                present[s] = None if found is None else int(found.get("size", 0))
+        bad: set[int] = set()
+        for k, s in enumerate(segs):
+            used = np.flatnonzero(t.segment == k)
+            if not len(used):
+                continue
+            end = max(sum(t.byte_range(int(i))[1:]) for i in used)
+            if present[s] is None:
                 faults.append(f"{remote.url_of(s)}: missing (the view {rel} needs it)")
-        todo = [i for i in range(t.n_files) if present[segs[int(t.segment[i])]]
+                bad.add(k)
+            elif present[s] < end:
+                faults.append(f"{remote.url_of(s)}: {present[s]} bytes, shorter than the "
+                              f"{end} the view {rel} reads from it")  # fmt: skip
+                bad.add(k)
+        todo = [i for i in range(t.n_files) if int(t.segment[i]) not in bad
                 and (segs[int(t.segment[i])], int(t.first[i]), int(t.n_frames[i])) not in seen]  # fmt: skip
         seen.update((segs[int(t.segment[i])], int(t.first[i]), int(t.n_frames[i])) for i in todo)
         faults += _check_remote_rows(remote, t, segs, todo)
@@ -278,19 +316,13 @@ def gc_remote(
             freed += int(views.pop(r)["size"])
         if old and not dry_run:
             remote.remove(old)
-    needed: set[str] = set()
-    for r in views:  # the segments each view refers to, whatever its format
-        local = remote.mirror(r)
-        try:
-            needed.update(relative_to(stores_root_of(local), p) for p in view_segment_paths(local))
-        except KeyError:
-            continue  # an older format: it needs no segment
-        except OSError as e:
-            raise RemoteError(f"{remote.url_of(r)}: not readable ({e}); gc stops, removing no "
-                              "segment") from None  # fmt: skip
+    needed = _needed(remote, list(views))
     grace = grace_hours * 3600
     segs = remote.ls_details(f"{POOL}/*/seg-*.h5")
     dead = [r for r, d in segs.items() if r not in needed and now - _stamp(d) > grace]
+    if dead:  # a view pushed meanwhile may reuse one: the views are read again
+        needed |= _needed(remote, [r for r in remote.views() if r not in views])
+        dead = [r for r in dead if r not in needed]
     for r in dead:
         log(
             f"{verb} {remote.url_of(r)} ({int(segs[r]['size']) / 2**20:,.1f} MB, no store needs it)"
@@ -299,6 +331,21 @@ def gc_remote(
     if dead and not dry_run:
         remote.remove(dead)
     return freed
+
+
+def _needed(remote: Remote, views: list[str]) -> set[str]:
+    """The segments these views refer to, whatever their format."""
+    needed: set[str] = set()
+    for r in views:
+        local = remote.mirror(r)
+        try:
+            needed.update(relative_to(stores_root_of(local), p) for p in view_segment_paths(local))
+        except KeyError:
+            continue  # an older format: it needs no segment
+        except OSError as e:
+            raise RemoteError(f"{remote.url_of(r)}: not readable ({e}); gc stops, removing no "
+                              "segment") from None  # fmt: skip
+    return needed
 
 
 def _stamp(d: dict) -> float:

@@ -131,7 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in resp.getheaders():
             if k.lower() not in HOP and k.lower() != "content-length":
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
+        length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(data)))  # HEAD: the object's
         self.end_headers()
         if self.command == "HEAD":
             return

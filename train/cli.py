@@ -122,7 +122,10 @@ def configs_cmd(to: str | None) -> None:
     help="a remote store's local cache (default MIRPATCH_CACHE_DIR, ~/.cache/mirpatch)",
 )
 @click.option(
-    "--cache-gb", type=float, help="the cache's size limit (default MIRPATCH_CACHE_GB, 50)"
+    "--cache-gb",
+    type=float,
+    help="the cache's size limit (default MIRPATCH_CACHE_GB, 50); the run records it, since a "
+    "store larger than the cache is read in an order that depends on it",
 )
 def run_cmd(
     config,
@@ -140,7 +143,7 @@ def run_cmd(
     """Train an experiment: checkpoints, metrics.csv, plots and test metrics in a run folder.
     With --seeds or --folds: one run folder per repeat and a summary (mean ± std). A store on
     object storage (dataset.stores: s3://bucket/prefix) is read through a local cache
-    (--cache-dir, --cache-gb: this machine's, so they are not part of the run's config)."""
+    (--cache-dir: this machine's, not part of the run's config; --cache-gb)."""
     import os
     from pathlib import Path
 

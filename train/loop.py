@@ -31,6 +31,7 @@ from . import distributed
 from .augment import make_augmentations
 from .checkpoints import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from .data import StoreDataModule, StoreDataset
+from .data.remote import cache_limit
 from .devices import TrainingError, amp_settings, pick_device
 from .evaluate import evaluate_patches, evaluate_split, metrics_table
 from .experiment import Experiment
@@ -124,6 +125,10 @@ def fit(
     end this invocation after that many epochs (a time-boxed job), leaving ``last.pt``.
     ``folder``: the run folder to make (default ``out/<name>-<time>``); it may exist, empty
     of any run."""
+    if is_url(cfg.dataset.stores) and cfg.dataset.cache_gb is None:
+        # a store larger than the cache is read in an order that depends on its size: the run
+        # records the size it used, so that a resumed run reads the same order
+        cfg = cfg.replace(dataset={"cache_gb": cache_limit(None) / 2**30})
     t = cfg.train
     if t.sync_every is not None and t.sync_every < 1:
         raise TrainingError(f"train.sync_every must be 1 or more, got {t.sync_every}")

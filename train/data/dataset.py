@@ -256,7 +256,7 @@ class StoreDataset(torch.utils.data.Dataset):
     def stream_blocks(self) -> np.ndarray:
         """For a remote store larger than its cache: a block id per patch, -1 for the patches
         of rows the cache keeps (spread over the epoch), else blocks of whole files of about
-        ``shuffle_block_mb`` MB (default: 1/128 of the cache, 1 to 16 MB) in the store's
+        ``shuffle_block_mb`` MB (default: 1/128 of the cache, at most 16 MB) in the store's
         order, read ``shuffle_blocks_per_draw`` at a time (:class:`EpochSampler`): each streamed file is fetched once per epoch."""
         f = self.features
         if not isinstance(f, RemoteFrames):

@@ -30,6 +30,7 @@ are spread over the whole epoch, streamed ones shuffled within a draw of blocks.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -37,12 +38,14 @@ import fcntl
 import hashlib
 import os
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.pause import pause_point
 from common.remote import Remote, RemoteError
 from common.store import StoreError, StoreTables, byte_address, relative_to, stores_root_of
 
@@ -53,6 +56,7 @@ AHEAD_BYTES = 64 << 20  # a fill that must fetch rows fetches rows to come with 
 GB = 1 << 30
 DEFAULT_CACHE_GB = 50.0
 _COUNTER_AT = 1 << 62  # byte-range locks of the lock file: rows below, the folder's own here
+_FILLING = threading.Lock()  # this process's turn at the cache's locks
 _PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -193,12 +197,14 @@ class RowCache:
         the folder is brought under its limit (never evicting these rows, nor the marks in
         ``protect``: the other rows of the batch being read)."""
         fetched = 0
-        with self._locked([rank(r.checksum) % _COUNTER_AT for r in rows]):
+        # POSIX locks belong to a process: its threads (a prefetching thread beside the main
+        # one) take turns here first
+        with _FILLING, self._locked([_row_lock(r) for r in rows]):
             todo = [r for r in rows if not self.present(r)]
             if todo:
                 fetched = self._fetch(remote, todo)
         if fetched:
-            with self._locked([_COUNTER_AT]):
+            with _FILLING, self._locked([_COUNTER_AT]):
                 down, held, evictions = self._read()
                 self._write(down + fetched, held + fetched, evictions)
                 if held + fetched > self.limit:  # scanned only when it may be full
@@ -225,6 +231,7 @@ class RowCache:
         got = remote.ranges(rels, starts, ends)
         keys = list(zip(rels, starts))  # sorted: spans are in (segment, offset) order
         fds: dict[str, int] = {}
+        written: list[Row] = []
         try:
             for row in rows:
                 chunks = _pieces(row, keys, starts, ends, got)
@@ -241,6 +248,7 @@ class RowCache:
                 if fd is None:
                     fd = fds[row.replica] = os.open(self.folder / "segments" / f"{row.replica}.seg",
                                                     os.O_WRONLY)  # fmt: skip
+                written.append(row)
                 at = row.at
                 for c in chunks:
                     view = memoryview(c)
@@ -249,6 +257,10 @@ class RowCache:
                         view, at = view[n:], at + n
             for fd in fds.values():  # the bytes are on disk before any mark says so
                 os.fdatasync(fd)
+        except BaseException:  # a bad row, a full disk: free what was written, unmarked
+            with contextlib.suppress(OSError):
+                self._punch([(r.mark, r.nbytes) for r in written])
+            raise
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -260,40 +272,65 @@ class RowCache:
 
     def _evict(self, keep: int, protect: set[str]) -> None:
         """Remove rows until the cache holds at most 98 % of its limit (it is then scanned once
-        per 2 % filled, not at every fill)."""
+        per 2 % filled, not at every fill). A row being filled (its lock taken) is left alone;
+        the others lose their mark, then the count of evictions grows, then their bytes are
+        freed: a reader that checked a mark before the count grew and read after the bytes were
+        freed sees the count change, and reads again."""
         marks = self._marks()
         total = sum(m[1] for m in marks)
         down, _, evictions = self._read()
-        if total > self.limit:
-            target = self.limit - self.limit // 50
-            free = [m for m in marks if m[3] not in protect]
-            streamed = sorted((m for m in free if rank(m[0]) > keep), key=lambda m: m[2])
-            resident = sorted((m for m in free if rank(m[0]) <= keep), key=lambda m: -rank(m[0]))
-            gone = []
+        if total <= self.limit:
+            self._write(down, total, evictions)
+            return
+        target = self.limit - self.limit // 50
+        free = [m for m in marks if m[3] not in protect]
+        streamed = sorted((m for m in free if rank(m[0]) > keep), key=lambda m: m[2])
+        resident = sorted((m for m in free if rank(m[0]) <= keep), key=lambda m: -rank(m[0]))
+        fd, gone = self._lock_fd(), []
+        try:
             for m in streamed + resident:
                 if total <= target:
                     break
+                try:  # a row another process fills now stays
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rank(m[0]) % _COUNTER_AT)
+                except OSError:
+                    continue
                 gone.append(m)
+                with contextlib.suppress(FileNotFoundError):
+                    (self.folder / "present" / m[3]).unlink()
                 total -= m[1]
-            # the count first: a reader that read these bytes after it sees it changed
-            evictions += 1
-            self._write(down, total, evictions)
-            fds: dict[str, int] = {}
-            try:
-                for _, size, _, mark in gone:
-                    with contextlib.suppress(FileNotFoundError):
-                        (self.folder / "present" / mark).unlink()
-                    replica, _, name = mark.partition("/")
-                    fd = fds.get(replica)
-                    if fd is None:
-                        fd = fds[replica] = os.open(self.folder / "segments" / f"{replica}.seg",
-                                                    os.O_WRONLY)  # fmt: skip
-                    punch_hole(fd, int(name.split("-")[1]), size)
-            finally:
-                for fd in fds.values():
-                    os.close(fd)
-        else:
-            self._write(down, total, evictions)
+            self._write(down, total, evictions + 1)
+            pause_point("evicting")  # marks removed, count grown, bytes not yet freed
+            self._punch([(mark, size) for _, size, _, mark in gone])
+        finally:
+            for m in gone:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, rank(m[0]) % _COUNTER_AT)
+
+    def _punch(self, marks: list[tuple[str, int]]) -> None:
+        """Free the bytes of rows (by their marks' names: ``replica/checksum-offset-bytes``)."""
+        fds: dict[str, int] = {}
+        try:
+            for mark, size in marks:
+                replica, _, name = mark.partition("/")
+                fd = fds.get(replica)
+                if fd is None:
+                    fd = fds[replica] = os.open(self.folder / "segments" / f"{replica}.seg",
+                                                os.O_WRONLY)  # fmt: skip
+                punch_hole(fd, int(name.split("-")[1]), size)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def __del__(self) -> None:
+        for held in (getattr(self, "_lock", None), getattr(self, "_counter", None)):
+            if held is not None and held[0] == os.getpid():
+                with contextlib.suppress(OSError):
+                    os.close(held[1])
+
+
+def _row_lock(row: Row) -> int:
+    """The byte of the lock file that a row's lock is (rows whose ranks collide share one)."""
+    return rank(row.checksum) % _COUNTER_AT
 
 
 def _pieces(row: Row, keys, starts, ends, got) -> list[memoryview]:
@@ -331,6 +368,7 @@ class RemoteFrames(Frames):
         # the rows (files), in address order
         addr = self.starts[t.segment] + t.first if t.n_files else np.zeros(0, np.int64)
         order = np.argsort(addr, kind="stable")
+        order = order[t.n_frames[order] > 0]  # a file without frames has nothing to fetch
         self.row_addr = addr[order].astype(np.int64)
         self.row_frames = t.n_frames[order].astype(np.int64)
         seg = t.segment[order]
@@ -359,7 +397,7 @@ class RemoteFrames(Frames):
         super()._fresh()
         self._known: set[int] = set()  # rows seen present since the last eviction
         self._evictions = -1
-        self._ahead: list[int] | None = None  # this process's rows to fetch with a miss
+        self._ahead: collections.deque[int] | None = None  # this process's rows to fetch next
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in super().__getstate__().items()
@@ -379,8 +417,10 @@ class RemoteFrames(Frames):
         """The row (file, in address order) of each frame address."""
         return np.searchsorted(self.row_addr, np.asarray(addrs, np.int64), side="right") - 1
 
-    def ensure(self, rows) -> None:
-        """Make sure ``rows`` are present in the cache, fetching those that are not."""
+    def ensure(self, rows) -> int:
+        """Make sure ``rows`` are present in the cache, fetching those that are not; returns
+        the count of evictions read before they were checked (their bytes read after are
+        right if the count is still that)."""
         evictions = self.cache.evictions()
         if evictions != self._evictions:
             self._known.clear()
@@ -397,7 +437,7 @@ class RemoteFrames(Frames):
                 else:
                     missing.append(r)
             if not missing:
-                return
+                return evictions
             protect = {self.rows[r].mark for r in batch}
             self.fetched += self.cache.fill(
                 self.remote, self._fill_list(missing), self.keep, protect
@@ -416,12 +456,12 @@ class RemoteFrames(Frames):
             info = torch.utils.data.get_worker_info()
             if info is not None and len(ahead):
                 ahead = np.roll(ahead, -(len(ahead) * info.id // info.num_workers))
-            self._ahead = ahead.tolist()
+            self._ahead = collections.deque(ahead.tolist())
         rows = list(missing)
         size = sum(self.rows[r].nbytes for r in rows)
         taken = set(rows)
         while self._ahead and size < AHEAD_BYTES:
-            r = self._ahead.pop(0)
+            r = self._ahead.popleft()
             if r in taken or r in self._known or self.cache.present(self.rows[r]):
                 continue
             rows.append(r)
@@ -433,16 +473,12 @@ class RemoteFrames(Frames):
         if not len(addrs) or not length:
             return
         rows = self.rows_of(addrs)
-        for _ in range(3):
-            self.ensure(rows)
-            before = self._evictions
+        for _ in range(4):
+            before = self.ensure(rows)
             super().gather(addrs, length, out)
             if self.cache.evictions() == before:
                 return
-            # rows were evicted meanwhile: read again if any of these was
-            self._evictions = -1
-            if all(self.cache.present(self.rows[r]) for r in np.unique(rows).tolist()):
-                return
+            # rows were evicted meanwhile (any of these may have been): check and read again
         raise RemoteError(
             f"{self.remote.url}: rows were evicted from the cache {self.cache.folder} while they "
             "were read; give it more room (--cache-gb)"
