@@ -33,7 +33,6 @@ import bisect
 import collections
 import contextlib
 import ctypes
-import ctypes.util
 import fcntl
 import hashlib
 import os
@@ -58,7 +57,7 @@ DEFAULT_CACHE_GB = 50.0
 _COUNTER_AT = 1 << 62  # byte-range locks of the lock file: rows below, the folder's own here
 _FILLING = threading.Lock()  # this process's turn at the cache's locks
 _PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_LIBC: list = []  # this process's C library, loaded when a row is first freed
 
 
 def rank(checksum: str) -> int:
@@ -68,7 +67,9 @@ def rank(checksum: str) -> int:
 
 def punch_hole(fd: int, at: int, nbytes: int) -> None:
     """Free the disk blocks of bytes ``[at, at + nbytes)`` of a file (they read as zeros)."""
-    fallocate = _LIBC.fallocate
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))  # the C library Python runs on
+    fallocate = _LIBC[0].fallocate
     fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     if fallocate(fd, _PUNCH, at, nbytes) != 0:
         e = ctypes.get_errno()
