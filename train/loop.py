@@ -31,7 +31,7 @@ from . import distributed
 from .augment import make_augmentations
 from .checkpoints import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from .data import StoreDataModule, StoreDataset
-from .data.remote import cache_limit
+from .data.settings import cache_limit
 from .devices import TrainingError, amp_settings, pick_device
 from .evaluate import evaluate_patches, evaluate_split, metrics_table
 from .experiment import Experiment

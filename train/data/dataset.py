@@ -33,8 +33,8 @@ from ..errors import DatasetError
 from .batches import BLOCKS, Items, aligned, block_array, carve
 from .find import find_store
 from .read import Frames
-from .remote import RemoteFrames, RowCache, cache_limit
-from .settings import DataSettings, stream_block_bytes
+from .remote import RemoteFrames, RowCache
+from .settings import DataSettings, cache_limit, stream_block_bytes
 from .splits import SPLITS, file_splits
 from .targets import FrameTargets
 

@@ -52,8 +52,6 @@ from .read import Frames
 
 CHUNK_BYTES = 8 << 20  # one ranged GET: rows larger than this are fetched by several at once
 AHEAD_BYTES = 64 << 20  # a fill that must fetch rows fetches rows to come with them, up to this
-GB = 1 << 30
-DEFAULT_CACHE_GB = 50.0
 _COUNTER_AT = 1 << 62  # byte-range locks of the lock file: rows below, the folder's own here
 _FILLING = threading.Lock()  # this process's turn at the cache's locks
 _PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
@@ -88,7 +86,7 @@ class Row:
         self.at, self.nbytes, self.name = at, nbytes, name
 
     @property
-    def mark(self) -> str:
+    def mark(self) -> str:  # the name of the file that says the row is present
         return f"{self.replica}/{self.checksum}-{self.at}-{self.nbytes}"
 
 
@@ -106,7 +104,7 @@ class RowCache:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_lock": None, "_counter": None}
 
-    def replica_key(self, url: str) -> str:
+    def replica_key(self, url: str) -> str:  # the name of a remote segment's replica
         return hashlib.sha1(url.encode()).hexdigest()[:24]
 
     def replica(self, key: str, size: int) -> Path:
@@ -490,12 +488,3 @@ class RemoteFrames(Frames):
 
     def prefetch(self, addr: int, length: int) -> None:
         self.ensure(self.rows_of([addr]))
-
-
-def cache_limit(cache_gb: float | None) -> int:
-    """The cache's limit in bytes (``cache_gb``, else ``MIRPATCH_CACHE_GB``, else 50)."""
-    if cache_gb is None:
-        cache_gb = float(os.environ.get("MIRPATCH_CACHE_GB") or DEFAULT_CACHE_GB)
-    if cache_gb <= 0:
-        raise StoreError(f"cache_gb must be positive, got {cache_gb}")
-    return int(cache_gb * GB)

@@ -10,6 +10,7 @@ is ``patch_frames``, ``target.name`` is ``target``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,3 +112,19 @@ def stream_block_bytes(s: DataSettings, cache_limit: int) -> int:
     if s.shuffle_block_mb:
         return max(1, int(s.shuffle_block_mb * 2**20))
     return int(min(16 << 20, max(1, cache_limit // 128)))
+
+
+DEFAULT_CACHE_GB = 50.0
+
+
+def cache_limit(cache_gb: float | None) -> int:
+    """The cache's limit in bytes (``cache_gb``, else ``MIRPATCH_CACHE_GB``, else 50)."""
+    if cache_gb is None:
+        text = os.environ.get("MIRPATCH_CACHE_GB") or str(DEFAULT_CACHE_GB)
+        try:
+            cache_gb = float(text)
+        except ValueError:
+            raise DatasetError(f"MIRPATCH_CACHE_GB={text!r}: expected a number of GB") from None
+    if cache_gb <= 0:
+        raise DatasetError(f"cache_gb must be positive, got {cache_gb}")
+    return int(cache_gb * 2**30)
