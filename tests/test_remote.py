@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from common.remote import Remote, RemoteError
-from common.store import read_features
+from common.store import StoreError, read_features
 from train import loop
 from train.checkpoints import load_checkpoint
 from train.data import StoreDataModule, StoreDataset
@@ -321,3 +321,31 @@ def test_a_read_that_still_fails_after_its_retries_ends_training_with_one_line(
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {pushed}/pool/") and "503 SlowDown" in last, r.stderr[-2000:]
+
+
+def test_push_refuses_a_remote_segment_of_the_same_name_with_other_frames(
+    env, tiny_stores, tmp_path
+):
+    """A segment built elsewhere under the same name (same files and feature, other bytes) is
+    never overwritten nor trusted: the push stops, naming it."""
+    import shutil
+
+    import h5py
+
+    from precompute.remote import push
+
+    url = f"s3://{BUCKET}/other"
+    push(tiny_stores, url, log=lambda m: None)
+    remote = Remote(url)
+    (rel,) = [r for r in remote.glob("pool/*/seg-*.h5")][:1]
+    local = tiny_stores / rel
+    other = tmp_path / "other.h5"
+    shutil.copy(local, other)
+    with h5py.File(other, "r+") as h:  # its table says other frames for its first file
+        h["rows/checksum"][0] = b"0" * 32
+    assert other.stat().st_size == local.stat().st_size
+    remote.put(other, rel)
+    with pytest.raises(
+        StoreError, match=f"{url}/{rel}: a segment of this name is there with other frames"
+    ):
+        push(tiny_stores, url, log=lambda m: None)
