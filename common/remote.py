@@ -58,6 +58,22 @@ def view_stores_url(url: str) -> str:
     return stores
 
 
+def view_at(url: str) -> tuple[Remote, str]:
+    """A view's URL as its stores folder and its path there."""
+    remote = Remote(view_stores_url(url))
+    return remote, remote.relative(Remote(url).root)
+
+
+def views_at(url: str) -> tuple[Remote, list[str]]:
+    """The view at ``url`` (a ``.h5``), or every view of the stores folder at ``url``: the
+    stores folder, and the views' paths there."""
+    if url.rstrip("/").endswith(".h5"):
+        remote, rel = view_at(url)
+        return remote, [rel]
+    remote = Remote(url)
+    return remote, remote.views()
+
+
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """The local cache of remote stores: ``cache_dir``, else ``MIRPATCH_CACHE_DIR``, else
     ``$XDG_CACHE_HOME/mirpatch`` (``~/.cache/mirpatch``)."""
@@ -203,16 +219,13 @@ class Remote:
 
     def glob(self, pattern: str) -> list[str]:
         """Paths (relative to the stores folder) matching ``pattern``; checks the bucket."""
+        return list(self.ls_details(pattern))
+
+    def ls_details(self, pattern: str) -> dict[str, dict[str, Any]]:
+        """``{relative path: info}`` of the objects matching ``pattern``, listed now."""
         with self.errors():
             self.fs.invalidate_cache()
             self.fs.ls(self.root.split("/")[0])  # a missing bucket is an error, not nothing
-            return sorted(self.relative(p) for p in self.fs.glob(self.path(pattern)))
-
-    def ls_details(self, pattern: str) -> dict[str, dict[str, Any]]:
-        """``{relative path: info}`` of the objects matching ``pattern``."""
-        with self.errors():
-            self.fs.invalidate_cache()
-            self.fs.ls(self.root.split("/")[0])
             found = self.fs.glob(self.path(pattern), detail=True)
         return {self.relative(p): d for p, d in sorted(found.items())}
 
@@ -240,13 +253,14 @@ class Remote:
         return [r for r in self.glob("*/*.h5") if not r.startswith("pool/")]
 
     def find_view(
-        self, sha1: str, feature_key: str, kind: str, pyjama_name: str, cache_dir=None
+        self, pyjama: Path, feature_key: str, kind: str, cache_dir=None
     ) -> tuple[str | None, str | None]:
         """``(URL of the view of this pyjama (its sha1) and feature, URL of an older view of a
         pyjama of that name and feature)``, found by the hashes a local one is found by. Views
         are copied into the cache to read them (a view is small)."""
         from .store import StoreError, view_summary
 
+        sha1 = hashlib.sha1(Path(pyjama).read_bytes()).hexdigest()
         stale = None
         for rel in self.views():
             if not Path(rel).name.startswith(f"{kind}-"):
@@ -259,7 +273,7 @@ class Remote:
                 continue
             if found["pyjama_sha1"] == sha1:
                 return self.url_of(rel), None
-            if Path(found["pyjama"]).name == pyjama_name:
+            if Path(found["pyjama"]).name == Path(pyjama).name:
                 stale = self.url_of(rel)
         return None, stale
 

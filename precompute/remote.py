@@ -11,7 +11,6 @@ reuse) and pushes what it built.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -21,11 +20,12 @@ import numpy as np
 
 from common.catalogue import Catalogue
 from common.fileio import replace_file
-from common.remote import Remote, RemoteError, cache_root, view_stores_url
+from common.remote import Remote, RemoteError, cache_root, view_at, views_at
 from common.store import (
     POOL,
     StoreError,
     StoreTables,
+    frames_checksum,
     read_tables,
     relative_to,
     stores_root_of,
@@ -47,11 +47,9 @@ def stage_of(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
 def find_remote(dataset: str, feature, url: str, cache_dir=None) -> str | None:
     """The URL of the store of this pyjama and feature in the stores folder at ``url``, if it
     is there (what makes ``precompute run --stores URL`` a no-op)."""
-    path = Path(dataset)
-    if not path.is_file():
+    if not Path(dataset).is_file():
         return None
-    sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
-    found, _ = Remote(url).find_view(sha1, feature.key(), feature.kind, path.name, cache_dir)
+    found, _ = Remote(url).find_view(Path(dataset), feature.key(), feature.kind, cache_dir)
     return found
 
 
@@ -115,12 +113,7 @@ def pull(url: str, stores: str | os.PathLike, log: Log = print) -> list[Path]:
     segments it needs that ``stores`` lacks, checked against their checksums, and record them
     in the catalogue; returns the local views."""
     root = Path(stores)
-    if url.rstrip("/").endswith(".h5"):
-        remote = Remote(view_stores_url(url))
-        rels = [remote.relative(Remote(url).root)]
-    else:
-        remote = Remote(url)
-        rels = remote.views()
+    remote, rels = views_at(url)
     catalogue = Catalogue(root)
     out = []
     for rel in rels:
@@ -196,8 +189,8 @@ def _when(d: dict) -> str:
 
 def remote_info(url: str, cache_dir=None) -> dict:
     """``precompute info`` of a view at ``url``."""
-    remote = Remote(view_stores_url(url))
-    local = remote.mirror(remote.relative(Remote(url).root), cache_dir)
+    remote, rel = view_at(url)
+    local = remote.mirror(rel, cache_dir)
     out = info(local)
     out["store"] = url
     out["segments"] = [remote.url_of(s) for s in out["segments"]]
@@ -212,12 +205,7 @@ def verify_remote(url: str, cache_dir=None, log: Log | None = None) -> tuple[lis
     """Faults of the view at ``url``, or of every view of the stores folder at ``url``: its
     tables, and every file's frames fetched by ranged GETs and checked against their
     checksum (a changed byte in a remote segment is named by its file); and what was checked."""
-    if url.rstrip("/").endswith(".h5"):
-        remote = Remote(view_stores_url(url))
-        rels = [remote.relative(Remote(url).root)]
-    else:
-        remote = Remote(url)
-        rels = remote.views()
+    remote, rels = views_at(url)
     faults: list[str] = []
     seen: set[tuple[str, int, int]] = set()
     files = nbytes = 0
@@ -282,7 +270,7 @@ def _check_remote_rows(
             ends.append(at + n)
         for j, data, rel, s, e in zip(batch, remote.ranges(rels, starts, ends), rels, starts, ends):
             problems = []
-            if hashlib.blake2b(data, digest_size=16).hexdigest() != t.checksum[j]:
+            if frames_checksum(data) != t.checksum[j]:
                 problems.append("its frames differ from their checksum: the segment changed")
             values = np.frombuffer(data, dtype=t.dtype)
             bad = int((~np.isfinite(values)).sum())

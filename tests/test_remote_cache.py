@@ -59,7 +59,7 @@ def _frames(cache: RowCache, remote=None) -> RemoteFrames:
         Row(sums[1], seg, key, 2 * FB, 2 * FB, "b.wav"),
     ]
     rf.store_bytes, rf.fits, rf.keep = len(RAW), True, 1 << 62
-    rf.resident, rf.ahead_rows, rf.fetched = np.array([True, True]), np.zeros(0, np.int64), 0
+    rf.resident, rf.ahead_rows = np.array([True, True]), np.zeros(0, np.int64)
     return rf
 
 

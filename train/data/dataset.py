@@ -25,7 +25,7 @@ from common.catalogue import touch
 from common.features import Feature, make_feature
 from common.holds import hold
 from common.patches import patch_index
-from common.remote import Remote, RemoteError, cache_root, is_url, view_stores_url
+from common.remote import RemoteError, cache_root, is_url, view_at
 from common.store import StoreError, read_file_targets, read_tables
 from common.targets import TargetSpec
 
@@ -91,9 +91,8 @@ class StoreDataset(torch.utils.data.Dataset):
         try:
             if is_url(store):  # a view of a remote stores folder: its tables from a local copy
                 self.url = str(store)
-                self.remote = Remote(view_stores_url(self.url))
-                self.path = self.remote.mirror(self.remote.relative(Remote(self.url).root),
-                                               s.cache_dir)  # fmt: skip
+                self.remote, rel = view_at(self.url)
+                self.path = self.remote.mirror(rel, s.cache_dir)
             else:
                 self.path = Path(store)
             t = read_tables(self.path, missing_ok=self.remote is not None)

@@ -73,11 +73,8 @@ def find_remote_store(
     cmd = precompute_command(dataset, feature, stores, None, feature_file)
     if not dataset.is_file():
         raise DatasetError(f"dataset.pyjama: {dataset} does not exist")
-    sha1 = hashlib.sha1(dataset.read_bytes()).hexdigest()
     try:
-        url, stale = Remote(stores).find_view(
-            sha1, feature.key(), feature.kind, dataset.name, cache_dir
-        )
+        url, stale = Remote(stores).find_view(dataset, feature.key(), feature.kind, cache_dir)
     except RemoteError as e:
         raise DatasetError(str(e)) from None
     if url:

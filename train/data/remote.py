@@ -381,7 +381,6 @@ class RemoteFrames(Frames):
         self.keep = self._keep_rank(sizes, cache.limit - (0 if self.fits else reserve))
         self.resident = np.array([rank(r.checksum) <= self.keep for r in self.rows], dtype=bool)
         self.ahead_rows = np.zeros(0, np.int64)
-        self.fetched = 0  # bytes this process fetched
 
     def _keep_rank(self, sizes: np.ndarray, budget: int) -> int:
         """The highest rank of the rows that stay: the lowest-ranked rows that fill ``budget``."""
@@ -438,7 +437,7 @@ class RemoteFrames(Frames):
             if not missing:
                 return evictions
             protect = {self.rows[r].mark for r in batch}
-            self.fetched += self.cache.fill(
+            self.cache.fill(
                 self.remote, self._fill_list(missing), self.keep, protect
             )
             want = missing
