@@ -285,6 +285,11 @@ def test_workers_lend_their_blocks_and_fill_them_again_once_given_back(stores, k
 
     ref = [(b["X"].clone(), b["y"].clone()) for b in loader(0)]
     assert len(ref) > 8
+    if not keep:  # epochs in a row: a block is never lent again while a batch on it is held
+        for epoch in range(20):
+            for i, ((x, y), b) in enumerate(zip(ref, loader(2), strict=True)):
+                assert torch.equal(x, b["X"]) and torch.equal(y, b["y"]), (epoch, i)
+                del b
     kept, inodes = [], []
     for (x, y), b in zip(ref, loader(2), strict=True):
         assert torch.equal(x, b["X"]) and torch.equal(y, b["y"])

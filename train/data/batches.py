@@ -133,13 +133,21 @@ class Lent(torch.Tensor):
 
 
 def _received(block, flags, slot, dtype, shape, strides, offset) -> torch.Tensor:
-    # per tensor over the block: it goes back when their shared storage is freed (a second
-    # finalizer only clears the flag again)
-    weakref.finalize(block.untyped_storage(), _give_back_lent, flags, slot)
+    # the block goes back once, when the shared storage of all its tensors is freed: one
+    # finalizer per storage (a second one, clearing the flag again a moment later, could free
+    # the slot after the worker had lent it anew for the next batch)
+    storage = block.untyped_storage()
+    key = id(storage)
+    if key not in _WATCHED:
+        _WATCHED[key] = weakref.finalize(storage, _give_back_lent, flags, slot, key)
     return block.view(dtype).as_strided(shape, strides, offset)
 
 
-def _give_back_lent(flags: torch.Tensor, slot: int) -> None:
+_WATCHED: dict[int, weakref.finalize] = {}  # received blocks' storages, until they are freed
+
+
+def _give_back_lent(flags: torch.Tensor, slot: int, key: int) -> None:
+    _WATCHED.pop(key, None)
     flags[slot] = 0
 
 
