@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := data/demo
 COVERS := data/covers
+COVERS_LARGE := data/covers_large
+LARGE_WORKS ?= 2000
 STORES := stores
 RUNS   := runs
 EXP    ?= configs/experiments/demo_instrument.yaml
@@ -21,7 +23,7 @@ COMPILE := import numpy as np; from common.features import make_feature; from tr
 # mirdata's dependencies but smart_open's extras (which cannot resolve with these pins)
 MIRDATA_DEPS := smart_open pretty_midi Deprecated openpyxl pandas chardet
 
-.PHONY: install demo-data cover-demo features train test bench lint format clean
+.PHONY: install demo-data cover-demo cover-large features train test bench lint format clean
 
 install: $(STAMP)
 
@@ -44,6 +46,14 @@ cover-demo: $(COVERS)/covers.pyjama
 
 $(COVERS)/covers.pyjama: $(STAMP)
 	$(BIN)/precompute demo-data --cover --out $(COVERS) --jobs $(JOBS)
+
+# the large cover set (2,000 works x 4 versions, none of the cover demo's works) and its float16
+# CQT store, for configs/experiments/cover_large.yaml
+cover-large: $(COVERS_LARGE)/covers.pyjama
+	$(BIN)/precompute run --dataset $(COVERS_LARGE)/covers.pyjama --feature configs/features/cqt_f16.yaml --stores $(STORES) --jobs $(JOBS)
+
+$(COVERS_LARGE)/covers.pyjama: $(STAMP)
+	$(BIN)/precompute demo-data --cover --works $(LARGE_WORKS) --versions 4 --after 200 --out $(COVERS_LARGE) --jobs $(JOBS)
 
 features: $(DEMO)/demo.pyjama
 	@for f in $(FEATURES); do \

@@ -46,9 +46,23 @@ def main() -> None:
 )
 @click.option("--works", default=200, show_default=True, help="with --cover: works")
 @click.option("--versions", default=5, show_default=True, help="with --cover: versions per work")
+@click.option(
+    "--after",
+    default=0,
+    show_default=True,
+    help="with --cover: skip the first AFTER works (the large set: --after 200, none of the "
+    "cover demo's works)",
+)
 @click.option("--jobs", default=2, show_default=True, help="with --cover: parallel jobs")
 def demo_data(
-    out: str, per_class: int, clip_s: float, cover: bool, works: int, versions: int, jobs: int
+    out: str,
+    per_class: int,
+    clip_s: float,
+    cover: bool,
+    works: int,
+    versions: int,
+    after: int,
+    jobs: int,
 ) -> None:
     """Render the offline demo dataset (music21 corpus) into OUT/audio and OUT/demo.pyjama,
     or with --cover the cover demo into OUT/audio and OUT/covers.pyjama (same bytes on every
@@ -57,7 +71,7 @@ def demo_data(
         from .cover_demo import make_cover_demo
 
         try:
-            path = make_cover_demo(out, works=works, versions=versions, jobs=jobs)
+            path = make_cover_demo(out, works=works, versions=versions, jobs=jobs, after=after)
         except ValueError as e:
             raise click.UsageError(str(e)) from None
     else:

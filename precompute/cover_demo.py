@@ -167,9 +167,11 @@ def corpus_works(n: int, jobs: int = 1) -> list[Tune]:
         if t and t not in banned and t not in seen:
             seen.add(t)
             todo.append((c, title, abc))
-    step = max(32, 2 * n)
-    for lo in range(0, len(todo), step):
+    lo = 0
+    while lo < len(todo):  # chunks of about what is still needed (most tunes are readable)
+        step = max(32, int(1.2 * (n - len(out))))
         chunk = todo[lo : lo + step]
+        lo += step
         parsed = Parallel(n_jobs=jobs)(delayed(parse_tune)(*c) for c in chunk)
         out += [t for t in parsed if t is not None]
         if len(out) >= n:
@@ -444,20 +446,25 @@ def render_work(out: Path, work: int, tune: Tune, versions: int) -> list[tuple[s
 
 
 def make_cover_demo(
-    out: str | os.PathLike, works: int = 200, versions: int = 5, jobs: int = 2
+    out: str | os.PathLike, works: int = 200, versions: int = 5, jobs: int = 2, after: int = 0
 ) -> Path:
-    """Write ``out/audio/*.wav`` and ``out/covers.pyjama``; returns the pyjama path."""
+    """Write ``out/audio/*.wav`` and ``out/covers.pyjama``; returns the pyjama path.
+
+    ``after``: the works start after the first ``after`` tunes (numbered from ``after``), so
+    that a large set (``after=200``) shares no work with the cover demo (the first 200)."""
     from joblib import Parallel, delayed
 
     if versions < 2 or versions > 12:
         raise ValueError(f"versions must be 2 to 12 (one key each), got {versions}")
     if works < 2:
         raise ValueError(f"works must be 2 or more (a query needs another work), got {works}")
+    if after < 0:
+        raise ValueError(f"after must be 0 or more, got {after}")
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
-    tunes = corpus_works(works, jobs)
-    per_work = Parallel(n_jobs=jobs)(
-        delayed(render_work)(out, w, t, versions) for w, t in enumerate(tunes)
+    tunes = corpus_works(after + works, jobs)[after:]
+    per_work = Parallel(n_jobs=jobs, batch_size=8)(
+        delayed(render_work)(out, after + w, t, versions) for w, t in enumerate(tunes)
     )
     definitions = {
         "work-id": Definition("numeric", "global", "free"),

@@ -138,3 +138,41 @@ def test_a_version_sounds_in_its_key(two_builds):
     pcs = np.bincount([(m + v.transpose) % 12 for _, d, m in tunes[work].notes],
                       weights=[d for _, d, _ in tunes[work].notes], minlength=12)  # fmt: skip
     assert np.corrcoef(chroma, pcs)[0, 1] > 0.5
+
+
+@pytest.fixture(scope="module")
+def two_large_builds(tmp_path_factory):
+    """A large set in small (``make cover-large`` is 2,000 works after the demo's 200): 3 works
+    after the first 2, built twice."""
+    a, b = tmp_path_factory.mktemp("large-a"), tmp_path_factory.mktemp("large-b")
+    cd.make_cover_demo(a, works=3, versions=4, jobs=1, after=2)
+    r = CliRunner().invoke(main, ["demo-data", "--cover", "--out", str(b), "--works", "3",
+                                  "--versions", "4", "--after", "2", "--jobs", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    return a, b
+
+
+def test_the_large_set_is_byte_identical_and_shares_no_work_with_the_demo(two_large_builds):
+    from common.pyjama import read_pyjama
+
+    a, b = two_large_builds
+    da = _digest(a)
+    assert len(da) == 3 * 4 + 1 and da == _digest(b)
+    entries = read_pyjama(a / "covers.pyjama").entries
+    ids = sorted({int(e.descriptions["work-id"].atoms[0].value) for e in entries})
+    assert ids == [2, 3, 4]  # numbered after the demo's works: one id, one work, in both
+    titles = {e.descriptions["title"].atoms[0].value for e in entries}
+    first = cd.corpus_works(5)
+    assert titles == {t.title for t in first[2:]}
+    assert not titles & {t.title for t in first[:2]}  # the demo's (its first works) are not here
+
+
+def test_make_cover_large_comes_after_every_work_of_the_cover_demo():
+    from pathlib import Path
+
+    make = (Path(__file__).parent.parent / "Makefile").read_text()
+    after = int(re.search(r"--after (\d+)", make).group(1))
+    demo_works = next(p.default for p in main.commands["demo-data"].params if p.name == "works")
+    assert after == demo_works == 200
+    assert re.search(r"--works \$\(LARGE_WORKS\) --versions 4", make)
+    assert re.search(r"(?m)^LARGE_WORKS \?= 2000$", make)
