@@ -45,10 +45,10 @@ def file_output(
 ) -> np.ndarray:
     """The task's output for one whole file's time-major feature ``(T, C, F)``."""
     model.eval()
-    L, n = feature.patch_frames, block.shape[0]
+    n = block.shape[0]
+    L, starts = task.file_windows(n, feature)
     if n < L:  # shorter than one patch: zero-padded
         block = np.concatenate([block, np.zeros((L - n, *block.shape[1:]), dtype=block.dtype)])
-    starts = task.file_starts(block.shape[0], feature)
     X = torch.from_numpy(np.stack([feature.patch_input(block[s : s + L]) for s in starts]))
     X = model_input(X, device)
     outs = []
@@ -152,7 +152,11 @@ def evaluate_on(
     ds = StoreDataset.from_experiment(dataclasses.replace(cfg, dataset=d), split=None)
     own = StoreDataset.from_experiment(cfg, split="valid")
     task = task_for(cfg.target.task, own.spec, cfg.train)
-    if task.n_out(own.spec) is not None and ds.spec.vocabulary != own.spec.vocabulary:
+    if (
+        task.per_class_outputs
+        and task.n_out(own.spec) is not None
+        and ds.spec.vocabulary != own.spec.vocabulary
+    ):
         raise UserError(f"{pyjama}: target {cfg.target.name!r} has the classes "
                         f"{ds.spec.vocabulary}, the run was trained on {own.spec.vocabulary}")  # fmt: skip
     amp = amp_settings(device, cfg.train.amp)

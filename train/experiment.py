@@ -51,6 +51,10 @@ class DatasetSettings:
     # file where there are no works); ``train run --folds K`` runs every fold
     folds: int | None = setting(None, "int", nullable=True)
     fold: int | None = setting(None, "int", nullable=True)
+    # train on only the first N works (or groups, or files) of the training split, in an order
+    # of their own (each N's works hold the smaller N's); valid and test stay as they are: a
+    # learning curve on the same test works
+    train_works: int | None = setting(None, "int", nullable=True)
 
 
 @dataclass(kw_only=True)
@@ -104,6 +108,15 @@ class TrainSettings:
     margin: float = setting(0.3, "float")
     mining: str = setting("semihard", "str", choices=["random", "semihard", "hard"])
     works_per_batch: int = setting(8, "int")
+    # work identification with a classification head (a model ending in BNNeck): the weight of
+    # cross entropy over the training works (0: the metric loss alone), its label smoothing,
+    # and the weight of the triplet loss beside it (0: the classification loss alone)
+    classify: float = setting(0.0, "float")
+    label_smoothing: float = setting(0.1, "float")
+    triplet: float = setting(1.0, "float")
+    # work identification: each file embedded whole in one pass (a model that pools over all
+    # time), instead of the mean of its patches' embeddings
+    embed_whole: bool = setting(False, "bool")
     # augmentation of training batches, on the device (see train/augment.py)
     augment: list[dict] = setting([], "list", item="dict")
     versions_per_work: int = setting(2, "int")

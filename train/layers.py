@@ -272,6 +272,42 @@ class L2Normalize(nn.Module):
         return torch.nn.functional.normalize(x, dim=self.dim)
 
 
+class Log1p(nn.Module):
+    """``log(1 + scale * x)``: a magnitude's dynamic range compressed (a CQT's loud and quiet
+    partials on one scale)."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(self.scale * x.clamp_min(0))
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+class BNNeck(nn.Module):
+    """A classification head beside an embedding (BNNeck, Luo et al. 2019, "Bag of tricks and
+    a strong baseline for deep person re-identification"), the model's last layer.
+
+    In evaluation the embedding passes as it is (what ranks versions); in training the layer
+    returns ``(embedding, logits)``: the logits over ``classes`` (``n_out``: the target's
+    works) of a linear map without bias of the batch-normalised embedding, for a
+    classification loss beside the metric loss on the embedding itself."""
+
+    def __init__(self, in_features: int, classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(in_features)
+        self.bn.bias.requires_grad_(False)  # a shift the classifier needs not
+        self.fc = nn.Linear(in_features, classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if not self.training:
+            return x
+        return x, self.fc(self.bn(x))
+
+
 class OctaveFold(nn.Module):
     """``(B, C, F, T)`` with ``F`` a whole number of octaves -> ``(B, C, bins_per_octave, T)``,
     the octaves reduced by ``max`` or ``mean``: a chroma of the CQT's full resolution, on

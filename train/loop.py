@@ -35,7 +35,7 @@ from .data.settings import cache_limit
 from .devices import TrainingError, amp_settings, pick_device
 from .evaluate import evaluate_patches, evaluate_split, metrics_table
 from .experiment import Experiment
-from .model_factory import build_model
+from .model_factory import build_model, layer_names
 from .optim import make_optimizer, make_scheduler
 from .plots import plot_run
 from .prefetch import Prefetcher
@@ -201,6 +201,7 @@ def set_up(cfg: Experiment, ranks, device) -> tuple[StoreDataModule, Training]:
             f"rebuild it with: precompute run ... --pitch-unit {spec.name}={want}"
         )
     cfg = cfg.replace(target={"task": task.name})
+    task.check_model(layer_names(cfg.model), cfg.source)
     core = build_model(cfg.model, dm.train_ds.item_shape, n_out=task.n_out(spec)).to(device)
     model = core
     if ranks.enabled:

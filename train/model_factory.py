@@ -84,6 +84,8 @@ LAYERS: dict[str, Callable[..., nn.Module]] = {
     "StoreAs": L.StoreAs,
     "CatWith": L.CatWith,
     "L2Normalize": L.L2Normalize,
+    "BNNeck": L.BNNeck,
+    "Log1p": L.Log1p,
     "OctaveFold": L.OctaveFold,
     "CircularPad": L.CircularPad,
     "MeanMax": L.MeanMax,
@@ -165,6 +167,21 @@ def _load(config: dict | str | os.PathLike) -> tuple[dict, str]:
     if isinstance(config, dict) and set(config) == {"model"}:
         return config["model"], "model"
     return config, "model"
+
+
+def layer_names(config: dict | str | os.PathLike) -> set[str]:
+    """The layer names a model config uses (``Conv2d``, ``BNNeck``, ...), without building it."""
+    def items(d, key) -> list:
+        return (d.get(key) or []) if isinstance(d, dict) else []
+
+    cfg, _ = _load(config)
+    names = set()
+    for block in items(cfg, "block_l"):
+        for seq in items(block, "sequential_l"):
+            for entry in items(seq, "layer_l"):
+                if isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str):
+                    names.add(entry[0])
+    return names
 
 
 def _resolve_kwargs(
@@ -293,6 +310,7 @@ def build_model(
             )
         with torch.device("meta"):
             module = _instantiate(name, args, where, skips_meta)
+            module.eval()  # the output the model gives in evaluation (a head adds to it in training)
             try:
                 x = module(x)
             except Exception as e:  # noqa: BLE001 - any shape fault becomes a located message

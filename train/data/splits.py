@@ -101,8 +101,25 @@ def file_splits(
         if labelled.any():  # folds of the files the target can use
             split[labelled] = assign_folds([k for k, ok in zip(keys, labelled) if ok], s.folds,
                                            s.fold, s.split_fractions, s.split_seed)  # fmt: skip
-        return split
-    return assign_splits(keys, s.split_fractions, s.split_seed)
+    else:
+        split = assign_splits(keys, s.split_fractions, s.split_seed)
+    if s.train_keys is not None:
+        split = first_train_keys(split, keys, s.train_keys, s.split_seed)
+    return split
+
+
+def first_train_keys(split: np.ndarray, keys: Sequence[str], n: int, seed: int) -> np.ndarray:
+    """``split`` with only the first ``n`` keys (works, groups or files) of its training split
+    left in it, in the order of a hash of ``(seed, key)`` of their own (the first 100 are
+    among the first 200); the others in no split."""
+    train = sorted({k for k, sp in zip(keys, split) if sp == 0},
+                   key=lambda k: stable_fraction(k, seed + 7919))  # fmt: skip
+    if not 0 < n <= len(train):
+        raise DatasetError(f"train_works must be 1 to {len(train)} (the training split's works, "
+                           f"groups or files), got {n}")  # fmt: skip
+    keep = set(train[:n])
+    dropped = np.array([sp == 0 and k not in keep for k, sp in zip(keys, split)], dtype=bool)
+    return np.where(dropped, -1, split).astype(np.int8)
 
 
 def _split_keys(tables, file_targets, work_name, group_name, split_by) -> list[str]:

@@ -57,6 +57,17 @@ class Task:
         return self.patch_metrics(res, spec)
 
     # -- whole files --------------------------------------------------------------------
+    def check_model(self, layers: set[str], file=None) -> None:
+        """Refuse (a ConfigError) a model (the names of its layers) that this task's settings
+        cannot train."""
+
+    per_class_outputs = True  # outputs are the target's classes: another dataset needs them
+
+    def file_windows(self, n_frames: int, feature: Feature) -> tuple[int, np.ndarray]:
+        """The length and starts of the windows a whole file of ``n_frames`` is scored in
+        (default: its patches, a file shorter than one patch padded to it)."""
+        return feature.patch_frames, self.file_starts(max(n_frames, feature.patch_frames), feature)
+
     def file_starts(self, n_frames: int, feature: Feature) -> np.ndarray:
         """Patch starts of a whole file (``n_frames`` >= one patch)."""
         return patch_index(np.array([n_frames]), feature.patch_frames, feature.patch_hop)[1]

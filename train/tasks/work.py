@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.config import ConfigError
 from common.targets import TargetSpec
 
 from ..metrics import file_average, retrieval_metrics
@@ -21,11 +22,43 @@ class Work(Task):
     kinds = ("work",)
     headline = ("MAP", "MRR", "P@1", "P@10", "mean_rank")
 
-    def n_out(self, spec) -> int | None:
-        return None  # an embedding of the model's own size
+    per_class_outputs = False  # an embedding: any other dataset's works can be ranked
 
-    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return triplet_loss(out, y, margin=self.cfg.margin, mining=self.cfg.mining)
+    def n_out(self, spec) -> int | None:
+        """The classification head's classes (``train.classify``: the target's works), else
+        none: the embedding is of the model's own size."""
+        return len(spec.vocabulary) if self.cfg.classify else None
+
+    def check_model(self, layers: set[str], file=None) -> None:
+        head = "BNNeck" in layers
+        if self.cfg.classify and not head:
+            raise ConfigError(file, "train.classify", "needs a model whose last layer is "
+                              "[BNNeck, {in_features: -1, classes: n_out}] (the head's classes "
+                              "are the training works)")  # fmt: skip
+        if head and not self.cfg.classify:
+            raise ConfigError(file, "train.classify", "is 0, but the model ends in a BNNeck "
+                              "classification head: set a weight (1.0) or drop the head")  # fmt: skip
+
+    def loss(self, out, y: torch.Tensor) -> torch.Tensor:
+        """Triplet loss on the embedding; with a classification head (training a model that
+        ends in ``BNNeck``: ``(embedding, logits)``), cross entropy over the training works
+        with label smoothing beside it, weighted by ``train.classify`` and ``train.triplet``."""
+        c = self.cfg
+        if not isinstance(out, tuple):  # evaluation, or no head
+            return triplet_loss(out, y, margin=c.margin, mining=c.mining)
+        emb, logits = out
+        loss = c.classify * F.cross_entropy(
+            logits.float(), y.long(), label_smoothing=c.label_smoothing
+        )
+        if c.triplet:
+            loss = loss + c.triplet * triplet_loss(emb, y, margin=c.margin, mining=c.mining)
+        return loss
+
+    def file_windows(self, n_frames: int, feature) -> tuple[int, np.ndarray]:
+        """With ``train.embed_whole``, the whole file as one window; else its patches."""
+        if self.cfg.embed_whole:
+            return n_frames, np.zeros(1, np.int64)
+        return super().file_windows(n_frames, feature)
 
     def split_loss(self, out, y, batch_losses) -> float:
         """Batch-hard triplet loss over the whole split, a chunk of anchors at a time."""
