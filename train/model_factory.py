@@ -171,6 +171,7 @@ def _load(config: dict | str | os.PathLike) -> tuple[dict, str]:
 
 def layer_names(config: dict | str | os.PathLike) -> set[str]:
     """The layer names a model config uses (``Conv2d``, ``BNNeck``, ...), without building it."""
+
     def items(d, key) -> list:
         return (d.get(key) or []) if isinstance(d, dict) else []
 
