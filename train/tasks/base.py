@@ -32,6 +32,8 @@ class Task:
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]]  # the target kinds it trains on
     headline: ClassVar[tuple[str, ...]] = ()  # test metrics printed at the end of a run
+    # outputs are scores of the target's classes: another dataset must have the same ones
+    per_class_outputs: ClassVar[bool] = True
 
     def __init__(self, cfg: Any):
         self.cfg = cfg  # the experiment's ``train`` settings (train.experiment.TrainSettings)
@@ -40,6 +42,10 @@ class Task:
     def n_out(self, spec: TargetSpec) -> int | None:
         """The model's output size for ``n_out`` in a model YAML (None: the model decides)."""
         return spec.n_out
+
+    def check_model(self, layers: set[str], file=None) -> None:
+        """Refuse (a ConfigError) a model (the names of its layers) that this task's settings
+        cannot train."""
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -57,12 +63,6 @@ class Task:
         return self.patch_metrics(res, spec)
 
     # -- whole files --------------------------------------------------------------------
-    def check_model(self, layers: set[str], file=None) -> None:
-        """Refuse (a ConfigError) a model (the names of its layers) that this task's settings
-        cannot train."""
-
-    per_class_outputs = True  # outputs are the target's classes: another dataset needs them
-
     def file_windows(self, n_frames: int, feature: Feature) -> tuple[int, np.ndarray]:
         """The length and starts of the windows a whole file of ``n_frames`` is scored in
         (default: its patches, a file shorter than one patch padded to it)."""
