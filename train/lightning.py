@@ -41,7 +41,7 @@ from .data import StoreDataModule
 from .devices import amp_settings
 from .evaluate import evaluate_split
 from .experiment import Experiment, load_experiment
-from .model_factory import build_model
+from .model_factory import build_model, layer_names
 from .optim import make_optimizer, make_scheduler
 from .step import Step, patch_results, score_batch
 from .tasks import task_for
@@ -121,6 +121,7 @@ class MirpatchModule(L.LightningModule):
         self._data.setup(stage)
         ds, t = self._data.data.train_ds, self.cfg.train
         self.task = task_for(self.cfg.target.task, ds.spec, t, self.cfg.source)
+        self.task.check_model(layer_names(self.cfg.model), self.cfg.source)
         self.core = build_model(self.cfg.model, ds.item_shape, n_out=self.task.n_out(ds.spec))
         self.augs = make_augmentations(t.augment, ds.feature, self.task, self.cfg.source)
 
