@@ -88,4 +88,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(STORES) $(RUNS) $(DEMO)
+	rm -rf $(STORES) $(RUNS) $(DEMO) $(COVERS) $(COVERS_LARGE)
