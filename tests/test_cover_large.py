@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from common.config import ConfigError
 from train.checkpoints import load_run
 from train.data import StoreDataset
-from train.evaluate import file_output
+from train.evaluate import evaluate_on, file_output
 from train.layers import BNNeck
 from train.loop import fit
 from train.model_factory import build_model
@@ -90,9 +90,10 @@ def test_a_head_and_its_setting_go_together(tmp_path, demo_small, tiny_stores):
 
 @pytest.mark.slow
 def test_a_run_with_a_head_ranks_whole_versions_by_their_embedding(
-    tmp_path, demo_small, tiny_stores
+    tmp_path, demo_small, tiny_stores, monkeypatch
 ):
     cfg = _cover(tmp_path, demo_small, tiny_stores)
+    cfg = cfg.replace(dataset={"train_works": 2})  # a point of a learning curve
     run = fit(cfg, tmp_path / "runs", progress=False, log=lambda m: None)
     model, ck = load_run(run.folder, "best")
     assert ck["n_out"] == len(StoreDataset.from_experiment(cfg, split="train").spec.vocabulary)
@@ -108,6 +109,19 @@ def test_a_run_with_a_head_ranks_whole_versions_by_their_embedding(
     got = file_output(model, block, ds.feature, task, torch.device("cpu"))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert 0 < run.metrics["MAP"] <= 1
+    # every file of another dataset, whatever the run's training split was cut to: no cut
+    # there (another dataset's training split may hold fewer works than the cut)
+    seen = []
+    real = StoreDataset.from_experiment.__func__
+
+    def spy(cls, cfg, split="test", **kw):
+        seen.append((split, cfg.dataset.train_works))
+        return real(cls, cfg, split, **kw)
+
+    monkeypatch.setattr(StoreDataset, "from_experiment", classmethod(spy))
+    on = evaluate_on(run.folder, demo_small, torch.device("cpu"))
+    assert on["files"] == 24 and 0 < on["MAP"] <= 1
+    assert (None, None) in seen  # the other dataset, every file, not cut
 
 
 def test_train_works_cuts_the_training_split_and_keeps_valid_and_test(demo_small, tiny_stores):

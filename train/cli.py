@@ -233,7 +233,7 @@ def baseline_cmd(config, overrides, folds, on, out) -> None:
     runs = []
     if on:
         d = dataclasses.replace(cfg.dataset, pyjama=str(Path(on).absolute()), folds=None,
-                                fold=None, split_key=None)  # fmt: skip
+                                fold=None, split_key=None, train_works=None)  # fmt: skip
         ds = StoreDataset.from_experiment(dataclasses.replace(cfg, dataset=d), split=None)
         runs.append({"label": f"on-{Path(on).stem}", "folder": "", "metrics": baselines.score(ds)})
     for k in range(folds) if folds and not on else ([None] if not on else []):

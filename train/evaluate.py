@@ -148,7 +148,7 @@ def evaluate_on(
     model, ck = load_run(folder, "best", device)
     cfg = reload_resolved(ck["config"])
     d = dataclasses.replace(cfg.dataset, pyjama=str(pyjama), split_key=None, folds=None,
-                            fold=None)  # fmt: skip
+                            fold=None, train_works=None)  # fmt: skip
     ds = StoreDataset.from_experiment(dataclasses.replace(cfg, dataset=d), split=None)
     own = StoreDataset.from_experiment(cfg, split="valid")
     task = task_for(cfg.target.task, own.spec, cfg.train)
