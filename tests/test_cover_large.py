@@ -141,3 +141,6 @@ def test_train_works_cuts_the_training_split_and_keeps_valid_and_test(demo_small
     assert one[1] == two[1] == full[1] and one[2] == two[2] == full[2]
     with pytest.raises(DatasetError, match=r"train_works must be 1 to \d+"):
         splits(10_000)
+    with pytest.raises(DatasetError, match=r"train_works cuts only splits made by hash or by"):
+        StoreDataset(store, None, settings=DataSettings(target="work-id", split_key="genre",
+                                                        train_keys=1))  # fmt: skip

@@ -139,16 +139,19 @@ def _received(block, flags, slot, dtype, shape, strides, offset) -> torch.Tensor
     storage = block.untyped_storage()
     key = id(storage)
     if key not in _WATCHED:
-        _WATCHED[key] = weakref.finalize(storage, _give_back_lent, flags, slot, key)
+        _WATCHED[key] = weakref.finalize(
+            storage, _give_back_lent, flags, slot, key, os.getpid()
+        )
     return block.view(dtype).as_strided(shape, strides, offset)
 
 
 _WATCHED: dict[int, weakref.finalize] = {}  # received blocks' storages, until they are freed
 
 
-def _give_back_lent(flags: torch.Tensor, slot: int, key: int) -> None:
+def _give_back_lent(flags: torch.Tensor, slot: int, key: int, pid: int) -> None:
     _WATCHED.pop(key, None)
-    flags[slot] = 0
+    if os.getpid() == pid:  # not in a forked child, whose copy of the batch was never lent
+        flags[slot] = 0
 
 
 BLOCKS = Blocks()

@@ -94,6 +94,9 @@ def file_splits(
             f"split key {s.split_key!r} names each file's split; folds would replace it"
         )
     if s.split_key is not None:
+        if s.train_keys is not None:
+            raise DatasetError(f"split key {s.split_key!r} names each file's split; "
+                               "train_works cuts only splits made by hash or by folds")  # fmt: skip
         return _named_splits(tables, file_targets, s.split_key)
     keys = _split_keys(tables, file_targets, work_name, s.split_group, s.split_by)
     if s.folds is not None:
@@ -104,21 +107,26 @@ def file_splits(
     else:
         split = assign_splits(keys, s.split_fractions, s.split_seed)
     if s.train_keys is not None:
-        split = first_train_keys(split, keys, s.train_keys, s.split_seed)
+        split = first_train_keys(split, keys, s.train_keys, s.split_seed, labelled)
     return split
 
 
-def first_train_keys(split: np.ndarray, keys: Sequence[str], n: int, seed: int) -> np.ndarray:
+def first_train_keys(
+    split: np.ndarray, keys: Sequence[str], n: int, seed: int, labelled: np.ndarray | None = None
+) -> np.ndarray:
     """``split`` with only the first ``n`` keys (works, groups or files) of its training split
     left in it, in the order of a hash of ``(seed, key)`` of their own (the first 100 are
-    among the first 200); the others in no split."""
-    train = sorted({k for k, sp in zip(keys, split) if sp == 0},
+    among the first 200); the others, and training files without the target
+    (``labelled``), in no split."""
+    ok = np.ones(len(keys), bool) if labelled is None else np.asarray(labelled, bool)
+    train = sorted({k for k, sp, good in zip(keys, split, ok) if sp == 0 and good},
                    key=lambda k: stable_fraction(k, seed + 7919))  # fmt: skip
     if not 0 < n <= len(train):
         raise DatasetError(f"train_works must be 1 to {len(train)} (the training split's works, "
                            f"groups or files), got {n}")  # fmt: skip
     keep = set(train[:n])
-    dropped = np.array([sp == 0 and k not in keep for k, sp in zip(keys, split)], dtype=bool)
+    dropped = np.array([sp == 0 and (k not in keep or not good)
+                        for k, sp, good in zip(keys, split, ok)], dtype=bool)  # fmt: skip
     return np.where(dropped, -1, split).astype(np.int8)
 
 

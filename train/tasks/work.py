@@ -25,16 +25,17 @@ class Work(Task):
     per_class_outputs = False  # an embedding: any other dataset's works can be ranked
 
     def n_out(self, spec) -> int | None:
-        """The classification head's classes (``train.classify``: the target's works), else
-        none: the embedding is of the model's own size."""
+        """The classification head's classes (``train.classify``: every work of the target's
+        vocabulary; those outside the training split are never a target), else none: the
+        embedding is of the model's own size."""
         return len(spec.vocabulary) if self.cfg.classify else None
 
     def check_model(self, layers: set[str], file=None) -> None:
         head = "BNNeck" in layers
         if self.cfg.classify and not head:
             raise ConfigError(file, "train.classify", "needs a model whose last layer is "
-                              "[BNNeck, {in_features: -1, classes: n_out}] (the head's classes "
-                              "are the training works)")  # fmt: skip
+                              "[BNNeck, {in_features: -1, classes: n_out}] (a class per work "
+                              "of the target)")  # fmt: skip
         if head and not self.cfg.classify:
             raise ConfigError(file, "train.classify", "is 0, but the model ends in a BNNeck "
                               "classification head: set a weight (1.0) or drop the head")  # fmt: skip
@@ -55,9 +56,10 @@ class Work(Task):
         return loss
 
     def file_windows(self, n_frames: int, feature) -> tuple[int, np.ndarray]:
-        """With ``train.embed_whole``, the whole file as one window; else its patches."""
+        """With ``train.embed_whole``, the whole file as one window (a file shorter than a
+        patch hop padded to it); else its patches."""
         if self.cfg.embed_whole:
-            return n_frames, np.zeros(1, np.int64)
+            return max(n_frames, feature.patch_hop), np.zeros(1, np.int64)
         return super().file_windows(n_frames, feature)
 
     def split_loss(self, out, y, batch_losses) -> float:
