@@ -130,7 +130,7 @@ def test_train_works_cuts_the_training_split_and_keeps_valid_and_test(demo_small
     store = next(tiny_stores.rglob("cqt-*.h5"))
 
     def splits(n):
-        s = DataSettings(target="work-id", split_fractions=(0.5, 0.25, 0.25), train_keys=n)
+        s = DataSettings(target="work-id", split_fractions=(0.5, 0.25, 0.25), train_works=n)
         ds = StoreDataset(store, None, settings=s)
         works = ds.file_targets["work-id"]
         return {k: set(works[ds.file_split == k].tolist()) for k in (0, 1, 2)}
@@ -143,4 +143,4 @@ def test_train_works_cuts_the_training_split_and_keeps_valid_and_test(demo_small
         splits(10_000)
     with pytest.raises(DatasetError, match=r"train_works cuts only splits made by hash or by"):
         StoreDataset(store, None, settings=DataSettings(target="work-id", split_key="genre",
-                                                        train_keys=1))  # fmt: skip
+                                                        train_works=1))  # fmt: skip

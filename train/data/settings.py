@@ -48,7 +48,7 @@ class DataSettings:
     split_group: str | None = None
     folds: int | None = None
     fold: int | None = None
-    train_keys: int | None = None  # the training split cut to its first this many works
+    train_works: int | None = None  # the training split cut to its first this many works
     # how training batches are drawn (train/data/samplers.py)
     batch_size: int = 64
     eval_batch_size: int | None = None  # default: batch_size
@@ -98,7 +98,7 @@ class DataSettings:
             cache_gb=d.cache_gb, unit="patch", target=cfg.target.name,
             patch_frames=cfg.patch.frames, patch_hop=cfg.patch.hop, split_seed=d.split_seed,
             split_fractions=tuple(d.split_fractions), split_key=d.split_key,
-            split_group=d.split_group, folds=d.folds, fold=d.fold, train_keys=d.train_works,
+            split_group=d.split_group, folds=d.folds, fold=d.fold, train_works=d.train_works,
             batch_size=t.batch_size,
             eval_batch_size=t.eval_batch_size, samples_per_epoch=t.samples_per_epoch,
             works_per_batch=t.works_per_batch if cfg.target.task == "work" else None,

@@ -94,7 +94,7 @@ def file_splits(
             f"split key {s.split_key!r} names each file's split; folds would replace it"
         )
     if s.split_key is not None:
-        if s.train_keys is not None:
+        if s.train_works is not None:
             raise DatasetError(f"split key {s.split_key!r} names each file's split; "
                                "train_works cuts only splits made by hash or by folds")  # fmt: skip
         return _named_splits(tables, file_targets, s.split_key)
@@ -106,8 +106,8 @@ def file_splits(
                                            s.fold, s.split_fractions, s.split_seed)  # fmt: skip
     else:
         split = assign_splits(keys, s.split_fractions, s.split_seed)
-    if s.train_keys is not None:
-        split = first_train_keys(split, keys, s.train_keys, s.split_seed, labelled)
+    if s.train_works is not None:
+        split = first_train_keys(split, keys, s.train_works, s.split_seed, labelled)
     return split
 
 
